@@ -1,0 +1,456 @@
+"""Look at a dataset before training on it: `check_data`, `dataset_stats`, `preview` and `convert`.
+
+These are the functions behind `lorakit data check|stats|preview|convert`. They return data or text and write
+files only where asked (a histogram PNG, a converted dataset), atomically.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from lorakit.config import DataConfig
+from lorakit.data.formats import Conversation
+from lorakit.data.load import load_conversations, split_validation
+from lorakit.data.tokenize import IGNORE_INDEX, encode
+from lorakit.errors import ConfigError, DataError
+from lorakit.files import write_json, write_text
+from lorakit.templates import Template, render_supervised
+
+CONVERT_FORMATS = ("openai", "sharegpt", "alpaca", "text")
+TRAINED_START, TRAINED_END = "«", "»"
+# Han, kana and hangul: enough to tell a Chinese, Japanese or Korean record from a Latin-script one.
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+_DUPLICATES_SHOWN = 5
+
+
+@dataclass
+class CheckReport:
+    """What `lorakit data check` found: every record read is counted as used or skipped."""
+
+    read: int
+    used: int
+    skipped: int
+    per_source: dict[str, int]
+    formats: dict[str, str]
+    problems: list[str]
+    train: int
+    validation: int
+    conversations: list[Conversation] = field(default_factory=list, repr=False)
+
+
+def check_data(config: DataConfig) -> CheckReport:
+    """Read and validate every dataset in `config.paths` and split off the validation set, as training would.
+
+    Raises DataError on the first bad record, unless `config.skip_bad` (then each is listed in `problems`).
+    """
+    conversations, summary = load_conversations(config)
+    splits = split_validation(conversations, config.val_size, config.seed)
+    return CheckReport(read=summary.read, used=summary.used, skipped=summary.skipped,
+                       per_source=dict(summary.per_source), formats=dict(summary.formats),
+                       problems=list(summary.problems), train=len(splits.train), validation=len(splits.validation),
+                       conversations=conversations)
+
+
+def format_check(report: CheckReport, shown: int = 10) -> str:
+    """The check report as text, listing the first `shown` problems."""
+    lines = [f"Read {report.read} records: {report.used} used, {report.skipped} skipped."]
+    for source, count in report.per_source.items():
+        lines.append(f"  {source}: {count} records ({report.formats.get(source, 'unknown')} format)")
+    if report.validation:
+        lines.append(f"Split: {report.train} for training, {report.validation} for validation.")
+    if report.problems:
+        lines.append(f"Problems ({len(report.problems)}):")
+        lines += [f"  {problem}" for problem in report.problems[:shown]]
+        if len(report.problems) > shown:
+            lines.append(f"  ... and {len(report.problems) - shown} more.")
+    return "\n".join(lines)
+
+
+@dataclass
+class DataStats:
+    """Token-level facts about a dataset under one template and `max_seq_len`: what training will see.
+
+    Counts are of records; `tokens` and `supervised_tokens` are of the kept records after truncation, counted the
+    way training counts them (the first token of a record is never predicted).
+    """
+
+    records: int
+    max_seq_len: int
+    overlong: str
+    length_min: int
+    length_median: int
+    length_p90: int
+    length_p95: int
+    length_max: int
+    truncated: int
+    dropped_overlong: int
+    dropped_no_labels: int
+    tokens: int
+    supervised_tokens: int
+    turns_mean: float
+    turns_max: int
+    multi_turn: int
+    with_tools: int
+    text_records: int
+    cjk: int
+    duplicates: int
+    duplicate_examples: list[tuple[str, str]] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list, repr=False)
+
+    @property
+    def truncated_share(self) -> float:
+        return self.truncated / self.records
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_overlong + self.dropped_no_labels
+
+    @property
+    def dropped_share(self) -> float:
+        return self.dropped / self.records
+
+    @property
+    def supervised_share(self) -> float:
+        return self.supervised_tokens / self.tokens if self.tokens else 0.0
+
+    @property
+    def cjk_share(self) -> float:
+        return self.cjk / self.records
+
+
+def dataset_stats(conversations: Sequence[Conversation], tokenizer: PreTrainedTokenizerBase, template: Template,
+                  config: DataConfig) -> DataStats:
+    """Measure `conversations` as `tokenize_conversations` would cut them: lengths, truncation, loss share.
+
+    Lengths are full token counts before truncation; percentiles are by nearest rank (each is a real record's
+    length). Raises DataError when there is nothing to measure.
+    """
+    if not conversations:
+        raise DataError("No records to measure: the dataset is empty. Check data.paths.")
+    lengths: list[int] = []
+    truncated = dropped_overlong = dropped_no_labels = tokens = supervised = 0
+    for conversation in conversations:
+        encoded = encode(conversation, tokenizer, template, config)
+        lengths.append(encoded.full_length)
+        labels = encoded.labels
+        if len(labels) > config.max_seq_len:
+            if config.overlong == "drop":
+                dropped_overlong += 1
+                continue
+            labels = labels[: config.max_seq_len]
+            truncated += 1
+        if all(label == IGNORE_INDEX for label in labels[1:]):
+            dropped_no_labels += 1
+            continue
+        tokens += len(labels)
+        supervised += sum(label != IGNORE_INDEX for label in labels[1:])
+    turns = [sum(m["role"] == "user" for m in c.messages) for c in conversations]
+    ordered = sorted(lengths)
+    duplicates, examples = _duplicates(conversations)
+    return DataStats(
+        records=len(conversations), max_seq_len=config.max_seq_len, overlong=config.overlong,
+        length_min=ordered[0], length_median=_percentile(ordered, 50), length_p90=_percentile(ordered, 90),
+        length_p95=_percentile(ordered, 95), length_max=ordered[-1], truncated=truncated,
+        dropped_overlong=dropped_overlong, dropped_no_labels=dropped_no_labels, tokens=tokens,
+        supervised_tokens=supervised, turns_mean=sum(turns) / len(turns), turns_max=max(turns),
+        multi_turn=sum(t > 1 for t in turns), with_tools=sum(_has_tools(c) for c in conversations),
+        text_records=sum(c.text is not None for c in conversations),
+        cjk=sum(bool(_CJK.search(_all_text(c))) for c in conversations), duplicates=duplicates,
+        duplicate_examples=examples, lengths=lengths)
+
+
+def _percentile(ordered: list[int], percent: float) -> int:
+    return ordered[max(0, math.ceil(percent / 100 * len(ordered)) - 1)]
+
+
+def _has_tools(conversation: Conversation) -> bool:
+    return bool(conversation.tools) or any(m.get("tool_calls") or m["role"] == "tool" for m in conversation.messages)
+
+
+def _all_text(conversation: Conversation) -> str:
+    if conversation.text is not None:
+        return conversation.text
+    return "\n".join(str(m.get("content") or "") for m in conversation.messages)
+
+
+def _canonical(conversation: Conversation) -> str:
+    return json.dumps({"messages": conversation.messages, "tools": conversation.tools, "text": conversation.text,
+                       "rejected": conversation.rejected}, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def _duplicates(conversations: Sequence[Conversation]) -> tuple[int, list[tuple[str, str]]]:
+    """How many records repeat an earlier one exactly, and the first few as (repeat origin, first origin)."""
+    first_seen: dict[str, str] = {}
+    count, examples = 0, []
+    for conversation in conversations:
+        key = _canonical(conversation)
+        if key in first_seen:
+            count += 1
+            if len(examples) < _DUPLICATES_SHOWN:
+                examples.append((conversation.origin, first_seen[key]))
+        else:
+            first_seen[key] = conversation.origin
+    return count, examples
+
+
+def format_stats(stats: DataStats) -> str:
+    """The stats as an aligned block of text for a terminal or a log."""
+    cut = "dropped" if stats.overlong == "drop" else "truncated"
+    over = stats.dropped_overlong if stats.overlong == "drop" else stats.truncated
+    lines = [
+        f"Records          {stats.records} ({stats.multi_turn} multi-turn, {stats.with_tools} with tools, "
+        f"{stats.text_records} plain text, {stats.cjk} with CJK text = {stats.cjk_share:.1%})",
+        f"Token length     min {stats.length_min}, median {stats.length_median}, p90 {stats.length_p90}, "
+        f"p95 {stats.length_p95}, max {stats.length_max}",
+        f"max_seq_len      {stats.max_seq_len}: {over} {cut} ({over / stats.records:.1%}); "
+        f"{stats.dropped_no_labels} dropped with no trained token left",
+        f"Trained tokens   {stats.supervised_tokens} of {stats.tokens} ({stats.supervised_share:.1%}) carry loss",
+        f"User turns       mean {stats.turns_mean:.1f}, max {stats.turns_max}",
+        f"Duplicates       {stats.duplicates} exact repeats",
+    ]
+    lines += [f"  {repeat} repeats {first}" for repeat, first in stats.duplicate_examples]
+    if stats.duplicates > len(stats.duplicate_examples):
+        lines.append(f"  ... and {stats.duplicates - len(stats.duplicate_examples)} more.")
+    return "\n".join(lines)
+
+
+def plot_length_histogram(lengths: Sequence[int], max_seq_len: int, path: Path, overlong: str = "truncate") -> Path:
+    """Draw a histogram of token lengths with the `max_seq_len` cut-off marked; write it to `path` as a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    over = sum(length > max_seq_len for length in lengths)
+    share = over / len(lengths) if lengths else 0.0
+    figure = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(figure)  # Figure without pyplot: no global state, no display backend needed.
+    axes = figure.add_subplot()
+    axes.hist(lengths, bins=min(50, max(1, len(set(lengths)))), color="tab:blue")
+    axes.axvline(max_seq_len, color="tab:red", linestyle="--", label="max_seq_len (cutoff_len)")
+    cut = "dropped" if overlong == "drop" else "truncated"
+    axes.set_title(f"{share:.1%} of {len(lengths)} records {cut} at max_seq_len={max_seq_len}")
+    axes.set_xlabel("tokens per record")
+    axes.set_ylabel("records")
+    axes.legend()
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, format="png")
+    os.replace(tmp, path)
+    return path
+
+
+def preview(conversations: Sequence[Conversation], tokenizer: PreTrainedTokenizerBase, template: Template,
+            config: DataConfig, count: int) -> list[str]:
+    """The first `count` examples as the model will see them, with the trained (loss-bearing) text in «...».
+
+    The marks come from the token labels after truncation, so what is marked is exactly what trains.
+    """
+    return [_preview_one(conversation, index, tokenizer, template, config)
+            for index, conversation in enumerate(conversations[:count], start=1)]
+
+
+def _preview_one(conversation: Conversation, index: int, tokenizer: PreTrainedTokenizerBase, template: Template,
+                 config: DataConfig) -> str:
+    encoded = encode(conversation, tokenizer, template, config)
+    pieces = _token_pieces(conversation, encoded.input_ids, tokenizer, template, config)
+    kept, labels = len(encoded.input_ids), encoded.labels
+    note = ""
+    if kept > config.max_seq_len:
+        if config.overlong == "drop":
+            header = (f"=== {index}. {conversation.origin}: {kept} tokens, longer than max_seq_len="
+                      f"{config.max_seq_len}, so dropped; nothing in it trains ===")
+            return header + "\n" + "".join(pieces)
+        kept, labels = config.max_seq_len, labels[: config.max_seq_len]
+        note = (f"\n[... {encoded.full_length - kept} more tokens cut by max_seq_len={config.max_seq_len}; "
+                "the model never sees them]")
+    trained = sum(label != IGNORE_INDEX for label in labels)
+    if trained == 0 or all(label == IGNORE_INDEX for label in labels[1:]):
+        status = "no trained token left, so dropped"
+    else:
+        status = f"{trained} trained, between {TRAINED_START} {TRAINED_END}"
+    header = f"=== {index}. {conversation.origin}: {kept} tokens, {status} ==="
+    return header + "\n" + _mark(pieces[:kept], labels) + note
+
+
+def _mark(pieces: list[str], labels: list[int]) -> str:
+    parts, inside = [], False
+    for piece, label in zip(pieces, labels):
+        trained = label != IGNORE_INDEX
+        if trained != inside:
+            parts.append(TRAINED_START if trained else TRAINED_END)
+            inside = trained
+        parts.append(piece)
+    if inside:
+        parts.append(TRAINED_END)
+    return "".join(parts)
+
+
+def _token_pieces(conversation: Conversation, ids: list[int], tokenizer: PreTrainedTokenizerBase,
+                  template: Template, config: DataConfig) -> list[str]:
+    """The text behind each token: slices of the rendered text by character offsets, so the pieces join up to it.
+
+    Decoding tokens one by one would space out some tokenizers' output and split multi-byte characters.
+    """
+    text = _rendered_text(conversation, tokenizer, template, config)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    own = encoding["input_ids"]
+    if own != ids[: len(own)]:
+        return [tokenizer.decode([token]) for token in ids]
+    starts, position = [], 0
+    for start, _ in encoding["offset_mapping"]:
+        position = max(position, start)
+        starts.append(position)
+    cuts = [0, *starts[1:], len(text)] if starts else [0, len(text)]
+    pieces = [text[cuts[i]: cuts[i + 1]] for i in range(len(own))]
+    return pieces + [tokenizer.decode([token]) for token in ids[len(own):]]  # the EOS that ends a text record
+
+
+def _rendered_text(conversation: Conversation, tokenizer: PreTrainedTokenizerBase, template: Template,
+                   config: DataConfig) -> str:
+    """The text `encode` tokenises, rendered the same way (with `data.system` added where a record has none)."""
+    if conversation.text is not None:
+        return conversation.text
+    messages = list(conversation.messages)
+    if config.system is not None and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": config.system})
+    text, _ = render_supervised(template, tokenizer, messages,
+                                tools=list(conversation.tools) if conversation.tools else None,
+                                thinking=config.thinking)
+    return text
+
+
+def convert(conversations: Sequence[Conversation], target_format: str, path: Path) -> int:
+    """Write `conversations` to `path` in `target_format` (openai, sharegpt, alpaca or text); return the count.
+
+    A `.jsonl` path gets one JSON object per line, a `.json` path one JSON array. Raises DataError, naming the
+    record, for what the target format cannot hold (tool calls in alpaca, a chat as plain text, ...).
+    """
+    if target_format not in CONVERT_FORMATS:
+        close = difflib.get_close_matches(target_format, CONVERT_FORMATS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"Cannot convert to '{target_format}': choose one of {', '.join(CONVERT_FORMATS)}.{hint}")
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".jsonl"):
+        raise ConfigError(f"Cannot write {path}: name the output .jsonl (one record per line) or .json (an array).")
+    writer = _WRITERS[target_format]
+    records = [writer(conversation) for conversation in conversations]
+    if suffix == ".jsonl":
+        write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
+    else:
+        write_json(path, records)
+    return len(records)
+
+
+def _refuse(conversation: Conversation, problem: str, fix: str) -> DataError:
+    return DataError(f"{conversation.origin}: {problem}. {fix}")
+
+
+def _chat(conversation: Conversation, target: str) -> tuple[str | None, list[dict[str, Any]], dict[str, Any]]:
+    """A conversation's system prompt, its other messages and (for a preference pair) its chosen/rejected fields."""
+    if conversation.text is not None:
+        raise _refuse(conversation, f"is plain text with no conversation, which {target} cannot hold",
+                      "Convert it to 'text' instead.")
+    messages = list(conversation.messages)
+    system = messages.pop(0)["content"] if messages[0]["role"] == "system" else None
+    ranking: dict[str, Any] = {}
+    if conversation.rejected is not None:
+        ranking = {"chosen": messages.pop()["content"], "rejected": conversation.rejected}
+    return system, messages, ranking
+
+
+def _plain_tools(conversation: Conversation) -> list[dict[str, Any]]:
+    return [tool.get("function", tool) for tool in conversation.tools or ()]
+
+
+def _call(call: dict[str, Any]) -> dict[str, Any]:
+    function = call.get("function", call)
+    return {"name": function["name"], "arguments": function.get("arguments", {})}
+
+
+def _to_openai(conversation: Conversation) -> dict[str, Any]:
+    system, messages, ranking = _chat(conversation, "openai")
+    offset = 1 if system is not None else 0
+    out = [{"role": "system", "content": system}] if system is not None else []
+    for index, message in enumerate(messages, start=offset):
+        item: dict[str, Any] = {"role": message["role"], "content": message["content"]}
+        if message.get("tool_calls"):
+            item["tool_calls"] = [{"type": "function", "function": {
+                "name": call["name"], "arguments": json.dumps(call["arguments"], ensure_ascii=False)}}
+                for call in map(_call, message["tool_calls"])]
+        if index in conversation.untrained:
+            item["loss_weight"] = 0.0
+        out.append(item)
+    record: dict[str, Any] = {"messages": out, **ranking}
+    if conversation.tools:
+        record["tools"] = list(conversation.tools)
+    return record
+
+
+_SHAREGPT_ROLES = {"user": "human", "assistant": "gpt", "tool": "observation"}
+
+
+def _to_sharegpt(conversation: Conversation) -> dict[str, Any]:
+    system, messages, ranking = _chat(conversation, "sharegpt")
+    _refuse_untrained(conversation, "sharegpt")
+    turns = []
+    for number, message in enumerate(messages, start=1):
+        if message.get("tool_calls"):
+            if message["content"].strip():
+                raise _refuse(conversation, f"turn {number} has both text and tool calls, but a sharegpt "
+                              "function_call turn holds only the calls", "Convert to 'openai' instead.")
+            calls = [_call(call) for call in message["tool_calls"]]
+            value = json.dumps(calls[0] if len(calls) == 1 else calls, ensure_ascii=False)
+            turns.append({"from": "function_call", "value": value})
+        else:
+            turns.append({"from": _SHAREGPT_ROLES[message["role"]], "value": message["content"]})
+    record: dict[str, Any] = {"conversations": turns, **ranking}
+    if system is not None:
+        record["system"] = system
+    if conversation.tools:
+        record["tools"] = json.dumps(_plain_tools(conversation), ensure_ascii=False)  # LLaMA-Factory reads a string
+    return record
+
+
+def _to_alpaca(conversation: Conversation) -> dict[str, Any]:
+    system, messages, ranking = _chat(conversation, "alpaca")
+    _refuse_untrained(conversation, "alpaca")
+    if _has_tools(conversation):
+        raise _refuse(conversation, "uses tools, which alpaca records cannot hold",
+                      "Convert to 'openai' or 'sharegpt' instead, or leave this record out.")
+    pairs = [[messages[i]["content"], messages[i + 1]["content"]] for i in range(0, len(messages) - 1, 2)]
+    if ranking:
+        pairs.append([messages[-1]["content"], None])
+    *history, (instruction, output) = pairs
+    record: dict[str, Any] = {"instruction": instruction, "input": ""}
+    record.update(ranking or {"output": output})
+    if system is not None:
+        record["system"] = system
+    if history:
+        record["history"] = history
+    return record
+
+
+def _to_text(conversation: Conversation) -> dict[str, Any]:
+    if conversation.text is None:
+        raise _refuse(conversation, "is a conversation; 'text' holds plain text only, and rendering a chat needs a "
+                      "template", "Convert it to 'openai', 'sharegpt' or 'alpaca' instead.")
+    return {"text": conversation.text}
+
+
+def _refuse_untrained(conversation: Conversation, target: str) -> None:
+    if conversation.untrained:
+        raise _refuse(conversation, f"has assistant turns with loss_weight 0, which {target} cannot mark",
+                      "Convert to 'openai' instead, which keeps loss_weight.")
+
+
+_WRITERS = {"openai": _to_openai, "sharegpt": _to_sharegpt, "alpaca": _to_alpaca, "text": _to_text}

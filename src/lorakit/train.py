@@ -1,0 +1,348 @@
+"""Training stage: `train()` fits LoRA adapters (or freeze/full fine-tuning) with the Hugging Face Trainer.
+
+`run_training(config)` is the whole road a CLI or notebook user takes: data -> model -> train -> output folder with
+the adapter, tokenizer, resolved config, manifest, metrics, trainer state, loss curve and model card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from transformers import (EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback,
+                          TrainingArguments)
+from transformers.trainer_utils import get_last_checkpoint
+
+from lorakit import __version__
+from lorakit.config import TrainConfig, save_config, to_dict
+from lorakit.data import LoadSummary, TokenizeSummary, data_files, load_conversations, pad_batch, split_validation
+from lorakit.data import tokenize_conversations
+from lorakit.errors import ConfigError
+from lorakit.files import atomic_dir, sha256_file, write_json, write_text
+from lorakit.model import load_model, load_tokenizer, prepare_for_training, resolve_device
+from lorakit.templates import Template, install_template, resolve_template
+
+ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"
+CHECKPOINT_DIR = "checkpoints"
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Tokenised splits plus the counts a user needs to trust them."""
+
+    train: Dataset
+    validation: Dataset | None
+    template: Template
+    load_summary: LoadSummary
+    train_summary: TokenizeSummary
+    validation_summary: TokenizeSummary | None
+
+
+def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
+    """Load, validate, split and tokenise the configured datasets."""
+    conversations, load_summary = load_conversations(config.data)
+    template = resolve_template(config.data.template, tokenizer)
+    splits = split_validation(conversations, config.data.val_size, config.data.seed)
+    train_set, train_summary = tokenize_conversations(splits.train, tokenizer, template, config.data)
+    validation_set, validation_summary = None, None
+    if splits.validation:
+        validation_set, validation_summary = tokenize_conversations(splits.validation, tokenizer, template,
+                                                                    config.data)
+    return PreparedData(train_set, validation_set, template, load_summary, train_summary, validation_summary)
+
+
+def run_training(config: TrainConfig) -> Path:
+    """Train from a config alone (data and model loaded by name) and return the output folder."""
+    tokenizer = load_tokenizer(config.model)
+    data = prepare_data(config, tokenizer)
+    _check_precision(config)
+    model = load_model(config.model)
+    return train(model, tokenizer, data, config)
+
+
+def _check_precision(config: TrainConfig) -> None:
+    device = resolve_device(config.model.device)
+    if config.model.dtype == "float16" and device.type == "cpu":
+        raise ConfigError("model.dtype is float16 but training runs on the CPU, which cannot train in fp16; set "
+                          "model.dtype=auto (bf16 where supported, else float32).")
+    if config.finetuning == "full" and config.model.quantization != "none":
+        raise ConfigError("finetuning=full cannot train a quantized model; set model.quantization=none.")
+
+
+def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
+          config: TrainConfig) -> Path:
+    """Fit the model to `data.train` and write everything under `config.output_dir`; return that folder.
+
+    The base model's weights are left unchanged for LoRA. With `config.resume`, training continues from the
+    latest checkpoint in `output_dir/checkpoints`.
+    """
+    output_dir = config.output_dir
+    output_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = _checkpoint_to_resume(config)
+    torch.manual_seed(config.seed)
+    model = prepare_for_training(model, config)
+    install_template(tokenizer, data.template)
+    trainer = _build_trainer(model, tokenizer, data, config)
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    metrics = dict(result.metrics)
+    if data.validation is not None:
+        metrics.update(trainer.evaluate())
+    metrics["train_seconds"] = round(time.time() - started, 2)
+    _save_outputs(trainer, tokenizer, data, config, metrics)
+    return output_dir
+
+
+def _checkpoint_to_resume(config: TrainConfig) -> str | None:
+    checkpoints = config.output_dir / CHECKPOINT_DIR
+    if not config.resume:
+        return None
+    last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
+    if last is None:
+        raise ConfigError(f"resume is set but {checkpoints} holds no checkpoint-N folder. Train once with "
+                          "save_steps set (checkpoints are also saved each epoch), or drop --resume.")
+    return last
+
+
+def _training_arguments(config: TrainConfig, has_validation: bool, steps_per_epoch: int) -> TrainingArguments:
+    device = resolve_device(config.model.device)
+    evaluate_by = "no"
+    if has_validation:
+        evaluate_by = "steps" if (config.eval_steps or config.save_steps) else "epoch"
+    save_by = "steps" if config.save_steps else "epoch"
+    if config.early_stopping_patience is not None and evaluate_by != save_by:
+        evaluate_by = save_by
+    eval_steps = config.eval_steps or config.save_steps
+    if config.early_stopping_patience is not None and save_by == "steps":
+        eval_steps = config.save_steps
+    return TrainingArguments(
+        output_dir=str(config.output_dir / CHECKPOINT_DIR),
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=math.ceil(config.warmup_ratio * _total_steps(config, steps_per_epoch)),
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        eval_strategy=evaluate_by,
+        eval_steps=eval_steps if evaluate_by == "steps" else None,
+        save_strategy=save_by,
+        save_steps=config.save_steps or 500,
+        save_total_limit=config.save_total_limit,
+        load_best_model_at_end=config.early_stopping_patience is not None,
+        metric_for_best_model="eval_loss" if config.early_stopping_patience is not None else None,
+        greater_is_better=False,
+        seed=config.seed,
+        data_seed=config.seed,
+        use_cpu=device.type == "cpu",
+        report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else [],
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        dataloader_pin_memory=False,
+    )
+
+
+def _total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    return config.max_steps or math.ceil(steps_per_epoch * config.epochs)
+
+
+def _build_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
+                   config: TrainConfig) -> Trainer:
+    steps_per_epoch = max(1, math.ceil(len(data.train) / (config.batch_size * config.gradient_accumulation)))
+    args = _training_arguments(config, data.validation is not None, steps_per_epoch)
+    callbacks: list[TrainerCallback] = [ProgressCallback(_total_steps(config, steps_per_epoch))]
+    if config.early_stopping_patience is not None:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
+                   data_collator=lambda features: pad_batch(features, pad_id), processing_class=tokenizer,
+                   callbacks=callbacks, optimizers=(_loraplus_optimizer(model, config), None))
+
+
+def _loraplus_optimizer(model: PreTrainedModel, config: TrainConfig) -> torch.optim.Optimizer | None:
+    if config.lora.loraplus_ratio is None or config.finetuning != "lora":
+        return None
+    from peft.optimizers import create_loraplus_optimizer
+
+    return create_loraplus_optimizer(model=model, optimizer_cls=torch.optim.AdamW, lr=config.learning_rate,
+                                     loraplus_lr_ratio=config.lora.loraplus_ratio,
+                                     weight_decay=config.weight_decay)
+
+
+class ProgressCallback(TrainerCallback):
+    """A live line per logging step: step, loss, learning rate, tokens/s and time left (rich progress bar)."""
+
+    def __init__(self, total_steps: int) -> None:
+        self.total_steps = total_steps
+        self.progress = None
+        self.task = None
+        self.started = 0.0
+        self.tokens_at_start = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                                 TimeRemainingColumn(), transient=False)
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps or self.total_steps,
+                                           completed=state.global_step, stats="")
+        self.started = time.time()
+        self.tokens_at_start = state.num_input_tokens_seen
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is None or not logs:
+            return
+        elapsed = max(time.time() - self.started, 1e-6)
+        speed = (state.num_input_tokens_seen - self.tokens_at_start) / elapsed
+        parts = [f"loss {logs['loss']:.4f}" if "loss" in logs else "",
+                 f"eval {logs['eval_loss']:.4f}" if "eval_loss" in logs else "",
+                 f"lr {logs['learning_rate']:.2e}" if "learning_rate" in logs else "", f"{speed:,.0f} tok/s"]
+        self.progress.update(self.task, stats="  ".join(p for p in parts if p))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _save_outputs(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, data: PreparedData, config: TrainConfig,
+                  metrics: dict[str, Any]) -> None:
+    output_dir = config.output_dir
+    weights_dir = output_dir / (ADAPTER_DIR if config.finetuning == "lora" else MODEL_DIR)
+    with atomic_dir(weights_dir) as tmp:
+        trainer.model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    save_config(config, output_dir / "config.yaml")
+    trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
+    write_json(output_dir / "metrics.json", metrics)
+    manifest = _manifest(config, data, tokenizer, weights_dir)
+    write_json(output_dir / "manifest.json", manifest)
+    plot_loss(trainer.state.log_history, output_dir / "loss.png")
+    card = _model_card(config, data, metrics, manifest)
+    write_text(output_dir / "README.md", card)
+    write_text(weights_dir / "README.md", card)
+
+
+def _manifest(config: TrainConfig, data: PreparedData, tokenizer: PreTrainedTokenizerBase,
+              weights_dir: Path) -> dict[str, Any]:
+    packages = ("lorakit", "torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes")
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    tokenizer_file = weights_dir / "tokenizer.json"
+    return {
+        "lorakit_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "seed": config.seed,
+        "config": to_dict(config),
+        "base_model": config.model.name,
+        "data_files": {str(path): sha256_file(path) for path in data_files(config.data)},
+        "template": {"name": data.template.name,
+                     "sha256": hashlib.sha256(data.template.jinja.encode()).hexdigest()},
+        "tokenizer_sha256": sha256_file(tokenizer_file) if tokenizer_file.is_file() else None,
+        "data": {"records_read": data.load_summary.read, "records_used": data.load_summary.used,
+                 "records_skipped": data.load_summary.skipped, "formats": data.load_summary.formats,
+                 "train_examples": data.train_summary.examples, "truncated": data.train_summary.truncated,
+                 "dropped_overlong": data.train_summary.dropped_overlong,
+                 "dropped_no_labels": data.train_summary.dropped_no_labels,
+                 "train_tokens": data.train_summary.tokens,
+                 "supervised_tokens": data.train_summary.supervised_tokens,
+                 "validation_examples": data.validation_summary.examples if data.validation_summary else 0},
+        "packages": versions,
+        "python": platform.python_version(),
+        "device": str(resolve_device(config.model.device)),
+    }
+
+
+def plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
+    """Train (and eval) loss against the optimizer step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for key, label in (("loss", "train"), ("eval_loss", "eval")):
+        points = [(entry["step"], entry[key]) for entry in log_history if key in entry]
+        if points:
+            steps, values = zip(*points)
+            axes.plot(steps, values, marker="o" if key == "eval_loss" else None, label=label)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title("lorakit training loss")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    figure.savefig(tmp, dpi=110)
+    plt.close(figure)
+    tmp.replace(path)
+
+
+def _model_card(config: TrainConfig, data: PreparedData, metrics: dict[str, Any], manifest: dict[str, Any]) -> str:
+    final = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+    adapter = config.finetuning == "lora"
+    load = (f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\nfrom peft import PeftModel\n\n"
+            f"base = AutoModelForCausalLM.from_pretrained(\"<base model folder or hub id>\")\n"
+            f"model = PeftModel.from_pretrained(base, \"{config.output_dir / ADAPTER_DIR}\")\n"
+            f"tokenizer = AutoTokenizer.from_pretrained(\"{config.output_dir / ADAPTER_DIR}\")\n```\n") if adapter else (
+            f"```python\nfrom transformers import AutoModelForCausalLM\n"
+            f"model = AutoModelForCausalLM.from_pretrained(\"{config.output_dir / MODEL_DIR}\")\n```\n")
+    lines = [
+        f"# {config.output_dir.name}: {config.finetuning} fine-tune of {config.model.name}",
+        "",
+        f"- Base model: `{config.model.name}`"
+        + (" (weights dequantised from a quantised GGUF; see `lorakit models`)" if config.model.name in
+           ("smollm2-135m", "gemma3-270m") else ""),
+        f"- Data: {', '.join(config.data.paths)} — {data.train_summary.examples} training examples, "
+        f"{data.train_summary.supervised_tokens} supervised tokens"
+        + (f", {data.validation_summary.examples} validation examples" if data.validation_summary else ""),
+        f"- Template: `{data.template.name}`; max_seq_len {config.data.max_seq_len}",
+        f"- Method: {config.finetuning}" + (f", rank {config.lora.rank}, alpha {config.lora.alpha}, dropout "
+                                            f"{config.lora.dropout}, targets {', '.join(config.lora.targets)}"
+                                            + (", rsLoRA" if config.lora.rslora else "")
+                                            + (", DoRA" if config.lora.dora else "")
+                                            + (f", LoRA+ ratio {config.lora.loraplus_ratio}"
+                                               if config.lora.loraplus_ratio else "") if adapter else ""),
+        f"- Quantization: {config.model.quantization}",
+        f"- Optimisation: lr {config.learning_rate} ({config.lr_scheduler}), batch {config.batch_size} x "
+        f"{config.gradient_accumulation} accumulation, "
+        + (f"{config.max_steps} steps" if config.max_steps else f"{config.epochs} epochs") + f", seed {config.seed}",
+        "",
+        "## Final metrics",
+        "",
+        *[f"- {key}: {value}" for key, value in final.items()],
+        "",
+        "## Load it",
+        "",
+        load,
+        f"Trained with lorakit {manifest['lorakit_version']}, transformers {manifest['packages']['transformers']}, "
+        f"peft {manifest['packages']['peft']}, torch {manifest['packages']['torch']}.",
+        "",
+    ]
+    return "\n".join(lines)

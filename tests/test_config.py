@@ -1,0 +1,111 @@
+"""Config loading: YAML + overrides into frozen dataclasses, LLaMA-Factory aliases, errors that suggest a fix."""
+
+from pathlib import Path
+
+import pytest
+
+from lorakit.config import TrainConfig, load_config, save_config
+from lorakit.errors import ConfigError
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_yaml_and_overrides_end_up_in_dataclasses(tmp_path):
+    path = write(tmp_path, "model:\n  name: smollm2-135m\nlora:\n  rank: 4\nlearning_rate: 2e-4\n")
+
+    config = load_config(path, ["lora.rank=16", "max_steps=200", "data.paths=[a.json, b.jsonl]"])
+
+    assert config.lora.rank == 16
+    assert config.max_steps == 200
+    assert config.learning_rate == 2e-4  # YAML reads 2e-4 as a string; it must still be a float
+    assert config.data.paths == ("a.json", "b.jsonl")
+
+
+def test_llamafactory_flat_keys_are_translated(tmp_path):
+    path = write(tmp_path, """
+model_name_or_path: /models/qwen
+stage: sft
+do_train: true
+dataset: identity,alpaca_en_demo
+dataset_dir: data
+template: qwen
+finetuning_type: lora
+lora_rank: 16
+lora_alpha: 32
+lora_dropout: 0.1
+lora_target: all
+cutoff_len: 512
+per_device_train_batch_size: 2
+gradient_accumulation_steps: 8
+learning_rate: 1.0e-4
+num_train_epochs: 2.0
+lr_scheduler_type: cosine
+warmup_ratio: 0.1
+logging_steps: 5
+save_steps: 50
+val_size: 0.1
+output_dir: saves/qwen/lora
+quantization_bit: 4
+""")
+    config = load_config(path)
+
+    assert config.model.name == "/models/qwen"
+    assert config.data.paths == ("identity", "alpaca_en_demo")
+    assert config.data.dataset_dir == Path("data")
+    assert config.data.template == "qwen"
+    assert (config.lora.rank, config.lora.alpha, config.lora.dropout) == (16, 32, 0.1)
+    assert config.lora.targets == ("all-linear",)
+    assert config.data.max_seq_len == 512
+    assert (config.batch_size, config.gradient_accumulation, config.epochs) == (2, 8, 2.0)
+    assert config.save_steps == 50 and config.data.val_size == 0.1
+    assert config.model.quantization == "4bit"
+    assert config.output_dir == Path("saves/qwen/lora")
+
+
+def test_unknown_key_suggests_the_closest(tmp_path):
+    path = write(tmp_path, "lora:\n  rnak: 8\n")
+    with pytest.raises(ConfigError, match=r"Unknown config key 'lora.rnak'. Did you mean 'lora.rank'\?"):
+        load_config(path)
+
+
+def test_unknown_flat_key_suggests_the_alias(tmp_path):
+    with pytest.raises(ConfigError, match="Did you mean 'lora_rank'"):
+        load_config(write(tmp_path, "lora_rnak: 8\n"))
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(ConfigError, match="Config key 'learning_rate' must be float, got 'fast'"):
+        load_config(None, ["learning_rate=fast"])
+
+
+def test_bad_choice_lists_valid_values():
+    with pytest.raises(ConfigError, match="model.quantization must be one of none, 4bit, 8bit; got '3bit'"):
+        load_config(None, ["model.quantization=3bit"])
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="Override 'lora.rank' is not of the form key=value"):
+        load_config(None, ["lora.rank"])
+
+
+def test_early_stopping_needs_validation_split():
+    with pytest.raises(ConfigError, match="early_stopping_patience needs a validation set; set data.val_size"):
+        load_config(None, ["early_stopping_patience=2"])
+
+
+def test_saved_config_round_trips(tmp_path):
+    config = load_config(None, ["lora.rank=4", "data.paths=[x.json]", "data.columns={output: answer}"])
+    save_config(config, tmp_path / "config.yaml")
+
+    assert load_config(tmp_path / "config.yaml") == config
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_example_config_loads(path):
+    assert isinstance(load_config(path), TrainConfig)

@@ -1,0 +1,174 @@
+"""Training: adapters saved in standard PEFT form, base weights untouched, outputs complete, resume exact."""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+
+from lorakit.config import DataConfig, LoraConfig, ModelConfig, TrainConfig
+from lorakit.errors import ConfigError
+from lorakit.train import prepare_data, train
+
+from conftest import ARCHITECTURES, make_model
+
+RECORDS = [{"instruction": f"say {word}", "output": f"{word} {word}."} for word in
+           ("hi", "yes", "no", "cat", "dog", "sun", "moon", "tea", "red", "blue", "one", "two")]
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(RECORDS))
+    return path
+
+
+def make_config(tmp_path, data_file, **overrides) -> TrainConfig:
+    data = overrides.pop("data", DataConfig(paths=(str(data_file),), template="chatml", max_seq_len=64))
+    settings = dict(model=ModelConfig(name="tiny", dtype="float32", device="cpu"), data=data,
+                    lora=LoraConfig(rank=2, alpha=4, dropout=0.0), output_dir=tmp_path / "run", max_steps=2,
+                    batch_size=4, learning_rate=1e-2, logging_steps=1)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def fit(model, tokenizer, config):
+    return train(model, tokenizer, prepare_data(config, tokenizer), config)
+
+
+def test_train_writes_adapter_and_report_and_leaves_base_weights(tiny_model, tiny_tokenizer, tmp_path, data_file):
+    frozen = {name: p.detach().clone() for name, p in tiny_model.named_parameters()}
+    config = make_config(tmp_path, data_file, max_steps=4)
+
+    output_dir = fit(tiny_model, tiny_tokenizer, config)
+
+    adapter = output_dir / "adapter"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "chat_template.jinja",
+                 "README.md"):
+        assert (adapter / name).is_file(), name
+    for name in ("config.yaml", "manifest.json", "metrics.json", "trainer_state.json", "loss.png", "README.md"):
+        assert (output_dir / name).is_file(), name
+    base = tiny_model.get_base_model() if hasattr(tiny_model, "get_base_model") else tiny_model
+    for name, parameter in base.named_parameters():
+        if "lora_" not in name:
+            assert torch.equal(parameter, frozen[name.replace("base_layer.", "")]), name
+    manifest = json.loads((output_dir / "manifest.json").read_text())
+    assert manifest["data_files"] == {str(data_file): manifest["data_files"][str(data_file)]}
+    assert len(manifest["data_files"][str(data_file)]) == 64
+    assert manifest["template"]["name"] == "chatml" and manifest["seed"] == 42
+    assert manifest["data"]["train_examples"] == 12 and manifest["packages"]["peft"]
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert torch.isfinite(torch.tensor(metrics["train_loss"]))
+    assert (output_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Final metrics" in (output_dir / "README.md").read_text()
+
+
+def test_adapter_loads_with_plain_peft_and_gives_same_logits(tiny_model, tiny_tokenizer, tmp_path, data_file):
+    output_dir = fit(tiny_model, tiny_tokenizer, make_config(tmp_path, data_file, max_steps=3))
+    tiny_model.eval()
+    inputs = tiny_tokenizer("say hi", return_tensors="pt")
+    expected = tiny_model(**inputs).logits
+
+    fresh = PeftModel.from_pretrained(make_model("llama", len(tiny_tokenizer)), str(output_dir / "adapter")).eval()
+
+    assert torch.allclose(fresh(**inputs).logits, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_lora_trains_every_architecture(architecture, tiny_tokenizer, tmp_path, data_file):
+    model = make_model(architecture, len(tiny_tokenizer))
+    output_dir = fit(model, tiny_tokenizer, make_config(tmp_path, data_file))
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["train_loss"] > 0 and torch.isfinite(torch.tensor(metrics["train_loss"]))
+    assert (output_dir / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("lora", [LoraConfig(rank=2, alpha=4, rslora=True), LoraConfig(rank=2, alpha=4, dora=True),
+                                  LoraConfig(rank=2, alpha=4, loraplus_ratio=16.0),
+                                  LoraConfig(rank=2, alpha=4, targets=("q_proj", "v_proj"))],
+                         ids=["rslora", "dora", "loraplus", "explicit-targets"])
+def test_lora_variants(lora, tiny_model, tiny_tokenizer, tmp_path, data_file):
+    output_dir = fit(tiny_model, tiny_tokenizer, make_config(tmp_path, data_file, lora=lora))
+    adapter_config = json.loads((output_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["use_rslora"] == lora.rslora and adapter_config["use_dora"] == lora.dora
+    if lora.targets != ("all-linear",):
+        assert set(adapter_config["target_modules"]) == {"q_proj", "v_proj"}
+
+
+def test_unknown_lora_target_lists_module_names(tiny_model, tiny_tokenizer, tmp_path, data_file):
+    config = make_config(tmp_path, data_file, lora=LoraConfig(targets=("query",)))
+    with pytest.raises(ConfigError, match=r"lora.targets=\['query'\] does not fit LlamaForCausalLM.*q_proj"):
+        fit(tiny_model, tiny_tokenizer, config)
+
+
+@pytest.mark.parametrize("finetuning", ["full", "freeze"])
+def test_full_and_freeze_finetuning_save_a_model(finetuning, tiny_model, tiny_tokenizer, tmp_path, data_file):
+    embedding = tiny_model.model.embed_tokens.weight.detach().clone()
+    output_dir = fit(tiny_model, tiny_tokenizer, make_config(tmp_path, data_file, finetuning=finetuning,
+                                                             freeze_trainable_layers=1))
+    assert (output_dir / "model" / "model.safetensors").is_file()
+    changed = not torch.equal(tiny_model.model.embed_tokens.weight, embedding)
+    assert changed == (finetuning == "full")
+
+
+def test_validation_early_stopping_and_best_model(tiny_model, tiny_tokenizer, tmp_path, data_file):
+    data = DataConfig(paths=(str(data_file),), template="chatml", max_seq_len=64, val_size=0.25)
+    config = make_config(tmp_path, data_file, data=data, max_steps=None, epochs=20, save_steps=2,
+                         early_stopping_patience=1, learning_rate=0.5)
+    output_dir = fit(tiny_model, tiny_tokenizer, config)
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["best_metric"] is not None
+    assert state["global_step"] < 60  # stopped early: 20 epochs of 3 steps would be 60
+    assert "eval_loss" in json.loads((output_dir / "metrics.json").read_text())
+
+
+def test_resume_matches_uninterrupted_run(tiny_tokenizer, tmp_path, data_file, monkeypatch):
+    def losses(output_dir):
+        state = json.loads((output_dir / "trainer_state.json").read_text())
+        return {entry["step"]: entry["loss"] for entry in state["log_history"] if "loss" in entry}
+
+    common = dict(max_steps=6, save_steps=3, save_total_limit=3, batch_size=2,
+                  lora=LoraConfig(rank=2, alpha=4, dropout=0.1))
+    straight = fit(make_model("llama", len(tiny_tokenizer)), tiny_tokenizer,
+                   make_config(tmp_path, data_file, output_dir=tmp_path / "straight", **common))
+
+    import transformers
+
+    original_step = transformers.Trainer.training_step
+    calls = {"n": 0}
+
+    def crash_after_three(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3:
+            raise RuntimeError("simulated crash")
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.Trainer, "training_step", crash_after_three)
+    interrupted = make_config(tmp_path, data_file, output_dir=tmp_path / "resumed", **common)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(make_model("llama", len(tiny_tokenizer)), tiny_tokenizer, interrupted)
+    monkeypatch.setattr(transformers.Trainer, "training_step", original_step)
+    assert (tmp_path / "resumed" / "checkpoints" / "checkpoint-3").is_dir()
+    assert not (tmp_path / "resumed" / "adapter").exists()
+
+    resumed = fit(make_model("llama", len(tiny_tokenizer)), tiny_tokenizer,
+                  make_config(tmp_path, data_file, output_dir=tmp_path / "resumed", resume=True, **common))
+
+    expected, got = losses(straight), losses(resumed)
+    for step in (4, 5, 6):
+        assert abs(expected[step] - got[step]) < 1e-3, (step, expected[step], got[step])
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tiny_model, tiny_tokenizer, tmp_path, data_file):
+    with pytest.raises(ConfigError, match="resume is set but .*checkpoints holds no checkpoint-N folder"):
+        fit(tiny_model, tiny_tokenizer, make_config(tmp_path, data_file, resume=True))
+
+
+def test_all_labels_masked_is_an_error_before_training(tiny_tokenizer, tmp_path):
+    from lorakit.errors import DataError
+
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps([{"instruction": "x" * 80, "output": "y"}] * 3))
+    config = make_config(tmp_path, path, data=DataConfig(paths=(str(path),), template="chatml", max_seq_len=32))
+    with pytest.raises(DataError, match=r"All 3 examples would train on nothing.*max_seq_len=32.*longest example: 1"):
+        prepare_data(config, tiny_tokenizer)
