@@ -172,3 +172,25 @@ def test_all_labels_masked_is_an_error_before_training(tiny_tokenizer, tmp_path)
     config = make_config(tmp_path, path, data=DataConfig(paths=(str(path),), template="chatml", max_seq_len=32))
     with pytest.raises(DataError, match=r"All 3 examples would train on nothing.*max_seq_len=32.*longest example: 1"):
         prepare_data(config, tiny_tokenizer)
+
+
+@pytest.mark.parametrize("bits", ["4bit", "8bit"])
+def test_qlora_trains_on_a_quantized_base(bits, tiny_model_dir, tiny_tokenizer, tmp_path, data_file):
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes as bnb
+
+    from lorakit.model import load_model
+
+    config = make_config(tmp_path, data_file, model=ModelConfig(name=str(tiny_model_dir), dtype="float32",
+                                                                device="cpu", quantization=bits), max_steps=3)
+    model = load_model(config.model)
+    layer_type = bnb.nn.Linear4bit if bits == "4bit" else bnb.nn.Linear8bitLt
+    assert isinstance(model.model.layers[0].self_attn.q_proj, layer_type)
+
+    output_dir = fit(model, tiny_tokenizer, config)
+
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert torch.isfinite(torch.tensor(metrics["train_loss"]))
+    adapter_config = json.loads((output_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 2
+    assert "Quantization: " + bits in (output_dir / "README.md").read_text()

@@ -70,17 +70,21 @@ def models():
 def demo(output_dir: Annotated[Path, typer.Option(help="Where the demo's adapter goes.")] = Path("outputs/demo"),
          model: Annotated[str, typer.Option(help="Bundled model to fine-tune.")] = "smollm2-135m"):
     """Fine-tune the bundled model on the bundled sample set and show base vs tuned answers."""
+    from rich.markup import escape
+
     from lorakit.demo import run_demo
+
+    console.print(f"Fine-tuning {model} on the bundled sample set (a new assistant identity, 'Lumi', and a "
+                  "fictional tea house), then asking held-out questions. First run converts the model (~1 min).")
 
     rows = run_demo(output_dir, model)
     table = Table(title="Held-out questions: base model vs fine-tuned", show_lines=True)
-    table.add_column("question", max_width=30)
-    table.add_column("base model", max_width=45)
-    table.add_column("fine-tuned", max_width=45)
-    table.add_column("expects", max_width=8)
+    for column, width in (("question", 30), ("base model", 45), ("fine-tuned", 45), ("expects", 8)):
+        table.add_column(column, max_width=width, overflow="fold")  # fold: Chinese text has no spaces to wrap at
     for row in rows:
-        mark = lambda answer: "[green]✓[/]" if row.expect in answer else "[red]✗[/]"  # noqa: E731
-        table.add_row(row.question, f"{mark(row.base)} {row.base}", f"{mark(row.tuned)} {row.tuned}", row.expect)
+        cells = [f"{'[green]✓' if row.expect in answer else '[red]✗'}[/] {escape(' '.join(answer.split()))}"
+                 for answer in (row.base, row.tuned)]
+        table.add_row(escape(row.question), *cells, escape(row.expect))
     console.print(table)
     base_hits = sum(row.expect in row.base for row in rows)
     tuned_hits = sum(row.expect in row.tuned for row in rows)
@@ -103,15 +107,10 @@ SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip malformed record
 @data_app.command("check")
 def data_check(args: ConfigArgs = None, skip_bad: SkipBad = False):
     """Validate a dataset without loading any model; report records read / used / skipped."""
-    from lorakit.data.inspect import check_data
+    from lorakit.data.inspect import check_data, format_check
 
     config = _data_config(args, skip_bad)
-    report = check_data(config.data)
-    console.print(f"read {report.read}, used {report.used}, skipped {report.skipped}; formats: {report.formats}")
-    for problem in report.problems[:20]:
-        console.print(f"  [yellow]skipped[/] {problem}", markup=False)
-    if len(report.problems) > 20:
-        console.print(f"  ... and {len(report.problems) - 20} more")
+    console.print(format_check(check_data(config.data), shown=20), markup=False, highlight=False)
 
 
 def _tokenized_view(config):

@@ -20,6 +20,7 @@ import torch
 from datasets import Dataset
 from transformers import (EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback,
                           TrainingArguments)
+from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from lorakit import __version__
@@ -170,9 +171,11 @@ def _build_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, d
     if config.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
-                   data_collator=lambda features: pad_batch(features, pad_id), processing_class=tokenizer,
-                   callbacks=callbacks, optimizers=(_loraplus_optimizer(model, config), None))
+    trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
+                      data_collator=lambda features: pad_batch(features, pad_id), processing_class=tokenizer,
+                      callbacks=callbacks, optimizers=(_loraplus_optimizer(model, config), None))
+    trainer.remove_callback(PrinterCallback)  # ProgressCallback below prints the same logs, readably
+    return trainer
 
 
 def _loraplus_optimizer(model: PreTrainedModel, config: TrainConfig) -> torch.optim.Optimizer | None:
@@ -186,7 +189,7 @@ def _loraplus_optimizer(model: PreTrainedModel, config: TrainConfig) -> torch.op
 
 
 class ProgressCallback(TrainerCallback):
-    """A live line per logging step: step, loss, learning rate, tokens/s and time left (rich progress bar)."""
+    """A live progress bar (loss, tokens/s, time left) and one printed line per logging step."""
 
     def __init__(self, total_steps: int) -> None:
         self.total_steps = total_steps
@@ -219,7 +222,9 @@ class ProgressCallback(TrainerCallback):
         parts = [f"loss {logs['loss']:.4f}" if "loss" in logs else "",
                  f"eval {logs['eval_loss']:.4f}" if "eval_loss" in logs else "",
                  f"lr {logs['learning_rate']:.2e}" if "learning_rate" in logs else "", f"{speed:,.0f} tok/s"]
-        self.progress.update(self.task, stats="  ".join(p for p in parts if p))
+        stats = "  ".join(p for p in parts if p)
+        self.progress.update(self.task, stats=stats)
+        self.progress.console.print(f"step {state.global_step}/{state.max_steps}  {stats}", highlight=False)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:

@@ -1,0 +1,88 @@
+"""The `lorakit` command: stages run from argv, user mistakes end in one line and exit status 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from lorakit.cli import app
+
+RECORDS = [{"instruction": f"say {w}", "output": f"{w}."} for w in ("hi", "yes", "no", "cat", "dog", "sun")]
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(RECORDS))
+    return path
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lorakit.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_train_from_overrides_alone(tiny_model_dir, data_file, tmp_path):
+    result = CliRunner().invoke(app, ["train", f"model.name={tiny_model_dir}", "model.dtype=float32",
+                                      f"data.paths=[{data_file}]", "data.template=chatml", f"output_dir={tmp_path / 'o'}",
+                                      "max_steps=2", "lora.rank=2", "logging_steps=1"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o" / "adapter" / "adapter_model.safetensors").is_file()
+    assert "done" in result.output
+
+
+def test_saved_config_repeats_the_run(tiny_model_dir, data_file, tmp_path):
+    first = CliRunner().invoke(app, ["train", f"model.name={tiny_model_dir}", "model.dtype=float32",
+                                     f"data.paths=[{data_file}]", f"output_dir={tmp_path / 'a'}", "max_steps=1"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, ["train", str(tmp_path / "a" / "config.yaml"), f"output_dir={tmp_path / 'b'}"])
+    assert again.exit_code == 0, again.output
+    assert (tmp_path / "b" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_user_mistake_is_one_line_and_status_2(tmp_path):
+    result = run_cli("train", "lora.rnak=4")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "ConfigError: Unknown config key 'lora.rnak'. Did you mean 'lora.rank'?"
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_data_line_is_reported_by_data_check(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "q", "completion": "a"}\n{"prompt": "q"\n')
+    result = run_cli("data", "check", str(path))
+    assert result.returncode == 2
+    assert f"DataError: {path}, line 2: not valid JSON" in result.stderr
+    skipped = run_cli("data", "check", str(path), "--skip-bad")
+    assert skipped.returncode == 0, skipped.stderr
+    assert "Read 2 records: 1 used, 1 skipped." in skipped.stdout
+
+
+def test_data_preview_and_stats(tiny_model_dir, data_file, tmp_path):
+    runner = CliRunner()
+    preview = runner.invoke(app, ["data", "preview", str(data_file), f"model.name={tiny_model_dir}",
+                                  "data.template=chatml", "--count", "1"])
+    assert preview.exit_code == 0, preview.output
+    assert "«hi.<|im_end|>»" in preview.output
+    plot = tmp_path / "lengths.png"
+    stats = runner.invoke(app, ["data", "stats", str(data_file), f"model.name={tiny_model_dir}",
+                                "data.template=chatml", "--plot", str(plot)])
+    assert stats.exit_code == 0, stats.output
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_data_convert(data_file, tmp_path):
+    target = tmp_path / "out.jsonl"
+    result = CliRunner().invoke(app, ["data", "convert", str(data_file), str(target), "--to", "openai"])
+    assert result.exit_code == 0, result.output
+    lines = target.read_text().splitlines()
+    assert len(lines) == 6 and json.loads(lines[0])["messages"][-1] == {"role": "assistant", "content": "hi."}
+
+
+def test_models_lists_bundled_models(tmp_path, monkeypatch):
+    monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path))
+    result = CliRunner().invoke(app, ["models"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "smollm2-135m" in result.output and "HuggingFaceTB/SmolLM2-135M-Instruct" in result.output
+    assert "gemma3-270m" in result.output and "dequantised from GGUF Q4_1" in result.output
