@@ -28,6 +28,7 @@ FINETUNING = ("lora", "freeze", "full")
 OVERLONG = ("truncate", "drop")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")
+EXAMPLE_ORDERS = ("random", "sequential", "by_length")
 FORMATS = ("auto", "alpaca", "sharegpt", "openai", "qa", "prompt_completion", "text")
 
 
@@ -139,11 +140,15 @@ class TrainConfig:
     save_total_limit: int = 2
     early_stopping_patience: int | None = None
     gradient_checkpointing: bool = False
+    padding_free: bool = True
+    chunked_loss: bool = True
+    example_order: str = "random"
     seed: int = 42
     resume: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("finetuning", self.finetuning, FINETUNING)
+        _check_choice("example_order", self.example_order, EXAMPLE_ORDERS)
         _check_choice("lr_scheduler", self.lr_scheduler, SCHEDULERS)
         problems = []
         if self.learning_rate <= 0:
@@ -213,6 +218,7 @@ ALIASES: dict[str, tuple[str, Any]] = {
     "eval_steps": ("eval_steps", None),
     "resume_from_checkpoint": ("resume", lambda v: bool(v)),
     "gradient_checkpointing": ("gradient_checkpointing", None),
+    "neat_packing": ("padding_free", None),
 }
 # LLaMA-Factory keys that carry no meaning for lorakit (it always trains, plots and overwrites its own outputs).
 IGNORED_KEYS = frozenset({

@@ -138,7 +138,9 @@ def split_validation(conversations: list[Conversation], val_size: float, seed: i
 
 
 def data_files(config: DataConfig) -> list[Path]:
-    """The local files behind `config.paths`, for hashing into the run manifest."""
+    """The local files behind `config.paths`, for hashing into the run manifest (none for data built in Python)."""
+    if not config.paths:
+        return []
     return [Path(entry.source) for entry in resolve_entries(config) if Path(entry.source).is_file()]
 
 

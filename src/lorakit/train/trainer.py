@@ -31,6 +31,9 @@ from lorakit.errors import ConfigError
 from lorakit.files import atomic_dir, sha256_file, write_json, write_text
 from lorakit.model import load_model, load_tokenizer, prepare_for_training, resolve_device
 from lorakit.templates import Template, install_template, resolve_template
+from lorakit.train.dropout import use_fast_dropout
+from lorakit.train.loss import ChunkedLossTrainer
+from lorakit.train.packing import concatenate_batch, supports_padding_free, use_varlen_attention
 
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
@@ -92,16 +95,33 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Prep
     resume_from = _checkpoint_to_resume(config)
     torch.manual_seed(config.seed)
     model = prepare_for_training(model, config)
+    if resolve_device(config.model.device).type == "cpu":
+        use_fast_dropout(model)
+    if _computes_in_bf16(model):
+        _keep_lora_inputs_in_bf16(model)
     install_template(tokenizer, data.template)
-    trainer = _build_trainer(model, tokenizer, data, config)
-    started = time.time()
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    metrics = dict(result.metrics)
-    if data.validation is not None:
-        metrics.update(trainer.evaluate())
+    padding_free = config.padding_free and supports_padding_free(model)
+    attention = use_varlen_attention(model) if padding_free else None
+    try:
+        trainer = _build_trainer(model, tokenizer, data, config, padding_free)
+        started = time.time()
+        result = trainer.train(resume_from_checkpoint=resume_from)
+        metrics = dict(result.metrics)
+        if data.validation is not None:
+            metrics.update(trainer.evaluate())
+    finally:
+        if attention is not None:
+            model.set_attn_implementation(attention)  # generation needs padded-batch masks again
     metrics["train_seconds"] = round(time.time() - started, 2)
     _save_outputs(trainer, tokenizer, data, config, metrics)
     return output_dir
+
+
+def _keep_lora_inputs_in_bf16(model: PreTrainedModel) -> None:
+    """PEFT casts each LoRA input to the adapter's fp32; under bf16 autocast that is a copy per layer for nothing."""
+    for module in model.modules():
+        if hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = False
 
 
 def _checkpoint_to_resume(config: TrainConfig) -> str | None:
@@ -115,7 +135,8 @@ def _checkpoint_to_resume(config: TrainConfig) -> str | None:
     return last
 
 
-def _training_arguments(config: TrainConfig, has_validation: bool, steps_per_epoch: int) -> TrainingArguments:
+def _training_arguments(config: TrainConfig, has_validation: bool, steps_per_epoch: int,
+                        bf16: bool) -> TrainingArguments:
     device = resolve_device(config.model.device)
     evaluate_by = "no"
     if has_validation:
@@ -151,12 +172,21 @@ def _training_arguments(config: TrainConfig, has_validation: bool, steps_per_epo
         seed=config.seed,
         data_seed=config.seed,
         use_cpu=device.type == "cpu",
+        bf16=bf16,
         report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else [],
         include_num_input_tokens_seen="non_padding",
         remove_unused_columns=False,
+        prediction_loss_only=True,
+        train_sampling_strategy={"random": "random", "sequential": "sequential",
+                                 "by_length": "group_by_length"}[config.example_order],
         disable_tqdm=True,
         dataloader_pin_memory=False,
     )
+
+
+def _computes_in_bf16(model: PreTrainedModel) -> bool:
+    """bf16 frozen weights get bf16 autocast, so fp32 LoRA weights compute in bf16 with fp32 master copies."""
+    return any(p.dtype == torch.bfloat16 for p in model.parameters() if not p.requires_grad)
 
 
 def _total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
@@ -164,16 +194,18 @@ def _total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
 
 
 def _build_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
-                   config: TrainConfig) -> Trainer:
+                   config: TrainConfig, padding_free: bool) -> Trainer:
     steps_per_epoch = max(1, math.ceil(len(data.train) / (config.batch_size * config.gradient_accumulation)))
-    args = _training_arguments(config, data.validation is not None, steps_per_epoch)
+    args = _training_arguments(config, data.validation is not None, steps_per_epoch, _computes_in_bf16(model))
     callbacks: list[TrainerCallback] = [ProgressCallback(_total_steps(config, steps_per_epoch))]
     if config.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    trainer = Trainer(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
-                      data_collator=lambda features: pad_batch(features, pad_id), processing_class=tokenizer,
-                      callbacks=callbacks, optimizers=(_loraplus_optimizer(model, config), None))
+    collate = concatenate_batch if padding_free else lambda features: pad_batch(features, pad_id)
+    trainer_class = ChunkedLossTrainer if config.chunked_loss else Trainer
+    trainer = trainer_class(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
+                            data_collator=collate, processing_class=tokenizer, callbacks=callbacks,
+                            optimizers=(_loraplus_optimizer(model, config), None))
     trainer.remove_callback(PrinterCallback)  # ProgressCallback below prints the same logs, readably
     return trainer
 

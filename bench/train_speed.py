@@ -1,0 +1,228 @@
+"""LoRA SFT speed and memory, side by side on the same CPU, data, hyperparameters and example order.
+
+Recipes: (1) plain transformers Trainer + PEFT, fp32, padded to the longest; (2) TRL SFTTrainer, padding-free, loss on
+completions; (3) lorakit's defaults. Each runs in its own process (so peak RSS is its own); all train on the same
+token ids in the same order, then the saved adapter is scored on held-out records by one shared fp32 evaluation.
+
+    python bench/train_speed.py                                 # smollm2-135m, batch 4, 128 records
+    python bench/train_speed.py --model gemma3-270m --batch-size 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "bench" / "bench_alpaca.json"
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+RECIPES = ("plain", "trl", "lorakit")
+
+
+def tokenized(model_name: str, start: int, count: int, max_seq_len: int) -> list[dict]:
+    """Records [start, start+count) of the bench set, rendered with the model's template and cut at max_seq_len."""
+    from lorakit.config import DataConfig
+    from lorakit.data import load_conversations, tokenize_conversations
+    from lorakit.model import load_tokenizer
+    from lorakit.config import ModelConfig
+    from lorakit.templates import resolve_template
+
+    config = DataConfig(paths=(str(DATA),), max_seq_len=max_seq_len,
+                        template="auto" if model_name == "smollm2-135m" else "gemma")
+    tokenizer = load_tokenizer(ModelConfig(name=model_name))
+    conversations, _ = load_conversations(config)
+    dataset, _ = tokenize_conversations(conversations[start:start + count], tokenizer,
+                                        resolve_template(config.template, tokenizer), config)
+    return [dict(row) for row in dataset]
+
+
+def run_recipe(recipe: str, args: argparse.Namespace, out: Path) -> None:
+    """Train one recipe in this process and write its figures to `out` (JSON)."""
+    from datasets import Dataset
+
+    from lorakit.model import load_tokenizer, resolve_model_path
+    from lorakit.config import ModelConfig
+
+    rows = tokenized(args.model, 0, args.records, args.max_seq_len)
+    tokenizer = load_tokenizer(ModelConfig(name=args.model))
+    adapter_dir = out.with_suffix("")
+    started = time.time()
+    if recipe == "lorakit":
+        runtime, history = _train_lorakit(rows, args, adapter_dir)
+    else:
+        runtime, history = _train_reference(recipe, rows, tokenizer, resolve_model_path(args.model), args,
+                                            adapter_dir)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    tokens = sum(len(r["input_ids"]) for r in rows)
+    supervised = sum(sum(label != -100 for label in r["labels"][1:]) for r in rows)
+    out.write_text(json.dumps({"recipe": recipe, "train_seconds": runtime, "tokens": tokens,
+                               "supervised_tokens": supervised, "peak_rss": peak_rss, "history": history,
+                               "wall_seconds": time.time() - started, "adapter": str(adapter_dir)}))
+
+
+def _train_reference(recipe: str, rows: list[dict], tokenizer, model_path: str, args, adapter_dir: Path):
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from lorakit.data import pad_batch
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    peft_config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=TARGETS, task_type="CAUSAL_LM")
+    dataset = Dataset.from_list(rows)
+    common = dict(output_dir=str(adapter_dir) + "-trainer", learning_rate=2e-4, lr_scheduler_type="cosine",
+                  num_train_epochs=1, per_device_train_batch_size=args.batch_size, logging_steps=1,
+                  save_strategy="no", report_to=[], use_cpu=True, seed=42, train_sampling_strategy="sequential",
+                  disable_tqdm=True, remove_unused_columns=False)
+    if recipe == "plain":
+        trainer = Trainer(model=get_peft_model(model, peft_config), args=TrainingArguments(**common),
+                          train_dataset=dataset, data_collator=lambda f: pad_batch(f, tokenizer.pad_token_id))
+    else:
+        from trl import SFTConfig, SFTTrainer
+
+        config = SFTConfig(**common, bf16=False, max_length=None, padding_free=True,  # rows are already cut
+                           completion_only_loss=True, dataset_num_proc=None)
+        trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=peft_config)
+    result = trainer.train()
+    trainer.model.save_pretrained(adapter_dir)
+    history = [{"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e]
+    return result.metrics["train_runtime"], history
+
+
+def _train_lorakit(rows: list[dict], args, adapter_dir: Path):
+    from datasets import Dataset
+
+    from lorakit.config import DataConfig, LoraConfig, ModelConfig, TrainConfig
+    from lorakit.data import LoadSummary, TokenizeSummary
+    from lorakit.model import load_model, load_tokenizer
+    from lorakit.templates import resolve_template
+    from lorakit.train import PreparedData, train
+
+    config = TrainConfig(model=ModelConfig(name=args.model), data=DataConfig(paths=(str(DATA),), max_seq_len=args.max_seq_len),
+                         lora=LoraConfig(rank=8, alpha=16, dropout=0.05), output_dir=adapter_dir.parent /
+                         (adapter_dir.name + "-run"), learning_rate=2e-4, epochs=1, batch_size=args.batch_size,
+                         logging_steps=1, example_order="sequential", save_total_limit=1)
+    tokenizer = load_tokenizer(config.model)
+    data = PreparedData(Dataset.from_list(rows), None, resolve_template("auto" if args.model == "smollm2-135m"
+                                                                        else "gemma", tokenizer),
+                        LoadSummary(), TokenizeSummary(examples=len(rows)), None)
+    output_dir = train(load_model(config.model), tokenizer, data, config)
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    os.replace(output_dir / "adapter", adapter_dir)
+    history = [{"step": e["step"], "loss": e["loss"]} for e in state["log_history"] if "loss" in e]
+    return metrics["train_runtime"], history
+
+
+def held_out_loss(model_name: str, adapter_dir: Path, args) -> float:
+    """Token-weighted mean loss on held-out records, fp32 base + adapter, one example at a time: no padding effects."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.model import resolve_model_path
+
+    rows = tokenized(model_name, args.records, args.eval_records, args.max_seq_len)
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_path(model_name), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for row in rows:
+            ids, labels = torch.tensor([row["input_ids"]]), torch.tensor([row["labels"]])
+            logits = model(input_ids=ids).logits[0, :-1].float()
+            targets = labels[0, 1:]
+            total += torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100, reduction="sum").item()
+            count += int((targets != -100).sum())
+    return total / count
+
+
+def bf16_matmul_peak(seconds: float = 3.0) -> float:
+    """Sustained bf16 GFLOP/s of a 4096x4096 matmul on all threads."""
+    a = torch.randn(4096, 4096, dtype=torch.bfloat16)
+    b = torch.randn(4096, 4096, dtype=torch.bfloat16)
+    a @ b
+    runs, started = 0, time.time()
+    while time.time() - started < seconds:
+        a @ b
+        runs += 1
+    return 2 * 4096**3 * runs / (time.time() - started) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--records", type=int, default=128)
+    parser.add_argument("--eval-records", type=int, default=64)
+    parser.add_argument("--max-seq-len", type=int, default=512)
+    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--workdir", type=Path, default=ROOT / "outputs" / "bench")
+    parser.add_argument("--recipe", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.recipe:
+        run_recipe(args.recipe, args, args.out)
+        return
+    if not DATA.is_file():
+        sys.exit(f"needs {DATA} (the shared benchmark data beside the repo)")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for recipe in args.recipes.split(","):
+        out = args.workdir / f"{args.model}-{recipe}.json"
+        print(f"== {recipe} ...", flush=True)
+        subprocess.run([sys.executable, __file__, "--recipe", recipe, "--out", str(out), "--model", args.model,
+                        "--batch-size", str(args.batch_size), "--records", str(args.records),
+                        "--max-seq-len", str(args.max_seq_len)], check=True,
+                       stdout=subprocess.DEVNULL if not os.environ.get("BENCH_VERBOSE") else None)
+        results[recipe] = json.loads(out.read_text())
+        results[recipe]["eval_loss"] = held_out_loss(args.model, Path(results[recipe]["adapter"]), args)
+    report(results, args)
+
+
+def report(results: dict, args) -> None:
+    from lorakit.model import load_model
+    from lorakit.config import ModelConfig
+
+    parameters = sum(p.numel() for p in load_model(ModelConfig(name=args.model, dtype="bfloat16")).parameters())
+    peak = bf16_matmul_peak()
+    print(f"\nmodel {args.model} ({parameters / 1e6:.1f}M parameters), LoRA r=8 alpha=16 dropout 0.05 on "
+          f"{','.join(TARGETS)}, batch {args.batch_size}, cutoff {args.max_seq_len}, lr 2e-4 cosine, 1 epoch over "
+          f"{args.records} records, {torch.get_num_threads()} threads; bf16 matmul peak {peak:.0f} GFLOP/s\n")
+    header = f"{'recipe':10} {'tokens/s':>9} {'superv/s':>9} {'peak RSS':>9} {'eval loss':>10} {'useful GFLOP/s':>15}"
+    print(header)
+    for recipe, r in results.items():
+        speed = r["tokens"] / r["train_seconds"]
+        flops = 4 * parameters * speed / 1e9
+        print(f"{recipe:10} {speed:9.1f} {r['supervised_tokens'] / r['train_seconds']:9.1f} "
+              f"{r['peak_rss'] / 2**30:8.2f}G {r['eval_loss']:10.4f} {flops:9.1f} ({flops / peak:5.1%})")
+    steps = [h["step"] for h in next(iter(results.values()))["history"]]
+    marks = sorted({steps[len(steps) * k // 4 - 1] for k in (1, 2, 3, 4)})
+    print("\nloss at equal tokens (same batches in every recipe), by step: "
+          + "  ".join(f"{recipe}: " + ", ".join(f"{s}={_loss_at(r, s):.3f}" for s in marks)
+                      for recipe, r in results.items()))
+    if "lorakit" in results:
+        ours = results["lorakit"]
+        for other in ("plain", "trl"):
+            if other in results:
+                theirs = results[other]
+                print(f"lorakit / {other}: tokens/s x{theirs['train_seconds'] / ours['train_seconds']:.2f}, "
+                      f"peak RSS x{ours['peak_rss'] / theirs['peak_rss']:.2f}, eval loss "
+                      f"{(ours['eval_loss'] / theirs['eval_loss'] - 1):+.2%}")
+
+
+def _loss_at(result: dict, step: int) -> float:
+    return next(h["loss"] for h in result["history"] if h["step"] == step)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Causal-LM loss without the full logits: the LM head and cross-entropy run only on supervised positions, in chunks.
+
+A [tokens x vocab] logits tensor is the largest allocation of LoRA training on small models (SmolLM2: 49,152 columns;
+Gemma 3: 262,144). With a frozen LM head (LoRA, freeze), the gradient for each chunk's hidden states is computed in
+the forward pass and the chunk's logits are dropped at once: Liger's fused linear cross-entropy algorithm, written in
+plain torch because Liger's kernels need Triton and a GPU, and lorakit's first users train on CPUs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+from transformers import Trainer
+
+from lorakit.data.tokenize import IGNORE_INDEX
+
+CHUNK_TOKENS = 1024
+
+
+def chunked_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.nn.Module,
+                    softcap: float | None = None, num_items: int | torch.Tensor | None = None,
+                    chunk_tokens: int = CHUNK_TOKENS) -> torch.Tensor:
+    """Mean next-token cross-entropy over supervised positions (the same value as transformers' loss).
+
+    `hidden` is the final hidden state [batch, seq, dim]; `labels` [batch, seq] uses IGNORE_INDEX for no loss.
+    `num_items` (supervised tokens across gradient-accumulation steps) replaces the local count, as in Trainer.
+    """
+    shifted = labels[:, 1:]
+    keep = shifted != IGNORE_INDEX
+    states = hidden[:, :-1][keep]
+    targets = shifted[keep]
+    if isinstance(num_items, torch.Tensor):
+        count = num_items.to(hidden.device).clamp(min=1).float()
+    else:
+        count = torch.tensor(float(max(num_items if num_items is not None else targets.numel(), 1)))
+    head_is_frozen = type(lm_head) is torch.nn.Linear and not lm_head.weight.requires_grad and lm_head.bias is None
+    if head_is_frozen and not softcap:
+        states = states.to(lm_head.weight.dtype)  # autocast leaves the last norm's output in fp32
+        return _FusedLinearCrossEntropy.apply(states, lm_head.weight, targets, chunk_tokens) / count
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for start in range(0, targets.numel(), chunk_tokens):
+        piece, answer = states[start:start + chunk_tokens], targets[start:start + chunk_tokens]
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_chunk_loss, piece, answer, lm_head, softcap, use_reentrant=False)
+        else:
+            total = total + _chunk_loss(piece, answer, lm_head, softcap)
+    return total / count
+
+
+def _chunk_loss(states: torch.Tensor, targets: torch.Tensor, lm_head: torch.nn.Module,
+                softcap: float | None) -> torch.Tensor:
+    logits = lm_head(states).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits, targets, reduction="sum")
+
+
+class _FusedLinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `states @ weight.T`; the hidden-state gradient is made chunk by chunk in forward."""
+
+    @staticmethod
+    def forward(ctx, states: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                chunk_tokens: int) -> torch.Tensor:
+        total = torch.zeros((), dtype=torch.float32, device=states.device)
+        grad_states = torch.empty_like(states) if states.requires_grad else None
+        for start in range(0, targets.numel(), chunk_tokens):
+            piece = states[start:start + chunk_tokens]
+            answer = targets[start:start + chunk_tokens]
+            log_probs = torch.log_softmax((piece @ weight.T).float(), dim=-1)
+            total += -log_probs.gather(1, answer[:, None]).sum()
+            if grad_states is not None:
+                grad_logits = log_probs.exp_()
+                grad_logits[torch.arange(answer.numel(), device=answer.device), answer] -= 1.0
+                grad_states[start:start + chunk_tokens] = grad_logits.to(weight.dtype) @ weight
+        ctx.save_for_backward(grad_states)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        (grad_states,) = ctx.saved_tensors
+        return grad_states * grad_output.to(grad_states.dtype), None, None, None
+
+
+class ChunkedLossTrainer(Trainer):
+    """The Hugging Face Trainer with `chunked_lm_loss` in place of the model's full-logits loss."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.pop("labels")
+        # An empty index keeps transformers from computing any logits at all.
+        nothing = torch.empty(0, dtype=torch.long, device=labels.device)
+        outputs = model(**inputs, output_hidden_states=True, logits_to_keep=nothing, use_cache=False)
+        causal_lm = self.accelerator.unwrap_model(model)
+        if hasattr(causal_lm, "get_base_model"):
+            causal_lm = causal_lm.get_base_model()
+        loss = chunked_lm_loss(outputs.hidden_states[-1], labels, causal_lm.get_output_embeddings(),
+                               softcap=getattr(causal_lm.config, "final_logit_softcapping", None),
+                               num_items=num_items_in_batch)
+        # Normalised over the whole accumulated batch when Trainer counted it; mirror Trainer's own bookkeeping.
+        self.loss_is_scaled_for_ga = num_items_in_batch is not None
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+        inputs["labels"] = labels
+        return (loss, outputs) if return_outputs else loss

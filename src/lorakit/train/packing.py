@@ -1,0 +1,88 @@
+"""Padding-free batches: a micro-batch's examples concatenated into one row, each attending only to itself.
+
+Positions restart at every example and attention runs per example (varlen), so the cost is the sum of each example's
+own quadratic attention rather than that of one dense mask over the whole row. The same examples make up each step
+as in a padded batch, so the model learns exactly what it would have learned with padding, minus the padding work.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface
+
+from lorakit.data.tokenize import IGNORE_INDEX
+
+VARLEN_ATTENTION = "lorakit_varlen"
+
+
+def concatenate_batch(features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor | int]:
+    """One [1, total] row of the examples, with position_ids restarting per example and the varlen boundaries.
+
+    The first label of every example is masked: in the row it would be predicted from the previous example.
+    """
+    input_ids, labels, position_ids, boundaries = [], [], [], [0]
+    for feature in features:
+        length = len(feature["input_ids"])
+        input_ids.extend(feature["input_ids"])
+        labels.extend([IGNORE_INDEX, *feature["labels"][1:]])
+        position_ids.extend(range(length))
+        boundaries.append(boundaries[-1] + length)
+    cu_seq_lens = torch.tensor(boundaries, dtype=torch.int32)
+    longest = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
+    return {"input_ids": torch.tensor([input_ids]), "labels": torch.tensor([labels]),
+            "attention_mask": torch.ones(1, len(input_ids), dtype=torch.long),  # only counted, never a dense mask
+            "position_ids": torch.tensor([position_ids]), "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens,
+            "max_length_q": longest, "max_length_k": longest}
+
+
+def _varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                      **kwargs) -> tuple[torch.Tensor, None]:
+    """Causal SDPA run separately on each example of a concatenated row (query: [1, heads, total, head_dim]).
+
+    Own loop rather than flash-attn's varlen kernel: that kernel is CUDA-only, and this must run on laptops' CPUs.
+    Without boundaries (generation, evaluation of padded batches) it is plain SDPA.
+    """
+    boundaries = kwargs.get("cu_seq_lens_q")
+    if boundaries is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
+    output = torch.empty_like(query)
+    for start, end in zip(boundaries[:-1].tolist(), boundaries[1:].tolist()):
+        q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
+        mask = _sliding_causal_mask(end - start, window, query.device) if window and end - start > window else None
+        output[:, :, start:end] = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout if module.training else 0.0,
+            scale=scaling, enable_gqa=key.shape[1] != query.shape[1])
+    return output.transpose(1, 2).contiguous(), None
+
+
+def _sliding_causal_mask(length: int, window: int, device: torch.device) -> torch.Tensor:
+    positions = torch.arange(length, device=device)
+    distance = positions[:, None] - positions[None, :]
+    return (distance >= 0) & (distance < window)
+
+
+def _no_mask(*args, **kwargs) -> None:
+    """Masks come from the example boundaries, not from a dense [total x total] tensor."""
+    return None
+
+
+def use_varlen_attention(model: PreTrainedModel) -> str:
+    """Switch `model` to per-example attention for padding-free batches; return the implementation it had."""
+    AttentionInterface.register(VARLEN_ATTENTION, _varlen_attention)
+    AttentionMaskInterface.register(VARLEN_ATTENTION, _no_mask)
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(VARLEN_ATTENTION)
+    return previous
+
+
+def supports_padding_free(model: PreTrainedModel) -> bool:
+    """Padding-free needs attention that takes position_ids and kwargs through (all current decoder-only LMs)."""
+    config = model.config
+    return (getattr(config, "attn_logit_softcapping", None) is None
+            and config._attn_implementation in ("sdpa", "eager", VARLEN_ATTENTION))

@@ -1,0 +1,58 @@
+"""The chunked loss equals transformers' full-logits loss, value and gradients."""
+
+import pytest
+import torch
+
+from lorakit.data.tokenize import IGNORE_INDEX
+from lorakit.train.loss import chunked_lm_loss
+
+from conftest import ARCHITECTURES, make_model
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("chunk_tokens", [3, 1024])
+@pytest.mark.parametrize("frozen_head", [True, False], ids=["fused-frozen-head", "checkpointed-trainable-head"])
+def test_chunked_loss_matches_full_logits_loss_and_gradients(architecture, chunk_tokens, frozen_head):
+    torch.manual_seed(1)
+    input_ids = torch.randint(6, 100, (2, 24))
+    labels = input_ids.clone()
+    labels[:, :10] = IGNORE_INDEX
+    labels[1, 20:] = IGNORE_INDEX
+
+    reference = make_model(architecture, 106)
+    model = make_model(architecture, 106)
+    if frozen_head:  # LoRA's case: the (often tied) LM head is frozen
+        for m in (reference, model):
+            m.lm_head.weight.requires_grad_(False)
+    expected = reference(input_ids=input_ids, labels=labels).loss
+    expected.backward()
+
+    outputs = model(input_ids=input_ids, output_hidden_states=True, logits_to_keep=1)
+    loss = chunked_lm_loss(outputs.hidden_states[-1], labels, model.get_output_embeddings(),
+                           softcap=getattr(model.config, "final_logit_softcapping", None), chunk_tokens=chunk_tokens)
+    loss.backward()
+
+    assert abs(loss.item() - expected.item()) < 1e-5
+    for (name, p), (_, q) in zip(model.named_parameters(), reference.named_parameters()):
+        if q.grad is None:
+            assert p.grad is None, name
+        else:
+            assert torch.allclose(p.grad, q.grad, atol=1e-5), name
+
+
+def test_num_items_normalises_across_accumulation():
+    hidden = torch.randn(1, 5, 8)
+    labels = torch.tensor([[IGNORE_INDEX, 1, 2, 3, IGNORE_INDEX]])
+    head = torch.nn.Linear(8, 10, bias=False)
+    mean = chunked_lm_loss(hidden, labels, head)
+    assert torch.allclose(chunked_lm_loss(hidden, labels, head, num_items=torch.tensor(6)), mean * 3 / 6)
+
+
+def test_logits_are_never_materialised_for_unsupervised_positions():
+    seen = []
+    head = torch.nn.Linear(8, 10, bias=False)
+    head.register_forward_hook(lambda module, args, output: seen.append(args[0].shape[0]))
+    labels = torch.full((1, 100), IGNORE_INDEX)
+    labels[0, 90:] = 3
+    chunked_lm_loss(torch.randn(1, 100, 8, requires_grad=True), labels, head, chunk_tokens=4)
+    assert sum(seen) == 10 and max(seen) == 4
