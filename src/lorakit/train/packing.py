@@ -16,6 +16,7 @@ from transformers.masking_utils import AttentionMaskInterface
 from lorakit.data.tokenize import IGNORE_INDEX
 
 VARLEN_ATTENTION = "lorakit_varlen"
+_MATMUL_ATTENTION_MAX_TOKENS = 1024
 
 
 def concatenate_batch(features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor | int]:
@@ -51,14 +52,32 @@ def _varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
+    dropout = dropout if module.training else 0.0
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     output = torch.empty_like(query)
     for start, end in zip(boundaries[:-1].tolist(), boundaries[1:].tolist()):
         q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
-        mask = _sliding_causal_mask(end - start, window, query.device) if window and end - start > window else None
-        output[:, :, start:end] = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout if module.training else 0.0,
-            scale=scaling, enable_gqa=key.shape[1] != query.shape[1])
+        output[:, :, start:end] = _attend(q, k, v, window, scaling, dropout)
     return output.transpose(1, 2).contiguous(), None
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None, scaling: float,
+            dropout: float) -> torch.Tensor:
+    """Causal attention of one example. On CPU, short examples use plain matmuls: measured 1.7-2.9x faster than
+    torch's CPU flash kernel (fwd+bwd, bf16, 150-320 tokens) at a memory cost that is small below 1,024 tokens."""
+    length = q.shape[2]
+    windowed = window is not None and length > window
+    if q.device.type == "cpu" and length <= _MATMUL_ATTENTION_MAX_TOKENS and dropout == 0.0:
+        groups = q.shape[1] // k.shape[1]
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        allowed = _sliding_causal_mask(length, window if windowed else length, q.device)
+        scores = (q @ k.transpose(-1, -2)).float() * scaling
+        probabilities = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).to(v.dtype)
+        return probabilities @ v
+    mask = _sliding_causal_mask(length, window, q.device) if windowed else None
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout,
+                                          scale=scaling, enable_gqa=k.shape[1] != q.shape[1])
 
 
 def _sliding_causal_mask(length: int, window: int, device: torch.device) -> torch.Tensor:

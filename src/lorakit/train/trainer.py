@@ -31,7 +31,7 @@ from lorakit.errors import ConfigError
 from lorakit.files import atomic_dir, sha256_file, write_json, write_text
 from lorakit.model import load_model, load_tokenizer, prepare_for_training, resolve_device
 from lorakit.templates import Template, install_template, resolve_template
-from lorakit.train.dropout import use_fast_dropout
+from lorakit.train.lora_layers import use_fast_dropout, use_fast_lora_forward
 from lorakit.train.loss import ChunkedLossTrainer
 from lorakit.train.packing import concatenate_batch, supports_padding_free, use_varlen_attention
 
@@ -102,6 +102,7 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Prep
     install_template(tokenizer, data.template)
     padding_free = config.padding_free and supports_padding_free(model)
     attention = use_varlen_attention(model) if padding_free else None
+    restore_lora_forward = use_fast_lora_forward(model)
     try:
         trainer = _build_trainer(model, tokenizer, data, config, padding_free)
         started = time.time()
@@ -110,6 +111,7 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Prep
         if data.validation is not None:
             metrics.update(trainer.evaluate())
     finally:
+        restore_lora_forward()
         if attention is not None:
             model.set_attn_implementation(attention)  # generation needs padded-batch masks again
     metrics["train_seconds"] = round(time.time() - started, 2)
