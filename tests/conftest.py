@@ -90,3 +90,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(autouse=True)
+def isolated_token_cache(tmp_path, monkeypatch):
+    """Tokenised-dataset caches go to the test's own folder, never the user's ~/.cache."""
+    folder = tmp_path / "token-cache"
+    monkeypatch.setattr("lorakit.data.cache.datasets_cache_root", lambda: folder)
+    return folder

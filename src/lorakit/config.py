@@ -75,6 +75,7 @@ class DataConfig:
     val_size: float = 0.0
     skip_bad: bool = False
     seed: int = 42
+    cache_tokens: bool = True
 
     def __post_init__(self) -> None:
         _check_choice("data.format", self.format, FORMATS)

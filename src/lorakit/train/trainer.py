@@ -12,7 +12,7 @@ import importlib.util
 import math
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +26,14 @@ from transformers.trainer_utils import get_last_checkpoint
 from lorakit import __version__
 from lorakit.config import TrainConfig, save_config, to_dict
 from lorakit.data import LoadSummary, TokenizeSummary, data_files, load_conversations, pad_batch, split_validation
-from lorakit.data import tokenize_conversations
+from lorakit.data import cache, tokenize_conversations
 from lorakit.errors import ConfigError
 from lorakit.files import atomic_dir, sha256_file, write_json, write_text
 from lorakit.model import load_model, load_tokenizer, prepare_for_training, resolve_device
 from lorakit.templates import Template, install_template, resolve_template
 from lorakit.train.lora_layers import use_fast_dropout, use_fast_lora_forward
 from lorakit.train.loss import ChunkedLossTrainer
+from lorakit.train.memory import available_memory, fit_micro_batch
 from lorakit.train.packing import concatenate_batch, supports_padding_free, use_varlen_attention
 
 ADAPTER_DIR = "adapter"
@@ -53,9 +54,25 @@ class PreparedData:
 
 
 def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
-    """Load, validate, split and tokenise the configured datasets."""
-    conversations, load_summary = load_conversations(config.data)
+    """Load, validate, split and tokenise the configured datasets, or load the tokens cached by an earlier run."""
     template = resolve_template(config.data.template, tokenizer)
+    key = cache.cache_key(config.data, tokenizer, template.jinja) if config.data.cache_tokens else None
+    cached = cache.load_cached(key) if key else None
+    if cached is not None:
+        splits, summary = cached
+        return PreparedData(splits["train"], splits.get("validation"), template,
+                            LoadSummary(**summary["load"]), TokenizeSummary(**summary["train"]),
+                            TokenizeSummary(**summary["validation"]) if summary["validation"] else None)
+    data = _tokenize_from_scratch(config, tokenizer, template)
+    if key:
+        stored = {"train": data.train, **({"validation": data.validation} if data.validation is not None else {})}
+        cache.store(key, stored, {"load": asdict(data.load_summary), "train": asdict(data.train_summary),
+                                  "validation": asdict(data.validation_summary) if data.validation_summary else None})
+    return data
+
+
+def _tokenize_from_scratch(config: TrainConfig, tokenizer: PreTrainedTokenizerBase, template: Template) -> PreparedData:
+    conversations, load_summary = load_conversations(config.data)
     splits = split_validation(conversations, config.data.val_size, config.data.seed)
     train_set, train_summary = tokenize_conversations(splits.train, tokenizer, template, config.data)
     validation_set, validation_summary = None, None
@@ -99,6 +116,7 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Prep
         use_fast_dropout(model)
     if _computes_in_bf16(model):
         _keep_lora_inputs_in_bf16(model)
+    config = _fit_memory(model, data, config)
     install_template(tokenizer, data.template)
     padding_free = config.padding_free and supports_padding_free(model)
     attention = use_varlen_attention(model) if padding_free else None
@@ -117,6 +135,23 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Prep
     metrics["train_seconds"] = round(time.time() - started, 2)
     _save_outputs(trainer, tokenizer, data, config, metrics)
     return output_dir
+
+
+def _fit_memory(model: PreTrainedModel, data: PreparedData, config: TrainConfig) -> TrainConfig:
+    """Print the memory estimate; shrink the micro-batch (same effective batch) when it would not fit."""
+    from rich.console import Console
+
+    lengths = [min(n, config.data.max_seq_len) for n in data.train_summary.lengths] or \
+        [len(ids) for ids in data.train["input_ids"]]
+    available = available_memory(resolve_device(config.model.device))
+    fitted, estimate = fit_micro_batch(model, lengths, config, available)
+    console = Console(stderr=True, highlight=False)
+    console.print(f"{estimate.describe()}; available {available / 2**30:.1f} GiB")
+    if fitted.batch_size != config.batch_size:
+        console.print(f"[yellow]batch_size {config.batch_size} would not fit: training with batch_size "
+                      f"{fitted.batch_size} x gradient_accumulation {fitted.gradient_accumulation} (same effective "
+                      f"batch). Set them yourself to silence this.[/]")
+    return fitted
 
 
 def _keep_lora_inputs_in_bf16(model: PreTrainedModel) -> None:

@@ -1,0 +1,65 @@
+"""On-disk cache of tokenised datasets, keyed by data bytes + tokenizer + template + every option that shapes tokens.
+
+A second run with the same inputs loads the tokens and starts training at once; change any input and the key changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset, load_from_disk
+
+from lorakit.bundled import cache_root
+from lorakit.config import DataConfig, to_dict
+from lorakit.data.load import data_files, resolve_entries
+from lorakit.files import atomic_dir, sha256_file, write_json
+
+# Everything in DataConfig shapes the tokens except where the cache lives.
+_KEY_FIELDS = tuple(name for name in to_dict(DataConfig()) if name not in ("dataset_dir", "cache_tokens"))
+
+
+def datasets_cache_root() -> Path:
+    return cache_root().parent / "datasets"
+
+
+def cache_key(config: DataConfig, tokenizer: Any, template_jinja: str) -> str | None:
+    """A hex key for these inputs, or None when a source is not a local file (a hub dataset: nothing to hash)."""
+    sources = [Path(entry.source) for entry in resolve_entries(config)]
+    if not all(path.is_file() for path in sources):
+        return None
+    files = {str(path.resolve()): sha256_file(path) for path in data_files(config)}
+    settings = {name: value for name, value in to_dict(config).items() if name in _KEY_FIELDS}
+    settings.pop("paths")
+    digest = hashlib.sha256()
+    for part in (files, settings, template_jinja, _tokenizer_fingerprint(tokenizer)):
+        digest.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:24]
+
+
+def _tokenizer_fingerprint(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    special = json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)
+    return hashlib.sha256((text + special + type(tokenizer).__name__).encode()).hexdigest()
+
+
+def load_cached(key: str) -> tuple[dict[str, Dataset], dict[str, Any]] | None:
+    """The cached splits and their saved summaries, or None on a miss."""
+    folder = datasets_cache_root() / key
+    if not (folder / "summary.json").is_file():
+        return None
+    splits = {path.name: load_from_disk(str(path)) for path in sorted(folder.iterdir()) if path.is_dir()}
+    return splits, json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+
+
+def store(key: str, splits: dict[str, Dataset], summary: dict[str, Any]) -> None:
+    """Save the splits and summaries atomically: a crash leaves no half-written cache entry."""
+    with atomic_dir(datasets_cache_root() / key) as tmp:
+        for name, dataset in splits.items():
+            dataset.save_to_disk(str(tmp / name))
+        write_json(tmp / "summary.json", summary)
+    os.utime(datasets_cache_root() / key)

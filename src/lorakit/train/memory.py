@@ -1,0 +1,82 @@
+"""Memory before training: an estimate of what a run needs, and a smaller micro-batch when it would not fit.
+
+The estimate counts frozen weights, the trainable parameters with their gradients and AdamW state, activations kept
+for the backward pass (per token and layer, from the model's shapes) and the loss's logits chunk. It is a planning
+figure, not a promise: allocator overhead and the Python process itself come on top (counted as a fixed reserve).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import psutil
+import torch
+from transformers import PreTrainedModel
+
+from lorakit.config import TrainConfig
+from lorakit.train.loss import CHUNK_TOKENS
+from lorakit.train.packing import MATMUL_ATTENTION_MAX_TOKENS
+
+GIB = 2**30
+PROCESS_RESERVE = int(1.0 * GIB)  # python, torch, tokenizer, data, allocator slack
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes needed by one training run, by part."""
+
+    weights: int
+    trainable: int
+    activations: int
+    logits: int
+    reserve: int
+    batch_tokens: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.trainable + self.activations + self.logits + self.reserve
+
+    def describe(self) -> str:
+        parts = (("weights", self.weights), ("trainable+grads+AdamW", self.trainable),
+                 (f"activations ({self.batch_tokens} tokens)", self.activations), ("loss logits", self.logits),
+                 ("process", self.reserve))
+        return (f"memory estimate {self.total / GIB:.1f} GiB: "
+                + ", ".join(f"{name} {size / GIB:.2f}" for name, size in parts))
+
+
+def estimate_memory(model: PreTrainedModel, example_lengths: list[int], batch_size: int) -> MemoryEstimate:
+    """What training `model` on micro-batches of `batch_size` examples needs at its largest batch."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    weights = sum(p.numel() * p.element_size() for p in model.parameters() if not p.requires_grad)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) * (4 + 4 + 8)
+    longest = sorted(example_lengths, reverse=True)[:batch_size]
+    tokens = sum(longest)
+    compute_bytes = 2 if any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()) else 4
+    hidden, inner = config.hidden_size, getattr(config, "intermediate_size", 4 * config.hidden_size)
+    # Kept for backward per token and layer: norm inputs (fp32), attention in/outs and the adapters' dropped
+    # inputs (~9 x hidden), MLP activations and the down projection's dropped input (~5 x intermediate).
+    per_token_layer = 2 * hidden * 4 + (9 * hidden + 5 * inner) * compute_bytes
+    heads = config.num_attention_heads
+    attention = sum(heads * length * length * 6 for length in longest if length <= MATMUL_ATTENTION_MAX_TOKENS)
+    activations = config.num_hidden_layers * (tokens * per_token_layer + attention)
+    logits = min(tokens, CHUNK_TOKENS) * config.vocab_size * (4 + 2 + 2)
+    return MemoryEstimate(weights, trainable, activations, logits, PROCESS_RESERVE, tokens)
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes this process can still count on: free GPU memory, or free RAM plus what the process holds now."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_allocated(device)
+    return psutil.virtual_memory().available + psutil.Process().memory_info().rss
+
+
+def fit_micro_batch(model: PreTrainedModel, example_lengths: list[int], config: TrainConfig,
+                    available: int) -> tuple[TrainConfig, MemoryEstimate]:
+    """Halve the micro-batch (doubling accumulation, so the effective batch stays) until the estimate fits."""
+    estimate = estimate_memory(model, example_lengths, config.batch_size)
+    while estimate.total > available and config.batch_size > 1:
+        config = replace(config, batch_size=config.batch_size // 2,
+                         gradient_accumulation=config.gradient_accumulation * 2)
+        estimate = estimate_memory(model, example_lengths, config.batch_size)
+    return config, estimate
