@@ -51,3 +51,39 @@ def test_qlora_4bit_trains_on_cuda(small_model_dir, tiny_tokenizer, tmp_path):
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
     assert (output_dir / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((output_dir / "manifest.json").read_text())["device"] == "cuda"
+
+
+def test_chunked_loss_on_cuda_matches_full_logits_loss():
+    """On CUDA the loss goes through Liger's fused kernel when installed, else the chunked path: same value."""
+    from lorakit.data.tokenize import IGNORE_INDEX
+    from lorakit.train.loss import chunked_lm_loss
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=4096, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    model = LlamaForCausalLM(config).cuda()
+    model.lm_head.weight.requires_grad_(False)
+    input_ids = torch.randint(0, 4096, (2, 64), device="cuda")
+    labels = input_ids.clone()
+    labels[:, :20] = IGNORE_INDEX
+    expected = model(input_ids=input_ids, labels=labels).loss
+    outputs = model(input_ids=input_ids, output_hidden_states=True)
+    loss = chunked_lm_loss(outputs.hidden_states[-1], labels, model.lm_head)
+    assert abs(loss.item() - expected.item()) < 1e-4
+
+
+def test_padding_free_training_on_cuda_uses_per_example_flash_sdpa(small_model_dir, tiny_tokenizer, tmp_path):
+    from lorakit.train.packing import concatenate_batch, use_varlen_attention
+    from lorakit.data.tokenize import pad_batch
+
+    model = load_model(ModelConfig(name=str(small_model_dir), dtype="bfloat16")).eval()
+    features = [{"input_ids": list(range(6, 6 + n)), "labels": list(range(6, 6 + n))} for n in (9, 33, 17)]
+    padded = {k: v.cuda() for k, v in pad_batch(features, 0).items() if k != "labels"}
+    with torch.no_grad():
+        expected = model(**padded).logits
+        use_varlen_attention(model)
+        batch = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in concatenate_batch(features).items()
+                 if k != "labels"}
+        packed = model(**batch).logits
+    for row, (start, length) in enumerate(((0, 9), (9, 33), (42, 17))):
+        assert torch.allclose(packed[0, start:start + length].float(), expected[row, :length].float(), atol=3e-2)

@@ -194,3 +194,17 @@ def test_qlora_trains_on_a_quantized_base(bits, tiny_model_dir, tiny_tokenizer, 
     adapter_config = json.loads((output_dir / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["r"] == 2
     assert "Quantization: " + bits in (output_dir / "README.md").read_text()
+
+
+def test_bf16_training_leaves_a_model_that_generates(tiny_tokenizer, tmp_path, data_file):
+    """bf16 autocast tricks used in training are undone: the same model object answers right after."""
+    model = make_model("llama", len(tiny_tokenizer)).to(torch.bfloat16)
+    config = make_config(tmp_path, data_file, model=ModelConfig(name="tiny", dtype="bfloat16", device="cpu"),
+                         lora=LoraConfig(rank=2, alpha=4, dropout=0.1))
+    fit(model, tiny_tokenizer, config)
+    model.eval()
+    inputs = tiny_tokenizer(["say hi", "say a longer thing"], return_tensors="pt", padding=True)
+    output = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert output.shape == (2, inputs["input_ids"].shape[1] + 3)
+    assert model.config._attn_implementation == "sdpa"
+    assert all("forward" not in vars(m) for m in model.modules())

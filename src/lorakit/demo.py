@@ -35,7 +35,7 @@ def demo_config(output_dir: Path, model_name: str = "smollm2-135m") -> TrainConf
         lora=LoraConfig(rank=16, alpha=32, dropout=0.0),
         output_dir=output_dir,
         learning_rate=1e-3,
-        epochs=3,
+        epochs=4,
         batch_size=8,
         warmup_ratio=0.05,
         logging_steps=5,

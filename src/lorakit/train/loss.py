@@ -34,8 +34,11 @@ def chunked_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.n
         count = num_items.to(hidden.device).clamp(min=1).float()
     else:
         count = torch.tensor(float(max(num_items if num_items is not None else targets.numel(), 1)))
-    head_is_frozen = type(lm_head) is torch.nn.Linear and not lm_head.weight.requires_grad and lm_head.bias is None
-    if head_is_frozen and not softcap:
+    plain_head = type(lm_head) is torch.nn.Linear and lm_head.bias is None
+    liger = _liger_loss(softcap) if plain_head and states.is_cuda else None
+    if liger is not None:
+        return liger(lm_head.weight, states.to(lm_head.weight.dtype), targets) / count
+    if plain_head and not lm_head.weight.requires_grad and not softcap:
         states = states.to(lm_head.weight.dtype)  # autocast leaves the last norm's output in fp32
         return _FusedLinearCrossEntropy.apply(states, lm_head.weight, targets, chunk_tokens) / count
     total = hidden.new_zeros((), dtype=torch.float32)
@@ -46,6 +49,15 @@ def chunked_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.n
         else:
             total = total + _chunk_loss(piece, answer, lm_head, softcap)
     return total / count
+
+
+def _liger_loss(softcap: float | None):
+    """Liger's Triton fused linear cross-entropy, when it is installed (CUDA only)."""
+    try:
+        from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        return None
+    return LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum", softcap=softcap)
 
 
 def _chunk_loss(states: torch.Tensor, targets: torch.Tensor, lm_head: torch.nn.Module,

@@ -14,6 +14,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -114,8 +115,7 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Prep
     model = prepare_for_training(model, config)
     if resolve_device(config.model.device).type == "cpu":
         use_fast_dropout(model)
-    if _computes_in_bf16(model):
-        _keep_lora_inputs_in_bf16(model)
+    restore_input_casts = _keep_lora_inputs_in_bf16(model) if _computes_in_bf16(model) else (lambda: None)
     config = _fit_memory(model, data, config)
     install_template(tokenizer, data.template)
     padding_free = config.padding_free and supports_padding_free(model)
@@ -130,6 +130,7 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Prep
             metrics.update(trainer.evaluate())
     finally:
         restore_lora_forward()
+        restore_input_casts()
         if attention is not None:
             model.set_attn_implementation(attention)  # generation needs padded-batch masks again
     metrics["train_seconds"] = round(time.time() - started, 2)
@@ -154,11 +155,19 @@ def _fit_memory(model: PreTrainedModel, data: PreparedData, config: TrainConfig)
     return fitted
 
 
-def _keep_lora_inputs_in_bf16(model: PreTrainedModel) -> None:
-    """PEFT casts each LoRA input to the adapter's fp32; under bf16 autocast that is a copy per layer for nothing."""
-    for module in model.modules():
-        if hasattr(module, "cast_input_dtype_enabled"):
-            module.cast_input_dtype_enabled = False
+def _keep_lora_inputs_in_bf16(model: PreTrainedModel) -> Callable[[], None]:
+    """PEFT casts each LoRA input to the adapter's fp32; under bf16 autocast that is a copy per layer for nothing.
+
+    Returns the undo: outside autocast (generation after training) the cast is needed again.
+    """
+    layers = [module for module in model.modules() if hasattr(module, "cast_input_dtype_enabled")]
+    for module in layers:
+        module.cast_input_dtype_enabled = False
+
+    def restore() -> None:
+        for module in layers:
+            module.cast_input_dtype_enabled = True
+    return restore
 
 
 def _checkpoint_to_resume(config: TrainConfig) -> str | None:
