@@ -7,6 +7,7 @@ import os
 # Before transformers/huggingface_hub are imported: they read these once.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 import string
 from pathlib import Path
 
