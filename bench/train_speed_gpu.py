@@ -72,7 +72,7 @@ def run_lorakit(rows, args) -> tuple[float, int]:
     config = TrainConfig(model=ModelConfig(name="random"), data=DataConfig(max_seq_len=512),
                          lora=LoraConfig(rank=8, alpha=16, dropout=0.05), output_dir=args.workdir / "lorakit",
                          max_steps=args.steps, batch_size=args.batch_size, logging_steps=10**6,
-                         example_order="sequential", save_steps=10**6)
+                         example_order="sequential", save_steps=10**6, padding_free=not args.padded)
     data = PreparedData(Dataset.from_list(rows), None, TEMPLATES["chatml"], LoadSummary(),
                         TokenizeSummary(examples=len(rows)), None)
     base = model(torch.bfloat16)
@@ -88,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--padded", action="store_true", help="lorakit with padded batches, not padding-free")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/lorakit-gpu-bench"))
     args = parser.parse_args()
     rows = examples(args.steps * args.batch_size)

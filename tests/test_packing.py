@@ -32,6 +32,7 @@ def test_concatenated_batch_layout():
     assert batch["input_ids"].shape == (1, 8)
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3, 4]]
     assert batch["cu_seq_lens_q"].tolist() == [0, 3, 8] and batch["max_length_q"] == 5
+    assert batch["segment_bounds"] == (0, 3, 8)
     assert batch["labels"][0, 3] == IGNORE_INDEX  # first token of an example is never a target across the seam
 
 

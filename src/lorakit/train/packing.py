@@ -33,7 +33,9 @@ def concatenate_batch(features: list[dict[str, list[int]]]) -> dict[str, torch.T
         boundaries.append(boundaries[-1] + length)
     cu_seq_lens = torch.tensor(boundaries, dtype=torch.int32)
     longest = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
-    return {"input_ids": torch.tensor([input_ids]), "labels": torch.tensor([labels]),
+    # The same boundaries as plain ints: reading them back from a GPU tensor in every layer would stall the GPU.
+    return {"segment_bounds": tuple(boundaries), "input_ids": torch.tensor([input_ids]),
+            "labels": torch.tensor([labels]),
             "attention_mask": torch.ones(1, len(input_ids), dtype=torch.long),  # only counted, never a dense mask
             "position_ids": torch.tensor([position_ids]), "cu_seq_lens_q": cu_seq_lens, "cu_seq_lens_k": cu_seq_lens,
             "max_length_q": longest, "max_length_k": longest}
@@ -47,7 +49,9 @@ def _varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     Own loop rather than flash-attn's varlen kernel: that kernel is CUDA-only, and this must run on laptops' CPUs.
     Without boundaries (generation, evaluation of padded batches) it is plain SDPA.
     """
-    boundaries = kwargs.get("cu_seq_lens_q")
+    boundaries = kwargs.get("segment_bounds")
+    if boundaries is None and kwargs.get("cu_seq_lens_q") is not None:
+        boundaries = kwargs["cu_seq_lens_q"].tolist()
     if boundaries is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
@@ -55,7 +59,7 @@ def _varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     dropout = dropout if module.training else 0.0
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     output = torch.empty_like(query)
-    for start, end in zip(boundaries[:-1].tolist(), boundaries[1:].tolist()):
+    for start, end in zip(boundaries[:-1], boundaries[1:]):
         q, k, v = query[:, :, start:end], key[:, :, start:end], value[:, :, start:end]
         output[:, :, start:end] = _attend(q, k, v, window, scaling, dropout)
     return output.transpose(1, 2).contiguous(), None
