@@ -30,10 +30,9 @@ RECIPES = ("plain", "trl", "lorakit")
 
 def tokenized(model_name: str, start: int, count: int, max_seq_len: int) -> list[dict]:
     """Records [start, start+count) of the bench set, rendered with the model's template and cut at max_seq_len."""
-    from lorakit.config import DataConfig
+    from lorakit.config import DataConfig, ModelConfig
     from lorakit.data import load_conversations, tokenize_conversations
     from lorakit.model import load_tokenizer
-    from lorakit.config import ModelConfig
     from lorakit.templates import resolve_template
 
     config = DataConfig(paths=(str(DATA),), max_seq_len=max_seq_len,
@@ -47,10 +46,8 @@ def tokenized(model_name: str, start: int, count: int, max_seq_len: int) -> list
 
 def run_recipe(recipe: str, args: argparse.Namespace, out: Path) -> None:
     """Train one recipe in this process and write its figures to `out` (JSON)."""
-    from datasets import Dataset
-
-    from lorakit.model import load_tokenizer, resolve_model_path
     from lorakit.config import ModelConfig
+    from lorakit.model import load_tokenizer, resolve_model_path
 
     rows = tokenized(args.model, 0, args.records, args.max_seq_len)
     tokenizer = load_tokenizer(ModelConfig(name=args.model))
@@ -190,8 +187,8 @@ def main() -> None:
 
 
 def report(results: dict, args) -> None:
-    from lorakit.model import load_model
     from lorakit.config import ModelConfig
+    from lorakit.model import load_model
 
     parameters = sum(p.numel() for p in load_model(ModelConfig(name=args.model, dtype="bfloat16")).parameters())
     peak = bf16_matmul_peak()
