@@ -35,11 +35,12 @@ def chunked_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.n
     else:
         count = torch.tensor(float(max(num_items if num_items is not None else targets.numel(), 1)))
     plain_head = type(lm_head) is torch.nn.Linear and lm_head.bias is None
+    if plain_head:
+        states = states.to(lm_head.weight.dtype)  # autocast leaves the last norm's output in fp32
     liger = _liger_loss(softcap) if plain_head and states.is_cuda else None
     if liger is not None:
-        return liger(lm_head.weight, states.to(lm_head.weight.dtype), targets) / count
+        return liger(lm_head.weight, states, targets) / count
     if plain_head and not lm_head.weight.requires_grad and not softcap:
-        states = states.to(lm_head.weight.dtype)  # autocast leaves the last norm's output in fp32
         return _FusedLinearCrossEntropy.apply(states, lm_head.weight, targets, chunk_tokens) / count
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, targets.numel(), chunk_tokens):

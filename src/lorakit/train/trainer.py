@@ -6,6 +6,7 @@ the adapter, tokenizer, resolved config, manifest, metrics, trainer state, loss 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -14,11 +15,11 @@ import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from datasets import Dataset
+from peft.helpers import disable_input_dtype_casting
 from transformers import (EarlyStoppingCallback, PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainerCallback,
                           TrainingArguments)
 from transformers.trainer_callback import PrinterCallback
@@ -115,24 +116,23 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Prep
     model = prepare_for_training(model, config)
     if resolve_device(config.model.device).type == "cpu":
         use_fast_dropout(model)
-    restore_input_casts = _keep_lora_inputs_in_bf16(model) if _computes_in_bf16(model) else (lambda: None)
     config = _fit_memory(model, data, config)
     install_template(tokenizer, data.template)
     padding_free = config.padding_free and supports_padding_free(model)
-    attention = use_varlen_attention(model) if padding_free else None
-    restore_lora_forward = use_fast_lora_forward(model)
-    try:
+    # Training-only speed-ups, each undone on exit: the same model object generates right after training.
+    with contextlib.ExitStack() as speedups:
+        if _computes_in_bf16(model):
+            # PEFT casts each LoRA input to the adapter's fp32; under bf16 autocast that copy buys nothing.
+            speedups.enter_context(disable_input_dtype_casting(model))
+        if padding_free:
+            speedups.callback(model.set_attn_implementation, use_varlen_attention(model))
+        speedups.callback(use_fast_lora_forward(model))
         trainer = _build_trainer(model, tokenizer, data, config, padding_free)
         started = time.time()
         result = trainer.train(resume_from_checkpoint=resume_from)
         metrics = dict(result.metrics)
         if data.validation is not None:
             metrics.update(trainer.evaluate())
-    finally:
-        restore_lora_forward()
-        restore_input_casts()
-        if attention is not None:
-            model.set_attn_implementation(attention)  # generation needs padded-batch masks again
     metrics["train_seconds"] = round(time.time() - started, 2)
     _save_outputs(trainer, tokenizer, data, config, metrics)
     return output_dir
@@ -153,21 +153,6 @@ def _fit_memory(model: PreTrainedModel, data: PreparedData, config: TrainConfig)
                       f"{fitted.batch_size} x gradient_accumulation {fitted.gradient_accumulation} (same effective "
                       f"batch). Set them yourself to silence this.[/]")
     return fitted
-
-
-def _keep_lora_inputs_in_bf16(model: PreTrainedModel) -> Callable[[], None]:
-    """PEFT casts each LoRA input to the adapter's fp32; under bf16 autocast that is a copy per layer for nothing.
-
-    Returns the undo: outside autocast (generation after training) the cast is needed again.
-    """
-    layers = [module for module in model.modules() if hasattr(module, "cast_input_dtype_enabled")]
-    for module in layers:
-        module.cast_input_dtype_enabled = False
-
-    def restore() -> None:
-        for module in layers:
-            module.cast_input_dtype_enabled = True
-    return restore
 
 
 def _checkpoint_to_resume(config: TrainConfig) -> str | None:
