@@ -1,6 +1,6 @@
 """The `lorakit` command: `lorakit <stage> [config.yaml] [key=value ...]`. The only package that reads argv.
 
-One module per group of commands (train.py, data.py, infer.py, evaluate.py), all registered on `app.app`.
+One module per group of commands (train.py, data.py, infer.py, serve.py, evaluate.py), all registered on `app.app`.
 User mistakes (LorakitError) print on one line without a traceback and exit with status 2.
 """
 
@@ -11,7 +11,7 @@ import sys
 import typer
 from rich.console import Console
 
-from lorakit.cli import data, evaluate, infer, train  # noqa: F401  (each registers its commands)
+from lorakit.cli import data, evaluate, infer, serve, train  # noqa: F401  (each registers its commands)
 from lorakit.cli.app import app
 from lorakit.errors import LorakitError
 

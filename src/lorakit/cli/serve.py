@@ -1,0 +1,3 @@
+"""`lorakit serve` (OpenAI-compatible HTTP server) and `lorakit adapters` (load several, mix them)."""
+
+from __future__ import annotations
