@@ -170,6 +170,63 @@ class TrainConfig:
             raise ConfigError("; ".join(problems) + ".")
 
 
+EVAL_KINDS = ("choice", "gsm8k", "generation", "perplexity")
+CHOICE_SCORINGS = ("letter", "content")
+
+
+@dataclass(frozen=True)
+class EvalTaskConfig:
+    """One task of an evaluation suite: a multiple-choice benchmark, GSM8K, generation metrics or perplexity."""
+
+    kind: str = "perplexity"
+    name: str = ""
+    source: str = ""
+    layout: str = "auto"
+    split: str = "test"
+    subjects: tuple[str, ...] = ()
+    limit: int | None = None
+    shots: int = 5
+    scoring: str = "letter"
+    data: DataConfig = field(default_factory=DataConfig)
+    max_new_tokens: int | None = None
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        _check_choice("tasks[].kind", self.kind, EVAL_KINDS)
+        _check_choice("tasks[].scoring", self.scoring, CHOICE_SCORINGS)
+        label = self.name or self.kind
+        if self.kind in ("choice", "gsm8k") and not self.source:
+            raise ConfigError(f"Task '{label}' ({self.kind}) needs a source: a benchmark folder, file or hub id.")
+        if self.kind in ("generation", "perplexity") and not self.data.paths:
+            raise ConfigError(f"Task '{label}' ({self.kind}) needs data.paths: the dataset to score.")
+        if not 0 <= self.shots <= 25:
+            raise ConfigError(f"Task '{label}': shots must be between 0 and 25, got {self.shots}.")
+        if self.limit is not None and self.limit <= 0:
+            raise ConfigError(f"Task '{label}': limit must be positive (or left out for all), got {self.limit}.")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """What `lorakit eval` runs on every model; `noise_sigmas` standard errors make a change significant."""
+
+    name: str = "suite"
+    tasks: tuple[EvalTaskConfig, ...] = ()
+    noise_sigmas: float = 2.0
+
+    def __post_init__(self) -> None:
+        labels = [task.label for task in self.tasks]
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ConfigError(f"Suite '{self.name}' has several tasks named {', '.join(repeated)}; give each a "
+                              "distinct name.")
+        if self.noise_sigmas <= 0:
+            raise ConfigError(f"noise_sigmas must be positive, got {self.noise_sigmas}.")
+
+
 def _split(value: Any) -> list[str]:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -273,6 +330,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         return _coerce(value, options[0], key)
     if origin is tuple:
         item = typing.get_args(hint)[0]
+        if dataclasses.is_dataclass(item):
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"Config key '{key}' must be a list of sections, got {value!r}.")
+            return tuple(_build(item, entry or {}, f"{key}[{index}].") for index, entry in enumerate(value))
         items = value.split(",") if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             items = [items]

@@ -1,0 +1,310 @@
+"""Run one evaluation suite on several models (a base, its adapters, merged models) and report before/after.
+
+Each (model, task) result is cached under the lorakit cache, keyed by the model's weights, the task's settings and
+its data files, so re-running a report recomputes only what changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from lorakit.bundled import cache_root
+from lorakit.config import EvalTaskConfig, ModelConfig, SuiteConfig, to_dict
+from lorakit.errors import ConfigError
+from lorakit.eval.report import binomial_stderr, build_report, write_report
+from lorakit.files import atomic_dir, sha256_file, write_json
+
+CACHE_VERSION = 1
+TaskRunner = Callable[[EvalTaskConfig, Any, Any, Any, Path], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to evaluate: a label for the report, the base model and an optional adapter on it."""
+
+    label: str
+    base: str
+    adapter: Path | None = None
+
+
+def base_model_of_adapter(adapter_dir: Path) -> str | None:
+    """The base model an adapter was trained on: lorakit's saved config.yaml beside it, else PEFT's record."""
+    saved = adapter_dir.parent / "config.yaml"
+    if saved.is_file():
+        name = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("model", {}).get("name")
+        if name:
+            return str(name)
+    peft_config = adapter_dir / "adapter_config.json"
+    if peft_config.is_file():
+        return json.loads(peft_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    return None
+
+
+def _named_path(text: str) -> tuple[str | None, Path]:
+    name, sep, path = text.partition("=")
+    return (name, Path(path)) if sep and name and not Path(text).exists() else (None, Path(text))
+
+
+def _adapter_label(path: Path) -> str:
+    """`outputs/zh-instruct/adapter` -> "zh-instruct"; any other folder -> its own name."""
+    return path.parent.name if path.name == "adapter" and path.parent.name else path.name
+
+
+def model_specs(base: str | None, adapters: list[str], models: list[str]) -> list[ModelSpec]:
+    """The base first (the report's reference), then each adapter on it, then each merged/other model."""
+    adapter_specs = []
+    for text in adapters:
+        name, path = _named_path(text)
+        if not (path / "adapter_config.json").is_file():
+            raise ConfigError(f"--adapter {path} is not a LoRA adapter folder (no adapter_config.json). Point at the "
+                              "`adapter/` folder inside a lorakit output directory.")
+        adapter_specs.append((name or _adapter_label(path), path))
+    if base is None:
+        if not adapter_specs:
+            raise ConfigError("Nothing to evaluate: give --base MODEL, and optionally --adapter PATH or --model PATH.")
+        base = base_model_of_adapter(adapter_specs[0][1])
+        if base is None:
+            raise ConfigError(f"Cannot tell which base model {adapter_specs[0][1]} was trained on; pass --base.")
+    specs = [ModelSpec(_base_label(base), base)]
+    specs += [ModelSpec(label, base, path) for label, path in adapter_specs]
+    for text in models:
+        name, path = _named_path(text)
+        specs.append(ModelSpec(name or path.name or str(path), str(path)))
+    labels = [spec.label for spec in specs]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ConfigError(f"Several models are called {', '.join(repeated)}; name them with --adapter NAME=PATH.")
+    return specs
+
+
+def _base_label(base: str) -> str:
+    path = Path(base)
+    return path.name if path.is_dir() else base
+
+
+def _files_fingerprint(paths: list[Path]) -> list[tuple[str, int, int]]:
+    """Size and modification time of every file a task reads: cheap, and changes whenever the data does."""
+    stats = []
+    for root in paths:
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        stats += [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists()]
+    return stats
+
+
+def _model_fingerprint(spec: ModelSpec) -> dict[str, Any]:
+    from lorakit.model import resolve_model_path
+
+    base = resolve_model_path(spec.base)
+    base_path = Path(base)
+    weights = _files_fingerprint([base_path]) if base_path.is_dir() else base
+    adapter = None
+    if spec.adapter is not None:
+        adapter = sha256_file(spec.adapter / "adapter_model.safetensors") \
+            if (spec.adapter / "adapter_model.safetensors").is_file() else _files_fingerprint([spec.adapter])
+    return {"base": weights, "adapter": adapter}
+
+
+def _task_files(task: EvalTaskConfig) -> list[Path]:
+    if task.kind in ("choice", "gsm8k"):
+        source = Path(task.source).expanduser()
+        return [source] if source.exists() else []
+    from lorakit.data.load import data_files
+
+    return data_files(task.data)
+
+
+def cache_key(spec: ModelSpec, task: EvalTaskConfig, model_config: ModelConfig) -> str:
+    payload = {"version": CACHE_VERSION, "model": _model_fingerprint(spec), "task": to_dict(task),
+               "files": _task_files(task), "loading": to_dict(replace(model_config, name=""))}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def eval_cache_root() -> Path:
+    return cache_root().parent / "eval"
+
+
+def _load_cached(key: str) -> dict[str, Any] | None:
+    result_file = eval_cache_root() / key / "result.json"
+    if not result_file.is_file():
+        return None
+    return json.loads(result_file.read_text(encoding="utf-8"))
+
+
+def evaluate_models(suite: SuiteConfig, specs: list[ModelSpec], output_dir: Path,
+                    model_config: ModelConfig = ModelConfig(), use_cache: bool = True,
+                    log: Callable[[str], None] = print) -> dict[str, dict[str, dict[str, Any]]]:
+    """`{model label: {task label: result}}`; details (predictions, per-question records) go to output_dir."""
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for spec in specs:
+        keys = {task.label: cache_key(spec, task, model_config) for task in suite.tasks}
+        cached = {label: _load_cached(key) for label, key in keys.items()} if use_cache else {}
+        missing = [task for task in suite.tasks if cached.get(task.label) is None]
+        loaded = _load(spec, model_config) if missing else None
+        results[spec.label] = {}
+        for task in suite.tasks:
+            entry = eval_cache_root() / keys[task.label]
+            if cached.get(task.label) is not None:
+                log(f"{spec.label} / {task.label}: cached")
+                result = cached[task.label]
+            else:
+                log(f"{spec.label} / {task.label}: running")
+                with atomic_dir(entry) as tmp:
+                    started = time.perf_counter()
+                    result = run_task(task, *loaded, tmp)
+                    result["wall_s"] = round(time.perf_counter() - started, 2)
+                    write_json(tmp / "result.json", result)
+                log(f"{spec.label} / {task.label}: {_summary(result)} in {result['wall_s']:.0f} s")
+            _copy_details(entry, output_dir / "details" / spec.label / task.label)
+            results[spec.label][task.label] = result
+        del loaded
+    return results
+
+
+def _summary(result: dict[str, Any]) -> str:
+    headline = result.get("headline") or list(result["metrics"])[:1]
+    return ", ".join(f"{name} {result['metrics'][name]:.4g}" for name in headline[:3])
+
+
+def _copy_details(entry: Path, target: Path) -> None:
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for file in entry.iterdir():
+        if file.name != "result.json":
+            shutil.copy2(file, target / file.name)
+
+
+def _load(spec: ModelSpec, model_config: ModelConfig):
+    from lorakit.infer import load_for_inference
+
+    model, tokenizer, _ = load_for_inference(replace(model_config, name=spec.base), spec.adapter)
+    return model, tokenizer
+
+
+def run_task(task: EvalTaskConfig, model: Any, tokenizer: Any, details_dir: Path) -> dict[str, Any]:
+    """Run one task on a loaded model; per-item details go to `details_dir`."""
+    runners: dict[str, TaskRunner] = {"choice": _run_choice, "gsm8k": _run_gsm8k, "generation": _run_generation,
+                                      "perplexity": _run_perplexity}
+    result = runners[task.kind](task, model, tokenizer, details_dir)
+    return {"task": task.label, "kind": task.kind, **result}
+
+
+def _accuracy_scores(name: str, outcomes: list[bool]) -> dict[str, Any]:
+    accuracy = sum(outcomes) / len(outcomes) if outcomes else 0.0
+    return {"metrics": {name: accuracy}, "stderr": {name: binomial_stderr(accuracy, len(outcomes))},
+            "n": {name: len(outcomes)}, "per_sample": {name: [float(o) for o in outcomes]},
+            "percent": {name: True}, "higher_is_better": {name: True}}
+
+
+def _merge(*parts: dict[str, Any]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for part in parts:
+        for field_name, values in part.items():
+            merged.setdefault(field_name, {}).update(values)
+    return merged
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
+
+
+def _run_choice(task: EvalTaskConfig, model: Any, tokenizer: Any, details_dir: Path) -> dict[str, Any]:
+    from lorakit.eval.choice import evaluate_choice, load_choice_benchmark
+
+    benchmark = load_choice_benchmark(task.source, task.layout, task.split, list(task.subjects) or None, task.limit)
+    result = evaluate_choice(model, tokenizer, benchmark, shots=task.shots, batch_size=task.batch_size,
+                             scoring=task.scoring)
+    _write_jsonl(details_dir / "questions.jsonl", result.records)
+    by_category: dict[str, list[bool]] = {}
+    by_subject: dict[str, list[bool]] = {}
+    for record in result.records:
+        subject = record["subject"]
+        by_category.setdefault(benchmark.categories.get(subject, "other"), []).append(bool(record["correct"]))
+        by_subject.setdefault(subject, []).append(bool(record["correct"]))
+    parts = [_accuracy_scores("accuracy", [bool(r["correct"]) for r in result.records])]
+    parts += [_accuracy_scores(category, outcomes) for category, outcomes in sorted(by_category.items())]
+    parts += [_accuracy_scores(f"subject:{subject}", outcomes) for subject, outcomes in sorted(by_subject.items())]
+    headline = sorted(by_category) if 1 < len(by_category) <= 6 else ["accuracy"]
+    return {**_merge(*parts), "headline": headline, "shots": task.shots}
+
+
+def _run_gsm8k(task: EvalTaskConfig, model: Any, tokenizer: Any, details_dir: Path) -> dict[str, Any]:
+    from lorakit.eval.gsm8k import evaluate_gsm8k, load_gsm8k
+
+    problems = load_gsm8k(Path(task.source).expanduser(), limit=task.limit)
+    result = evaluate_gsm8k(model, tokenizer, problems, shots=task.shots, batch_size=task.batch_size,
+                            max_new_tokens=task.max_new_tokens or 256)
+    _write_jsonl(details_dir / "problems.jsonl", result.records)
+    return {**_accuracy_scores("accuracy", [bool(r["correct"]) for r in result.records]), "headline": ["accuracy"],
+            "shots": task.shots}
+
+
+def _template_for(task: EvalTaskConfig, tokenizer: Any):
+    from lorakit.templates import resolve_template
+
+    return resolve_template(task.data.template, tokenizer)
+
+
+def _conversations(task: EvalTaskConfig):
+    from lorakit.data import load_conversations
+
+    conversations, _ = load_conversations(task.data)
+    return conversations[: task.limit] if task.limit else conversations
+
+
+def _run_generation(task: EvalTaskConfig, model: Any, tokenizer: Any, details_dir: Path) -> dict[str, Any]:
+    from lorakit.eval.generation import evaluate_generation
+    from lorakit.infer import GenerationConfig
+
+    predictions = details_dir / "predictions.jsonl"
+    scores = evaluate_generation(model, tokenizer, _template_for(task, tokenizer), _conversations(task), predictions,
+                                 GenerationConfig(max_new_tokens=task.max_new_tokens or 128, batch_size=task.batch_size))
+    rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = [name for name in ("rouge1", "rouge2", "rougeL", "bleu4", "chrf", "exact_match", "f1") if name in scores]
+    per_sample = {name: [row["scores"][name] / 100 for row in rows if name in row.get("scores", {})]
+                  for name in names}
+    return {"metrics": {name: scores[name] / 100 for name in names},
+            "stderr": {name: _mean_stderr(values) for name, values in per_sample.items()},
+            "n": {name: len(rows) for name in names}, "per_sample": per_sample,
+            "percent": {name: True for name in names}, "higher_is_better": {name: True for name in names},
+            "headline": [name for name in ("rougeL", "bleu4") if name in names]}
+
+
+def _mean_stderr(values: list[float]) -> float | None:
+    if len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
+
+
+def _run_perplexity(task: EvalTaskConfig, model: Any, tokenizer: Any, details_dir: Path) -> dict[str, Any]:
+    from lorakit.eval.perplexity import evaluate_perplexity
+
+    scores = evaluate_perplexity(model, tokenizer, _template_for(task, tokenizer), _conversations(task), task.data,
+                                 batch_size=task.batch_size)
+    write_json(details_dir / "perplexity.json", scores)
+    names = ("loss", "perplexity")
+    return {"metrics": {name: scores[name] for name in names}, "n": {name: scores.get("tokens") for name in names},
+            "higher_is_better": {name: False for name in names}, "percent": {name: False for name in names},
+            "headline": list(names)}
+
+
+def run_eval(suite: SuiteConfig, specs: list[ModelSpec], output_dir: Path, model_config: ModelConfig = ModelConfig(),
+             use_cache: bool = True, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluate every model on the suite and write the before/after report (reference: the first model)."""
+    if not suite.tasks:
+        raise ConfigError(f"Suite '{suite.name}' has no tasks; list them under `tasks:` (see configs/eval-*.yaml).")
+    results = evaluate_models(suite, specs, output_dir, model_config, use_cache, log)
+    report = build_report(results, reference=specs[0].label, sigmas=suite.noise_sigmas, suite_name=suite.name)
+    report["paths"] = [str(p) for p in write_report(report, output_dir)]
+    return report
