@@ -100,3 +100,11 @@ def isolated_token_cache(tmp_path, monkeypatch):
     folder = tmp_path / "token-cache"
     monkeypatch.setattr("lorakit.data.cache.datasets_cache_root", lambda: folder)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def isolated_eval_cache(tmp_path, monkeypatch):
+    """Evaluation results are cached per model+task; tests keep that cache in their own folder."""
+    folder = tmp_path / "eval-cache"
+    monkeypatch.setattr("lorakit.eval.suite.eval_cache_root", lambda: folder)
+    return folder
