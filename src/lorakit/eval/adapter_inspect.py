@@ -261,6 +261,7 @@ def format_adapter_report(report: AdapterReport, top: int = 10):
     """A rich renderable for the terminal: settings, the `top` modules by update norm, per-layer totals, notes."""
     from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     scaling = "alpha/sqrt(r)" if report.use_rslora else "alpha/r"
     header = (f"{report.adapter_dir}  base: {report.base_model or 'unknown'}  r={report.rank} "
@@ -278,7 +279,7 @@ def format_adapter_report(report: AdapterReport, top: int = 10):
     layers.add_column("norm", justify="right")
     for layer, norm in report.layer_totals().items():
         layers.add_row(str(layer), f"{norm:.4g}")
-    return Group(header, table, layers, *[f"note: {note}" for note in report.notes])
+    return Group(Text(header), table, layers, *[Text(f"note: {note}") for note in report.notes])
 
 
 def _top_modules(report: AdapterReport, top: int) -> list[ModuleUpdate]:
