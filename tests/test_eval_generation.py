@@ -55,16 +55,19 @@ def test_scores_follow_the_predictions(tiny_model, tiny_tokenizer, chatml, tmp_p
     calls = []
 
     def fake_generate(model, tokenizer, template, conversations, config):
-        calls.append(len(conversations))
+        calls.append((len(conversations), config.seed))
         return [answers[messages[-1]["content"]] for messages in conversations]
 
     monkeypatch.setattr(generation_module, "generate", fake_generate)
     out = tmp_path / "predictions.jsonl"
+    seeded = GenerationConfig(max_new_tokens=6, batch_size=2, temperature=0.7, seed=7)
 
-    result = evaluate_generation(tiny_model, tiny_tokenizer, chatml, CONVERSATIONS, out, QUICK, progress=False)
+    result = evaluate_generation(tiny_model, tiny_tokenizer, chatml, CONVERSATIONS, out, seeded, progress=False)
 
-    assert calls == [2, 2]  # generation.batch_size samples per call, to move the progress bar
+    # generation.batch_size samples per call, to move the progress bar; seeded once, like a single call
+    assert calls == [(2, 7), (2, None)]
     rows = read_predictions(out)
+    assert [row["prediction"] for row in rows] == ["hello.", "a b", "no more.", "ciao"]  # back in input order
     assert rows[0]["scores"] == dict.fromkeys(SCORE_NAMES, 100.0)
     assert rows[3]["scores"]["exact_match"] == 0
     assert result["exact_match"] == 50.0 and result["count"] == 4 and result["samples"] == 4

@@ -78,25 +78,31 @@ def evaluate_generation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
 
 def _generate_all(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template,
                   prompts: list[list[dict[str, Any]]], generation: GenerationConfig, progress: bool) -> list[str]:
-    """`generate()` chunk by chunk, to move a progress bar; the seed is set once, as for a single call."""
+    """`generate()` chunk by chunk, to move a progress bar; replies come back in the order of `prompts`.
+
+    Prompts of similar length share a batch (less left padding); a seed is set once, as for a single call.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    order = sorted(range(len(prompts)), key=lambda i: -sum(len(str(m.get("content") or "")) for m in prompts[i]))
+    replies: dict[int, str] = {}
     was_training = model.training
     model.eval()
-    predictions: list[str] = []
     bar = Progress(TextColumn("[bold]generate[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                    disable=not progress, transient=True)
     try:
         with bar:
             task = bar.add_task("generate", total=len(prompts))
-            for start in range(0, len(prompts), generation.batch_size):
-                chunk = prompts[start:start + generation.batch_size]
-                predictions.extend(generate(model, tokenizer, template, chunk, generation))
-                generation = dataclasses.replace(generation, seed=None)
+            for start in range(0, len(order), generation.batch_size):
+                chunk = order[start:start + generation.batch_size]
+                answers = generate(model, tokenizer, template, [prompts[i] for i in chunk], generation)
+                replies.update(zip(chunk, answers))
+                if getattr(generation, "seed", None) is not None:
+                    generation = dataclasses.replace(generation, seed=None)
                 bar.advance(task, len(chunk))
     finally:
         model.train(was_training)
-    return predictions
+    return [replies[i] for i in range(len(prompts))]
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
