@@ -10,9 +10,10 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from conftest import make_model
+from lorakit.config import ModelConfig
 from lorakit.errors import ConfigError, DataError
-from lorakit.eval.compare import (answer_fn_for, compare_answers, load_questions, read_comparison,
-                                  write_comparison)
+from lorakit.eval.compare import (answer_fn_for, compare_answers, compare_base_and_tuned, load_questions,
+                                  read_comparison, write_comparison)
 from lorakit.infer import GenerationConfig, generate
 from lorakit.templates import resolve_template
 
@@ -115,3 +116,26 @@ def test_adapter_off_answers_match_the_plain_base_model(tiny_tokenizer):
     assert answer_fn_for(base, tiny_tokenizer, template, generation, adapter=False)(conversations) == expected
     with pytest.raises(ConfigError, match="needs a model with a LoRA adapter"):
         answer_fn_for(base, tiny_tokenizer, template, generation, adapter=True)
+
+
+def test_base_and_tuned_from_a_saved_adapter(tmp_path, tiny_model_dir, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                LoraConfig(r=2, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 5.0)
+    peft_model.save_pretrained(tmp_path / "run" / "adapter")
+    generation = GenerationConfig(max_new_tokens=5)
+    model_config = ModelConfig(name=str(tiny_model_dir), device="cpu", dtype="float32")
+
+    rows = compare_base_and_tuned(model_config, tmp_path / "run" / "adapter", ["hi", "why?"], tmp_path / "out",
+                                  generation)
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    expected = generate(base, tiny_tokenizer, resolve_template(None, tiny_tokenizer),
+                        [[{"role": "user", "content": "hi"}], [{"role": "user", "content": "why?"}]], generation)
+    assert [row["answers"]["base"] for row in rows] == expected
+    assert read_comparison(tmp_path / "out" / "answers.jsonl") == rows

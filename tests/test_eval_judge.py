@@ -8,13 +8,12 @@ import re
 import httpx2  # the HTTP library the installed openai client is built on
 import pytest
 
-from conftest import make_model
+from lorakit.config import ModelConfig
 from lorakit.errors import ConfigError
-from lorakit.eval.judge import (DEFAULT_RUBRIC, EndpointConfig, LocalJudge, OpenAIJudge, first_json_object,
-                                judge_comparison, judge_pairwise, load_rubric, parse_scores, parse_winner,
-                                score_answers)
+from lorakit.eval.judge import (DEFAULT_RUBRIC, EndpointConfig, OpenAIJudge, first_json_object,
+                                judge_comparison, judge_pairwise, load_rubric, local_judge, parse_scores,
+                                parse_winner, score_answers)
 from lorakit.infer import GenerationConfig
-from lorakit.templates import resolve_template
 
 GOOD = {"correctness": 9, "relevance": 8, "completeness": 7, "depth": 6, "usefulness": 10, "explanation": "fine"}
 POOR = {"correctness": 3, "relevance": 4, "completeness": 5, "depth": 2, "usefulness": 1, "explanation": "weak"}
@@ -165,9 +164,9 @@ def test_custom_rubric_files_and_their_errors(tmp_path):
     assert records[0]["failed"] and "no score for 'accuracy'" in records[0]["error"]
 
 
-def test_local_model_judge_runs_and_records_failures(tmp_path, tiny_tokenizer):
-    judge = LocalJudge(make_model("llama", len(tiny_tokenizer)).eval(), tiny_tokenizer,
-                       resolve_template(None, tiny_tokenizer), GenerationConfig(max_new_tokens=4, batch_size=4))
+def test_local_model_judge_runs_and_records_failures(tmp_path, tiny_model_dir):
+    judge = local_judge(ModelConfig(name=str(tiny_model_dir), device="cpu", dtype="float32"),
+                        generation=GenerationConfig(max_new_tokens=4, batch_size=4))
 
     summary = judge_comparison(judge, ROWS[:1], tmp_path)
 
@@ -175,4 +174,5 @@ def test_local_model_judge_runs_and_records_failures(tmp_path, tiny_tokenizer):
     assert summary["pairwise"]["failed"] == 1 and summary["pairwise"]["win_rate"] is None
     records = [json.loads(line) for line in (tmp_path / "judge_pairwise.jsonl").read_text().splitlines()]
     assert all(order["error"] for record in records for order in record["orders"])
-    assert judge.name.startswith("local")
+    assert judge.name == f"local {tiny_model_dir}"
+    assert json.loads((tmp_path / "judge_summary.json").read_text())["judge"] == judge.name

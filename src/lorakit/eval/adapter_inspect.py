@@ -269,7 +269,7 @@ def format_adapter_report(report: AdapterReport, top: int = 10):
               f"{len(report.modules)} modules, {report.lora_parameters:,} LoRA parameters")
     table = Table(title=f"Largest updates (top {min(top, len(report.modules))} by Frobenius norm)")
     for column in ("module", "layer", "‖ΔW‖_F", "‖ΔW‖_2", "eff. rank", f"rank@{ENERGY_SHARE:.0%}"):
-        table.add_column(column, justify="left" if column == "module" else "right")
+        table.add_column(column, justify="left" if column == "module" else "right", overflow="fold")
     for module in _top_modules(report, top):
         table.add_row(module.name, "-" if module.layer is None else str(module.layer), f"{module.frobenius_norm:.4g}",
                       f"{module.spectral_norm:.4g}", f"{module.effective_rank:.2f}",

@@ -15,9 +15,10 @@ from typing import Any
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lorakit.config import ModelConfig
 from lorakit.errors import ConfigError, DataError
 from lorakit.files import write_text
-from lorakit.infer import GenerationConfig, generate
+from lorakit.infer import GenerationConfig, generate, load_for_inference
 from lorakit.templates import Template
 
 QUESTION_FIELDS = ("question", "instruction", "prompt")
@@ -136,6 +137,22 @@ def answer_fn_for(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, te
             return generate(model, tokenizer, template, conversations, generation)
 
     return answer
+
+
+def compare_base_and_tuned(model_config: ModelConfig, adapter_dir: Path, questions: Sequence[str],
+                           output_dir: Path, generation: GenerationConfig = GenerationConfig(),
+                           template_name: str | None = None, system: str | None = None) -> list[dict[str, Any]]:
+    """Answers of the base model ("base") and base + adapter ("tuned") to `questions`, written under `output_dir`.
+
+    Loads the model once: the base answers come from the same PeftModel with its adapter disabled, rendered with
+    the adapter's template, so only the adapter differs. Returns the rows (see `compare_answers`).
+    """
+    model, tokenizer, template = load_for_inference(model_config, Path(adapter_dir), template_name)
+    rows = compare_answers(questions, {
+        "base": answer_fn_for(model, tokenizer, template, generation, adapter=False),
+        "tuned": answer_fn_for(model, tokenizer, template, generation, adapter=True)}, system)
+    write_comparison(rows, output_dir)
+    return rows
 
 
 def read_comparison(path: Path) -> list[dict[str, Any]]:

@@ -292,6 +292,14 @@ class LocalJudge:
                                                       list(conversations), self.generation)]
 
 
+def local_judge(model_config, template_name: str | None = None, generation=None) -> LocalJudge:
+    """A LocalJudge on the model of `model_config` (a bundled name, folder or hub id), loaded for inference."""
+    from lorakit.infer import load_for_inference
+
+    model, tokenizer, template = load_for_inference(model_config, None, template_name)
+    return LocalJudge(model, tokenizer, template, generation, name=f"local {model_config.name}")
+
+
 # ---------------------------------------------------------------- prompts and verdicts
 
 def rubric_prompt(rubric: Rubric, question: str, answer: str, reference: str | None = None) -> str:
