@@ -1,0 +1,346 @@
+"""Generation: `generate()` answers conversations in left-padded batches, `stream_generate()` one reply in pieces.
+
+The prompt is rendered with the template the adapter was trained with (saved in its tokenizer), so inference
+sees exactly what training saw. Replies end at the tokenizer's EOS, the template's stop words or a user's stop
+strings, and never contain them.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from lorakit.config import ModelConfig, read_yaml
+from lorakit.errors import ConfigError
+from lorakit.model import load_model, load_tokenizer
+from lorakit.templates import TEMPLATES, Template, render, resolve_template
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Sampling settings; temperature 0 means greedy decoding. `stop` strings end a reply and are cut from it."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    batch_size: int = 8
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
+        problems = []
+        if self.max_new_tokens <= 0:
+            problems.append(f"max_new_tokens must be a positive integer, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            problems.append(f"temperature must be 0 (greedy) or positive, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            problems.append(f"top_k must be 0 (off) or a positive integer, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            problems.append(f"repetition_penalty must be positive (1.0 is off), got {self.repetition_penalty}")
+        if self.batch_size <= 0:
+            problems.append(f"batch_size must be a positive integer, got {self.batch_size}")
+        if any(not word for word in self.stop):
+            problems.append("stop strings must not be empty")
+        if problems:
+            raise ConfigError("; ".join(problems) + ".")
+
+
+def find_adapter_dir(path: Path) -> Path:
+    """`path` when it holds adapter_config.json, else the `adapter/` folder of a lorakit output directory."""
+    if not (path / "adapter_config.json").is_file() and (path / "adapter" / "adapter_config.json").is_file():
+        return path / "adapter"
+    if not path.exists():
+        raise ConfigError(f"Adapter folder {path} does not exist. Point at a lorakit output directory or the "
+                          "`adapter/` folder inside it.")
+    return path
+
+
+def adapter_base_model(adapter_dir: Path) -> str:
+    """The base model an adapter was trained on: lorakit's config.yaml beside it, else PEFT's adapter_config.json."""
+    config_file = adapter_dir.parent / "config.yaml"
+    if config_file.is_file():
+        name = (read_yaml(config_file).get("model") or {}).get("name")
+        if name:
+            return str(name)
+    peft_file = adapter_dir / "adapter_config.json"
+    if peft_file.is_file():
+        name = json.loads(peft_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        if name:
+            return str(name)
+    raise ConfigError(f"Cannot tell which base model adapter {adapter_dir} belongs to (no config.yaml beside it and "
+                      "no base_model_name_or_path in adapter_config.json). Name it with --model.")
+
+
+def inference_model(name: str | None, adapter: Path | None, device: str = "auto",
+                    dtype: str = "auto") -> tuple[ModelConfig, Path | None]:
+    """The model to load and the adapter folder: with no `name`, the adapter's own base (or the default model)."""
+    adapter_dir = find_adapter_dir(adapter) if adapter is not None else None
+    if name is None:
+        name = adapter_base_model(adapter_dir) if adapter_dir is not None else ModelConfig().name
+    return ModelConfig(name=name, device=device, dtype=dtype), adapter_dir
+
+
+def load_adapter(model: PreTrainedModel, adapter_dir: Path, base_name: str):
+    """Put a saved PEFT adapter on `model`; refuse one whose adapter_config names another base model."""
+    from peft import PeftModel
+
+    config_file = adapter_dir / "adapter_config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json). Point at the "
+                          "`adapter/` folder inside a lorakit output directory.")
+    _check_same_base(adapter_dir, model, base_name)
+    return PeftModel.from_pretrained(model, str(adapter_dir))
+
+
+def _check_same_base(adapter_dir: Path, model: PreTrainedModel, base_name: str) -> None:
+    """Shapes are the reliable signal: the same names with other sizes mean another base model."""
+    from safetensors import safe_open
+
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        return
+    modules = dict(model.named_modules())
+    with safe_open(str(weights), framework="pt") as handle:
+        for key in handle.keys():
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            module_name = key.split(".lora_")[0].removeprefix("base_model.model.")
+            module = modules.get(module_name)
+            shape = handle.get_slice(key).get_shape()
+            expected = None
+            if isinstance(module, torch.nn.Linear):
+                expected = module.in_features if ".lora_A." in key else module.out_features
+            found = shape[1] if ".lora_A." in key else shape[0]
+            if module is None or (expected is not None and expected != found):
+                trained_on = json.loads((adapter_dir / "adapter_config.json").read_text()).get(
+                    "base_model_name_or_path") or "another model"
+                raise ConfigError(f"Adapter {adapter_dir} was trained on {trained_on}, not on {base_name}: its "
+                                  f"weight {key} does not fit this model. Load it with the base model it was "
+                                  "trained on (see the adapter's README.md).")
+
+
+def load_inference_tokenizer(model_config: ModelConfig, adapter_dir: Path | None = None,
+                             template_name: str | None = None) -> tuple[PreTrainedTokenizerBase, Template]:
+    """The tokenizer and template to talk to a model: an adapter's own tokenizer and training template win.
+
+    With no `template_name`, an adapter trained with a built-in template (config.yaml's data.template) gets that
+    template, stop words included, provided its tokenizer still carries the same Jinja.
+    """
+    tokenizer = None
+    if adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer is None:
+        tokenizer = load_tokenizer(model_config)
+    if template_name is None and adapter_dir is not None:
+        trained = _trained_template(adapter_dir)
+        if trained is not None and trained.jinja == getattr(tokenizer, "chat_template", None):
+            return tokenizer, trained
+    return tokenizer, resolve_template(template_name, tokenizer)
+
+
+def _trained_template(adapter_dir: Path) -> Template | None:
+    config_file = adapter_dir.parent / "config.yaml"
+    if not config_file.is_file():
+        return None
+    name = (read_yaml(config_file).get("data") or {}).get("template")
+    return TEMPLATES.get(name) if isinstance(name, str) else None
+
+
+def load_for_inference(model_config: ModelConfig, adapter_dir: Path | None = None,
+                       template_name: str | None = None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase, Template]:
+    """Base model (plus adapter) with the tokenizer and template to talk to it; the adapter's own tokenizer wins."""
+    tokenizer, template = load_inference_tokenizer(model_config, adapter_dir, template_name)
+    model = load_model(model_config)
+    if adapter_dir is not None:
+        model = load_adapter(model, adapter_dir, model_config.name)
+    model.eval()
+    return model, tokenizer, template
+
+
+@torch.inference_mode()
+def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template,
+             conversations: list[list[dict]], config: GenerationConfig = GenerationConfig()) -> list[str]:
+    """The assistant's reply to each conversation, generated in left-padded batches."""
+    replies: list[str] = []
+    device = next(model.parameters()).device
+    stops = _stop_strings(template, config)
+    if config.seed is not None:
+        torch.manual_seed(config.seed)
+    for start in range(0, len(conversations), config.batch_size):
+        prompts = [render(template, tokenizer, messages, add_generation_prompt=True)
+                   for messages in conversations[start:start + config.batch_size]]
+        batch = _left_padded(tokenizer, prompts).to(device)
+        prompt_length = batch["input_ids"].shape[1]
+        output = model.generate(**batch, **_generate_options(tokenizer, template, config, stops, prompt_length))
+        for row in output[:, prompt_length:]:
+            replies.append(_finish(_decode(tokenizer, row.tolist()), stops))
+    return replies
+
+
+def stream_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template,
+                    messages: list[dict], config: GenerationConfig = GenerationConfig(),
+                    cancel: threading.Event | None = None) -> Iterator[str]:
+    """Yield the assistant's reply to `messages` in pieces as its tokens are generated.
+
+    The pieces join to what `generate()` returns for the same settings. Text that may begin a stop string is held
+    back until it cannot. Setting `cancel`, closing the iterator or a KeyboardInterrupt while it waits stops the
+    generation after the token in flight.
+    """
+    cancel = cancel or threading.Event()
+    stops = _stop_strings(template, config)
+    prompt = render(template, tokenizer, messages, add_generation_prompt=True)
+    batch = tokenizer([prompt], return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
+    prompt_length = batch["input_ids"].shape[1]
+    tokens = _TokenQueue()
+    options = _generate_options(tokenizer, template, config, stops, prompt_length, cancel)
+    failures: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with torch.inference_mode():
+                model.generate(**batch, **options, streamer=tokens)
+        except BaseException as error:  # handed to the consumer, which re-raises it
+            failures.append(error)
+        finally:
+            tokens.end()
+
+    if config.seed is not None:
+        torch.manual_seed(config.seed)
+    worker = threading.Thread(target=work, name="lorakit-generate", daemon=True)
+    worker.start()
+    ids: list[int] = []
+    shown = 0
+    try:
+        while (chunk := tokens.next()) is not None:
+            ids.extend(chunk)
+            safe = _safe_prefix(_decode(tokenizer, ids), stops)
+            if len(safe) > shown:
+                yield safe[shown:]
+                shown = len(safe)
+        worker.join()
+        if failures:
+            raise failures[0]
+        final = _finish(_decode(tokenizer, ids), stops)
+        if len(final) > shown:
+            yield final[shown:]
+    finally:
+        cancel.set()
+        worker.join()
+
+
+class _TokenQueue(BaseStreamer):
+    """Receives generated token ids from `model.generate` on its thread; the first `put` is the prompt."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[list[int] | None] = queue.Queue()
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self._queue.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self._queue.put(None)
+
+    def next(self) -> list[int] | None:
+        # A timeout keeps the waiting main thread responsive to Ctrl-C.
+        while True:
+            try:
+                return self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+
+
+class _StopOnText(StoppingCriteria):
+    """Stops a row once its decoded reply holds a stop string, and every row once `cancel` is set.
+
+    Own criterion, not transformers' `stop_strings`: it checks the same decoded text the reply is cut from.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: tuple[str, ...], prompt_length: int,
+                 cancel: threading.Event | None) -> None:
+        self.tokenizer, self.stops, self.prompt_length, self.cancel = tokenizer, stops, prompt_length, cancel
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if self.cancel is not None and self.cancel.is_set():
+            return done.fill_(True)
+        if self.stops:
+            for row, ids in enumerate(input_ids[:, self.prompt_length:].tolist()):
+                text = _decode(self.tokenizer, ids)
+                done[row] = any(word in text for word in self.stops)
+        return done
+
+
+def _generate_options(tokenizer: PreTrainedTokenizerBase, template: Template, config: GenerationConfig,
+                      stops: tuple[str, ...], prompt_length: int, cancel: threading.Event | None = None) -> dict:
+    options = dict(max_new_tokens=config.max_new_tokens, eos_token_id=_stop_token_ids(tokenizer, template),
+                   pad_token_id=tokenizer.pad_token_id, repetition_penalty=config.repetition_penalty,
+                   do_sample=config.temperature > 0)
+    if config.temperature > 0:
+        options.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
+    if stops or cancel is not None:
+        options["stopping_criteria"] = StoppingCriteriaList([_StopOnText(tokenizer, stops, prompt_length, cancel)])
+    return options
+
+
+def _left_padded(tokenizer: PreTrainedTokenizerBase, prompts: list[str]):
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        return tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tokenizer.padding_side = side
+
+
+def _stop_token_ids(tokenizer: PreTrainedTokenizerBase, template: Template) -> list[int]:
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for word in template.stop_words:
+        token_id = tokenizer.convert_tokens_to_ids(word)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            ids.add(token_id)
+    return sorted(ids)
+
+
+def _stop_strings(template: Template, config: GenerationConfig) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(word for word in (*template.stop_words, *config.stop) if word))
+
+
+def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _cut(text: str, stops: tuple[str, ...]) -> str:
+    """`text` up to its first stop string."""
+    return text[:min((text.find(word) for word in stops if word in text), default=len(text))]
+
+
+def _finish(text: str, stops: tuple[str, ...]) -> str:
+    return _cut(text, stops).strip()
+
+
+def _safe_prefix(text: str, stops: tuple[str, ...]) -> str:
+    """The part of a growing reply that later tokens cannot change: without a tail that may begin a stop string,
+    an unfinished multi-byte character, or trailing whitespace (the final reply is stripped)."""
+    text = _cut(text, stops)
+    held = max((size for word in stops for size in range(1, len(word)) if text.endswith(word[:size])), default=0)
+    return text[:len(text) - held].rstrip("\ufffd").strip()
