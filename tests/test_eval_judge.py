@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 
-import httpx2  # the HTTP library the installed openai client is built on
+import httpx
 import pytest
 
 from lorakit.config import ModelConfig
@@ -28,14 +28,14 @@ def fake_judge(prefers: str = "position A", requests: list | None = None, fail_f
     verdicts that either always name position A or always pick the answer containing 'TUNED'."""
     failures = {"left": fail_first}
 
-    def handler(request: httpx2.Request) -> httpx2.Response:
+    def handler(request: httpx.Request) -> httpx.Response:
         body = json.loads(request.content)
         assert request.url.path == "/v1/chat/completions" and body["temperature"] == 0
         if requests is not None:
             requests.append(body)
         if failures["left"] > 0:
             failures["left"] -= 1
-            return httpx2.Response(503, json={"error": {"message": "busy"}}, headers={"retry-after-ms": "1"})
+            return httpx.Response(503, json={"error": {"message": "busy"}}, headers={"retry-after-ms": "1"})
         prompt = body["messages"][-1]["content"]
         if "[Answer A]" in prompt:
             if prefers == "position A":
@@ -47,11 +47,11 @@ def fake_judge(prefers: str = "position A", requests: list | None = None, fail_f
             answer = _answer_in(prompt, "Answer")
             text = ("I cannot decide." if "garbled" in answer
                     else f"```json\n{json.dumps(GOOD if 'TUNED' in answer else POOR)}\n```")
-        return httpx2.Response(200, json={
+        return httpx.Response(200, json={
             "id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
             "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": text}}]})
 
-    client = httpx2.Client(transport=httpx2.MockTransport(handler))
+    client = httpx.Client(transport=httpx.MockTransport(handler))
     return OpenAIJudge(EndpointConfig(base_url="http://judge.test/v1", model="judge-1", max_retries=2),
                        http_client=client)
 
@@ -110,10 +110,21 @@ def test_retries_then_succeeds_and_config_errors_stop_the_run():
     exhausted = score_answers(fake_judge("tuned", fail_first=10), ["q"], {"tuned": ["TUNED"]})
     assert exhausted[0]["failed"] and "InternalServerError" in exhausted[0]["error"]
 
-    refusing = OpenAIJudge(EndpointConfig(base_url="http://judge.test/v1", model="m"), http_client=httpx2.Client(
-        transport=httpx2.MockTransport(lambda request: httpx2.Response(401, json={"error": {"message": "no"}}))))
+    refusing = OpenAIJudge(EndpointConfig(base_url="http://judge.test/v1", model="m"), http_client=httpx.Client(
+        transport=httpx.MockTransport(lambda request: httpx.Response(401, json={"error": {"message": "no"}}))))
     with pytest.raises(ConfigError, match="refused the API key"):
         score_answers(refusing, ["q"], {"tuned": ["a"]})
+    calls = []
+
+    def unreachable(request):
+        calls.append(request)
+        raise httpx.ConnectError("connection refused")
+
+    down = OpenAIJudge(EndpointConfig(base_url="http://judge.test/v1", model="m", max_retries=0, concurrency=2),
+                       http_client=httpx.Client(transport=httpx.MockTransport(unreachable)))
+    with pytest.raises(ConfigError, match="Cannot reach the judge at http://judge.test/v1"):
+        score_answers(down, ["q"] * 50, {"tuned": ["a"] * 50})
+    assert len(calls) < 10  # the queued requests were dropped
     with pytest.raises(ConfigError, match="must start with http"):
         EndpointConfig(base_url="localhost:8000", model="m")
     with pytest.raises(ConfigError, match="No answers from model 'tuned'.*base"):

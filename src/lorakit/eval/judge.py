@@ -247,8 +247,11 @@ class OpenAIJudge:
                               timeout=config.timeout, http_client=http_client)
 
     def complete(self, conversations: Sequence[list[dict]]) -> list[Completion]:
-        with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
+        pool = ThreadPoolExecutor(max_workers=self.config.concurrency)
+        try:
             return list(pool.map(self._complete_one, conversations))
+        finally:  # after a ConfigError (server down), drop the queued requests instead of failing each in turn
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _complete_one(self, messages: list[dict]) -> Completion:
         import openai
