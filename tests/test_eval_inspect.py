@@ -90,6 +90,19 @@ def test_rslora_scaling_is_alpha_over_sqrt_rank(tmp_path, tiny_tokenizer):
                                                                                  @ lora_a.double())))
 
 
+def test_per_module_rank_and_alpha_patterns(tmp_path, tiny_tokenizer):
+    folder, known = _saved_adapter(tmp_path, len(tiny_tokenizer), rank=4, alpha=8, rank_pattern={"v_proj": 2},
+                                   alpha_pattern={"down_proj": 32})
+
+    by_kind = {module.kind: module for module in inspect_adapter(folder).modules if module.layer == 0}
+
+    assert (by_kind["self_attn.v_proj"].rank, by_kind["self_attn.v_proj"].scaling) == (2, 4.0)
+    assert (by_kind["mlp.down_proj"].rank, by_kind["mlp.down_proj"].scaling) == (4, 8.0)
+    lora_a, lora_b = known["model.layers.0.mlp.down_proj"]
+    assert by_kind["mlp.down_proj"].frobenius_norm == pytest.approx(
+        float(torch.linalg.matrix_norm(8.0 * lora_b.double() @ lora_a.double())))
+
+
 def test_writes_json_markdown_and_heatmap(tmp_path, tiny_tokenizer):
     folder, _ = _saved_adapter(tmp_path, len(tiny_tokenizer))
     output = tmp_path / "inspect"
@@ -145,6 +158,18 @@ def test_core_singular_values_match_full_svd():
     assert effective_rank(torch.tensor([2.0, 2.0, 2.0, 2.0])) == pytest.approx(4.0)
     assert energy_rank(torch.tensor([3.0, 1.0, 0.0])) == 1  # 9/10 of the energy
     assert energy_rank(torch.zeros(3)) == 0
+
+
+def test_keys_with_the_adapter_name_are_read_alike(tmp_path, tiny_tokenizer):
+    from safetensors.torch import load_file, save_file
+
+    folder, _ = _saved_adapter(tmp_path, len(tiny_tokenizer))
+    weights = folder / "adapter_model.safetensors"
+    named = {key.replace(".weight", ".default.weight"): tensor for key, tensor in load_file(weights).items()}
+    plain = inspect_adapter(folder)
+    save_file(named, weights)
+
+    assert inspect_adapter(folder).modules == plain.modules
 
 
 def test_non_adapter_folder_is_a_config_error(tmp_path, tiny_model_dir):

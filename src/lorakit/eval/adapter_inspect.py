@@ -217,8 +217,10 @@ def _group_keys(tensors: dict[str, torch.Tensor]):
             continue
         if match["leaf"] == "bias":
             continue  # lora_bias: a bias on lora_B, not part of the low-rank matrix
-        adapters.add(match["adapter"] or "default")
+        adapter = match["adapter"] or "default"
+        adapters.add(adapter)
         module = match["module"].removeprefix("base_model.model.")
+        module = module if adapter == "default" else f"{module} [{adapter}]"
         part = match["part"]
         if part == "lora_magnitude_vector":
             pairs[module]["magnitude"] = tensor
@@ -229,12 +231,13 @@ def _group_keys(tensors: dict[str, torch.Tensor]):
             pairs[module][part[-1]] = tensor
     notes = []
     if len(adapters) > 1:
-        notes.append(f"The file holds several adapters ({', '.join(sorted(adapters))}); their updates are listed "
-                     "under the same module names.")
+        notes.append(f"The file holds several adapters ({', '.join(sorted(adapters))}); each update is listed "
+                     "with its adapter's name in brackets, except the default one.")
     if saved:
         notes.append(f"{len(saved)} weights are saved whole (modules_to_save or resized embeddings): "
                      "they replace the base weights rather than add a low-rank update.")
-    return {name: parts for name, parts in pairs.items() if "magnitude" not in parts or len(parts) > 1}, saved, notes
+    with_lora = {name: parts for name, parts in pairs.items() if parts.keys() != {"magnitude"}}
+    return with_lora, saved, notes
 
 
 def _pattern_value(patterns: dict[str, float], module: str, default: float) -> float:
