@@ -103,3 +103,121 @@ def sweep(
                      log=lambda line: console.print(line, highlight=False, markup=False))
     best = runs[0]
     console.print(f"[green]best[/]: {best['name']} ({best['objective']:.4g}); table: {output / 'sweep.md'}")
+
+
+@app.command("inspect")
+def inspect_adapter_command(
+    adapter: Annotated[Path, typer.Argument(help="Adapter folder (holds adapter_config.json) or a lorakit run folder.")],
+    output: Annotated[Optional[Path], typer.Option(
+        help="Also write inspect.json, inspect.md and update_norms.png (heatmap) to this folder.")] = None,
+    top: Annotated[int, typer.Option(help="How many modules to list, largest update first.")] = 10,
+):
+    """Where did the adapter change the model: ‖ΔW‖, spectrum and effective rank per module, no base model needed.
+
+    `lorakit inspect outputs/zh-instruct/adapter --output outputs/zh-instruct/inspect`
+    """
+    from lorakit.eval.adapter_inspect import format_adapter_report, inspect_adapter
+
+    report = inspect_adapter(adapter, output, top=max(top, 20))
+    console.print(format_adapter_report(report, top=top))
+    if output is not None:
+        console.print(f"[green]wrote[/]: {output / 'inspect.md'}, inspect.json, update_norms.png", highlight=False)
+
+
+@app.command()
+def compare(
+    questions: Annotated[Path, typer.Argument(help="Questions: .txt (one per line), .json or .jsonl "
+                                                   "(strings or objects with question/instruction/prompt).")],
+    adapter: Annotated[Path, typer.Option(help="Adapter folder; its answers are 'tuned', its base's 'base'.")],
+    base: Annotated[Optional[str], typer.Option(
+        help="Base model; default: the one the adapter was trained on.")] = None,
+    output: Annotated[Path, typer.Option(help="Folder for answers.jsonl, answers.md, answers.html.")] =
+        Path("outputs/compare"),
+    system: Annotated[Optional[str], typer.Option(help="A system message for every question.")] = None,
+    template: Annotated[Optional[str], typer.Option(help="Chat template; default: the adapter's own.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest answer, in tokens.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 is greedy (reproducible).")] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="Questions generated together.")] = 8,
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    show: Annotated[int, typer.Option(help="Answers to print here; all are in the files.")] = 5,
+):
+    """Ask the base model and base + adapter the same questions; write the answers side by side.
+
+    `lorakit compare questions.txt --adapter outputs/zh-instruct/adapter`, then `lorakit judge
+    outputs/compare/answers.jsonl --judge-url http://localhost:8000/v1 --judge-model qwen2.5-7b-instruct`.
+    """
+    from rich.markup import escape
+    from rich.table import Table
+
+    from lorakit.config import ModelConfig
+    from lorakit.errors import ConfigError
+    from lorakit.eval.compare import compare_base_and_tuned, load_questions
+    from lorakit.eval.suite import base_model_of_adapter
+    from lorakit.infer import GenerationConfig
+
+    asked = load_questions(questions)
+    base = base or base_model_of_adapter(adapter)
+    if base is None:
+        raise ConfigError(f"Cannot tell which base model {adapter} was trained on; pass --base.")
+    generation = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
+    console.print(f"Asking {base} with and without {adapter} {len(asked)} question(s).", highlight=False)
+    rows = compare_base_and_tuned(ModelConfig(name=base, dtype=dtype, device=device), adapter, asked, output,
+                                  generation, template, system)
+    table = Table(title=f"First {min(show, len(rows))} of {len(rows)} answers", show_lines=True)
+    for column in ("question", "base", "tuned"):
+        table.add_column(column, overflow="fold")  # fold: Chinese text has no spaces to wrap at
+    for row in rows[:show]:
+        table.add_row(escape(row["question"]), escape(row["answers"]["base"]), escape(row["answers"]["tuned"]))
+    console.print(table)
+    console.print(f"[green]wrote[/]: {output / 'answers.md'}, answers.html, answers.jsonl", highlight=False)
+
+
+@app.command()
+def judge(
+    answers: Annotated[Path, typer.Argument(help="answers.jsonl written by `lorakit compare`.")],
+    judge_url: Annotated[Optional[str], typer.Option(
+        "--judge-url", envvar="OPENAI_BASE_URL", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")]
+        = None,
+    judge_model: Annotated[Optional[str], typer.Option("--judge-model", help="Model name at --judge-url.")] = None,
+    judge_api_key: Annotated[str, typer.Option("--judge-api-key", envvar="OPENAI_API_KEY",
+                                               help="API key for --judge-url.")] = "EMPTY",
+    local: Annotated[Optional[str], typer.Option(
+        help="Judge with this model on this machine instead (bundled name, folder or hub id).")] = None,
+    rubric: Annotated[Optional[Path], typer.Option(
+        help="Rubric YAML/JSON: `criteria: {name: description}`, optional `scale: [1, 10]`.")] = None,
+    candidate: Annotated[str, typer.Option(help="The model whose win rate is reported.")] = "tuned",
+    baseline: Annotated[str, typer.Option(help="The model it is compared with.")] = "base",
+    pairwise: Annotated[bool, typer.Option(help="Also judge candidate vs baseline, in both orders.")] = True,
+    scores: Annotated[bool, typer.Option(help="Score every answer on the rubric.")] = True,
+    output: Annotated[Optional[Path], typer.Option(help="Folder for judge_*.jsonl and judge_summary.json; "
+                                                        "default: beside the answers.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at once (--judge-url).")] = 4,
+    max_retries: Annotated[int, typer.Option(help="Retries per request, with backoff (--judge-url).")] = 3,
+):
+    """Have an LLM judge the answers: rubric scores per model and tuned-vs-base win/tie/loss rates.
+
+    `lorakit judge outputs/compare/answers.jsonl --judge-url http://localhost:8000/v1 --judge-model qwen2.5-7b`
+    """
+    from lorakit.config import ModelConfig
+    from lorakit.errors import ConfigError
+    from lorakit.eval.compare import read_comparison
+    from lorakit.eval.judge import (DEFAULT_RUBRIC, EndpointConfig, OpenAIJudge, format_judge_summary,
+                                    judge_comparison, load_rubric, local_judge)
+
+    if (judge_url is None) == (local is None):
+        raise ConfigError("Choose one judge: --judge-url URL --judge-model NAME (an OpenAI-compatible endpoint), "
+                          "or --local MODEL (a model run here).")
+    rows = read_comparison(answers)
+    chosen_rubric = load_rubric(rubric) if rubric is not None else DEFAULT_RUBRIC
+    if local is not None:
+        the_judge = local_judge(ModelConfig(name=local))
+    else:
+        the_judge = OpenAIJudge(EndpointConfig(base_url=judge_url, model=judge_model or "", api_key=judge_api_key,
+                                               max_retries=max_retries, concurrency=concurrency))
+    output = output or answers.parent
+    summary = judge_comparison(the_judge, rows, output, chosen_rubric,
+                               pair=(candidate, baseline) if pairwise else None, score=scores)
+    console.print(format_judge_summary(summary))
+    console.print(f"[green]wrote[/]: {output / 'judge_summary.json'}, judge_scores.jsonl, judge_pairwise.jsonl",
+                  highlight=False)

@@ -263,13 +263,14 @@ def _conversations(task: EvalTaskConfig):
 
 
 def _run_generation(task: EvalTaskConfig, model: Any, tokenizer: Any, details_dir: Path) -> dict[str, Any]:
-    from lorakit.eval.generation import evaluate_generation
+    from lorakit.eval.generation import evaluate_generation, read_predictions
     from lorakit.infer import GenerationConfig
 
     predictions = details_dir / "predictions.jsonl"
+    generation = GenerationConfig(max_new_tokens=task.max_new_tokens or 128, batch_size=task.batch_size)
     scores = evaluate_generation(model, tokenizer, _template_for(task, tokenizer), _conversations(task), predictions,
-                                 GenerationConfig(max_new_tokens=task.max_new_tokens or 128, batch_size=task.batch_size))
-    rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines() if line.strip()]
+                                 generation, system=task.data.system)
+    rows = [row for row in read_predictions(predictions) if row.get("scores")]
     names = [name for name in ("rouge1", "rouge2", "rougeL", "bleu4", "chrf", "exact_match", "f1") if name in scores]
     per_sample = {name: [row["scores"][name] / 100 for row in rows if name in row.get("scores", {})]
                   for name in names}
