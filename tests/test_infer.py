@@ -155,7 +155,8 @@ def test_generation_config_errors_name_every_problem():
     assert GenerationConfig(stop="###").stop == ("###",)
 
 
-def plain_peft_replies(model_dir: Path, adapter_dir: Path, tokenizer_dir: Path, max_new_tokens: int) -> list[str]:
+def plain_peft_replies(model_dir: Path, adapter_dir: Path, tokenizer_dir: Path, max_new_tokens: int,
+                       questions: list[list[dict]] = QUESTIONS) -> list[str]:
     """What a user gets without lorakit: transformers + PEFT and the saved chat template."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -164,7 +165,7 @@ def plain_peft_replies(model_dir: Path, adapter_dir: Path, tokenizer_dir: Path, 
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     replies = []
-    for messages in QUESTIONS:
+    for messages in questions:
         ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                             return_dict=True)
         with torch.inference_mode():
@@ -230,10 +231,10 @@ def test_smollm2_with_random_lora_answers_as_with_plain_peft(tmp_path):
     peft_model.save_pretrained(tmp_path / "adapter")
 
     model, tokenizer, template = load_for_inference(model_config, tmp_path / "adapter")
-    questions = QUESTIONS
-    ours = generate(model, tokenizer, template, questions, GenerationConfig(max_new_tokens=24))
-    streamed = "".join(stream_generate(model, tokenizer, template, questions[0], GenerationConfig(max_new_tokens=24)))
+    questions, settings = QUESTIONS[:2], GenerationConfig(max_new_tokens=16)
+    ours = generate(model, tokenizer, template, questions, settings)
+    streamed = "".join(stream_generate(model, tokenizer, template, questions[0], settings))
 
     base_dir = bundled_path("smollm2-135m")
-    assert ours == plain_peft_replies(base_dir, tmp_path / "adapter", base_dir, 24)
+    assert ours == plain_peft_replies(base_dir, tmp_path / "adapter", base_dir, 16, questions)
     assert streamed == ours[0]

@@ -279,13 +279,16 @@ class _StopOnText(StoppingCriteria):
     def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: tuple[str, ...], prompt_length: int,
                  cancel: threading.Event | None) -> None:
         self.tokenizer, self.stops, self.prompt_length, self.cancel = tokenizer, stops, prompt_length, cancel
+        self.window = max((len(word) for word in stops), default=0) + 8
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         if self.cancel is not None and self.cancel.is_set():
             return done.fill_(True)
         if self.stops:
-            for row, ids in enumerate(input_ids[:, self.prompt_length:].tolist()):
+            # Only the newest tokens can complete a stop string: earlier ones would have stopped the row already.
+            start = max(self.prompt_length, input_ids.shape[1] - self.window)
+            for row, ids in enumerate(input_ids[:, start:].tolist()):
                 text = _decode(self.tokenizer, ids)
                 done[row] = any(word in text for word in self.stops)
         return done

@@ -157,8 +157,8 @@ def _progress(show: bool, total: int, completed: int) -> Iterator[Callable[[int]
 
 
 def run_predict(data: DataConfig, model_config: ModelConfig, output: Path,
-                config: GenerationConfig = GenerationConfig(), adapter: Path | None = None, template_name: str | None = None,
-                show_progress: bool = True) -> PredictSummary:
+                config: GenerationConfig = GenerationConfig(), adapter: Path | None = None,
+                template_name: str | None = None, show_progress: bool = True) -> PredictSummary:
     """Read the dataset (before loading any model, so data errors come first), load the model, predict to `output`."""
     conversations, _ = load_conversations(data)
     requests = prediction_requests(conversations, data.system)
