@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lorakit.config import TrainConfig, load_config, save_config
+from lorakit.config import SuiteConfig, TrainConfig, load_config, save_config
 from lorakit.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
@@ -108,4 +108,18 @@ def test_saved_config_round_trips(tmp_path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_example_config_loads(path):
-    assert isinstance(load_config(path), TrainConfig)
+    """Training configs as TrainConfig; evaluation suites (configs/eval-*.yaml) as SuiteConfig."""
+    kind = SuiteConfig if path.name.startswith("eval-") else TrainConfig
+    assert isinstance(load_config(path, cls=kind), kind)
+
+
+def test_suite_task_errors_name_the_task(tmp_path):
+    path = write(tmp_path, "tasks:\n  - name: mmlu\n    kind: choice\n")
+    with pytest.raises(ConfigError, match="Task 'mmlu' \\(choice\\) needs a source"):
+        load_config(path, cls=SuiteConfig)
+    path = write(tmp_path, "tasks:\n  - kind: perplexity\n    data: {paths: [a.json]}\n    shotz: 3\n")
+    with pytest.raises(ConfigError, match=r"tasks\[0\]\.shotz.*Did you mean 'tasks\[0\]\.shots'"):
+        load_config(path, cls=SuiteConfig)
+    path = write(tmp_path, "tasks:\n  - {kind: gsm8k, source: a.jsonl}\n  - {kind: gsm8k, source: b.jsonl}\n")
+    with pytest.raises(ConfigError, match="several tasks named gsm8k"):
+        load_config(path, cls=SuiteConfig)
