@@ -1,3 +1,58 @@
 """`lorakit serve` (OpenAI-compatible HTTP server) and `lorakit adapters` (load several, mix them)."""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lorakit.cli.app import app, console
+
+adapters_app = typer.Typer(help="Combine LoRA adapters trained on the same base model.", no_args_is_help=True)
+app.add_typer(adapters_app, name="adapters")
+
+AdapterOption = Annotated[Optional[list[str]], typer.Option(
+    "--adapter", help="An adapter as NAME=PATH (or PATH, named after its folder); repeat for several.")]
+
+
+@app.command()
+def serve(model: Annotated[str, typer.Option(help="Bundled name, model folder, .gguf or hub id.")] = "smollm2-135m",
+          adapter: AdapterOption = None,
+          host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+          api_key: Annotated[Optional[str], typer.Option(
+              envvar="LORAKIT_API_KEY", help="Require 'Authorization: Bearer KEY' (or set LORAKIT_API_KEY).")] = None,
+          max_batch_size: Annotated[int, typer.Option(help="Most requests answered by one generate call.")] = 8,
+          engine: Annotated[str, typer.Option(help="transformers (CPU or GPU) or vllm (CUDA only).")] = "transformers",
+          dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+          device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto"):
+    """OpenAI-compatible API: the base model under its name, each adapter under its own (`--adapter tuned=PATH`)."""
+    from lorakit.adapters import parse_adapter
+    from lorakit.config import ModelConfig
+    from lorakit.serve import ServeConfig, serve as run_server
+
+    config = ServeConfig(model=ModelConfig(name=model, dtype=dtype, device=device),
+                         adapters=tuple(parse_adapter(text) for text in adapter or []), host=host, port=port,
+                         api_key=api_key or None, max_batch_size=max_batch_size, engine=engine)
+    names = ", ".join([model, *(spec.name for spec in config.adapters)])
+    console.print(f"Serving {names} at http://{host}:{port}/v1" + (" (API key required)" if api_key else ""),
+                  markup=False)
+    run_server(config)
+
+
+@adapters_app.command("mix")
+def adapters_mix(out: Annotated[Path, typer.Argument(help="Folder for the combined adapter.")],
+                 adapter: AdapterOption = None,
+                 weights: Annotated[str, typer.Option(help="One weight per --adapter, e.g. 0.7,0.3.")] = "",
+                 combination: Annotated[str, typer.Option(help="linear (equal ranks), cat or svd.")] = "linear",
+                 model: Annotated[Optional[str], typer.Option(
+                     help="Base model; default: the one the first adapter names.")] = None):
+    """Combine adapters into one: `lorakit adapters mix out --adapter tea=PATH --adapter zh=PATH --weights 0.7,0.3`."""
+    from lorakit.adapters import mix, parse_adapter, parse_weights
+    from lorakit.config import ModelConfig
+
+    specs = [parse_adapter(text) for text in adapter or []]
+    model_config = ModelConfig(name=model, device="cpu", dtype="float32") if model else None
+    written = mix(model_config, specs, parse_weights(weights, len(specs)), combination, out)
+    console.print(f"[green]done[/]: combined adapter ({combination}) in {written}")

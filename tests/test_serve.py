@@ -1,0 +1,349 @@
+"""`lorakit serve`: the official openai client against a real uvicorn server on loopback, tiny model + adapter."""
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+import torch
+import uvicorn
+from typer.testing import CliRunner
+
+from lorakit.adapters import AdapterSpec, load_adapters
+from lorakit.cli import app as cli_app
+from lorakit.config import ModelConfig
+from lorakit.errors import ConfigError
+from lorakit.serve import Engine, ServeConfig, create_app, endpoints_for
+from lorakit.serve.engine import Endpoint, FinishEvent, Job, Sampling, TextEvent, _Row
+from lorakit.serve.vllm import vllm_command
+from lorakit.templates import TEMPLATES, render, resolve_template
+
+from conftest import make_model, make_tokenizer
+from test_adapters import make_adapter
+
+KEY = "test-key"
+PROMPTS = ["hello", "what is tea?", "name a colour", "count to three", "hi there, how are you?", "why?",
+           "say something long please", "ok"]
+
+
+def lively_model():
+    """The tiny llama with its weights scaled up, so different prompts get different greedy replies."""
+    model = make_model("llama", len(make_tokenizer()))
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "norm" not in name:
+                parameter.mul_(10)
+    return model.eval()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(app) -> Iterator[str]:
+    """`app` served by uvicorn in a background thread on a free loopback port; yields the base URL."""
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base_url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.05)
+    try:
+        yield base_url
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A tiny llama ("tiny", weights scaled up) with one adapter ("tuned", large random weights), served live."""
+    tokenizer = make_tokenizer()
+    adapter_dir = make_adapter(tmp_path_factory.mktemp("adapter") / "tuned", seed=3, scale=8.0)
+    specs = [AdapterSpec("tuned", adapter_dir)]
+    model = load_adapters(lively_model(), specs, "tiny")
+    engine = Engine(model, max_batch_size=8, batch_wait_s=0.02)
+    with running(create_app(engine, endpoints_for(model, "tiny", tokenizer, specs), api_key=KEY)) as base_url:
+        yield base_url, engine
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=f"{server[0]}/v1", api_key=KEY, max_retries=0)
+
+
+def plain_reply(prompt: str, max_tokens: int, chat: bool = True) -> str:
+    """What the plain tiny model says on its own, greedy, with no server, padding or batching involved."""
+    tokenizer = make_tokenizer()
+    model = lively_model()
+    template = resolve_template(None, tokenizer)
+    text = render(template, tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True) if chat \
+        else prompt
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False, eos_token_id=None,
+                                pad_token_id=0)
+    ids = output[0, inputs["input_ids"].shape[1]:].tolist()
+    if tokenizer.eos_token_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def ask(client, model: str, prompt: str, max_tokens: int = 12, temperature: float = 0.0, **options):
+    return client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
+                                          temperature=temperature, max_tokens=max_tokens, **options)
+
+
+def test_health_and_models(server, client):
+    health = httpx.get(f"{server[0]}/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    models = {model.id: model for model in client.models.list().data}
+    assert set(models) == {"tiny", "tuned"}
+    assert client.models.retrieve("tuned").id == "tuned"
+
+
+def test_chat_matches_the_plain_model_and_counts_tokens(client):
+    reply = ask(client, "tiny", "hello", max_tokens=12)
+
+    choice = reply.choices[0]
+    assert reply.object == "chat.completion" and reply.model == "tiny"
+    assert choice.message.role == "assistant"
+    assert choice.message.content == plain_reply("hello", 12)
+    assert choice.finish_reason in ("stop", "length")
+    tokenizer = make_tokenizer()
+    prompt = render(resolve_template(None, tokenizer), tokenizer, [{"role": "user", "content": "hello"}],
+                    add_generation_prompt=True)
+    assert reply.usage.prompt_tokens == len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+    if choice.finish_reason == "length":
+        assert reply.usage.completion_tokens == 12
+
+
+def test_streaming_chat_gives_the_same_text(client):
+    whole = ask(client, "tuned", "what is tea?", max_tokens=16).choices[0].message.content
+    chunks = list(ask(client, "tuned", "what is tea?", max_tokens=16, stream=True,
+                      stream_options={"include_usage": True}))
+
+    assert all(chunk.object == "chat.completion.chunk" for chunk in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    pieces = [chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices]
+    assert "".join(pieces) == whole
+    finishes = [chunk.choices[0].finish_reason for chunk in chunks if chunk.choices]
+    assert finishes[-1] in ("stop", "length") and not any(finishes[:-1])
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= 1
+
+
+def test_sse_wire_format_ends_with_done(server):
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stream": True, "max_tokens": 4,
+            "temperature": 0}
+    text = httpx.post(f"{server[0]}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}).text
+    events = text.split("\n\n")
+    assert all(event.startswith("data: ") for event in events if event)
+    assert events[-2] == "data: [DONE]" and events[-1] == ""
+
+
+def test_completions_plain_and_streaming(client):
+    reply = client.completions.create(model="tiny", prompt="abc def", max_tokens=10, temperature=0)
+    assert reply.choices[0].text == plain_reply("abc def", 10, chat=False)
+    assert reply.usage.prompt_tokens == 7
+    streamed = "".join(chunk.choices[0].text for chunk in client.completions.create(
+        model="tiny", prompt="abc def", max_tokens=10, temperature=0, stream=True) if chunk.choices)
+    assert streamed == reply.choices[0].text
+
+
+def test_adapter_is_chosen_by_model_name(client):
+    base = ask(client, "tiny", "name a colour", max_tokens=16).choices[0].message.content
+    tuned = ask(client, "tuned", "name a colour", max_tokens=16).choices[0].message.content
+    assert tuned != base
+    assert base == plain_reply("name a colour", 16)
+
+
+def test_stop_strings_end_the_reply_where_they_begin(client):
+    full = ask(client, "tuned", "count to three", max_tokens=24).choices[0].message.content
+    assert len(full) >= 6, full
+    stop = full[3:5]
+    reply = ask(client, "tuned", "count to three", max_tokens=24, stop=[stop, "\x07never"])
+    assert reply.choices[0].message.content == full[: full.index(stop)]
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_wrong_key_is_401(server):
+    bad = openai.OpenAI(base_url=f"{server[0]}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as caught:
+        ask(bad, "tiny", "hello")
+    assert caught.value.status_code == 401
+    assert caught.value.body["code"] == "invalid_api_key"
+    assert httpx.get(f"{server[0]}/v1/models").status_code == 401
+    bad_json = httpx.post(f"{server[0]}/v1/chat/completions", content=b"{oops")
+    assert bad_json.status_code == 401  # the key is checked before the body
+
+
+def test_unknown_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as caught:
+        ask(client, "nope", "hello")
+    assert caught.value.body["code"] == "model_not_found"
+    assert "tiny, tuned" in caught.value.body["message"]
+
+
+@pytest.mark.parametrize("content, param, words", [
+    (b"{not json", None, "not valid JSON"),
+    (b'{"model": "tiny"}', "messages", "messages: Field required"),
+    (b'{"model": "tiny", "messages": []}', "messages", "at least 1 item"),
+    (b'{"model": "tiny", "messages": "hi"}', "messages", "messages"),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}', "temperature",
+     "temperature"),
+    (b'{"model": "tiny", "messages": [{"role": "wizard", "content": "hi"}]}', "messages.0.role", "role"),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 2}', "n", "n=1"),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', "max_tokens",
+     "greater than or equal to 1"),
+    (b'[1, 2]', None, "Invalid request"),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "logprobs": true}', "logprobs",
+     "logprobs"),
+])
+def test_bad_bodies_get_openai_style_400(server, content, param, words):
+    response = httpx.post(f"{server[0]}/v1/chat/completions", content=content,
+                          headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert words in error["message"]
+
+
+def test_several_prompts_in_one_completion_and_unknown_routes(server):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    several = httpx.post(f"{server[0]}/v1/completions", json={"model": "tiny", "prompt": ["a", "b"]},
+                         headers=headers)
+    assert several.status_code == 400 and several.json()["error"]["param"] == "prompt"
+    missing = httpx.get(f"{server[0]}/v1/nothing", headers=headers)
+    assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_concurrent_requests_are_batched_and_match_sequential(server, client):
+    _, engine = server
+    sequential = [ask(client, "tiny" if i % 2 else "tuned", prompt, max_tokens=16).choices[0].message.content
+                  for i, prompt in enumerate(PROMPTS)]
+    calls_before = len(engine.batch_sizes)
+
+    async def all_at_once() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=f"{server[0]}/v1", api_key=KEY, max_retries=0) as async_client:
+            replies = await asyncio.gather(*(async_client.chat.completions.create(
+                model="tiny" if i % 2 else "tuned", messages=[{"role": "user", "content": prompt}], temperature=0,
+                max_tokens=16) for i, prompt in enumerate(PROMPTS)))
+        return [reply.choices[0].message.content for reply in replies]
+
+    concurrent = asyncio.run(all_at_once())
+
+    assert len(set(sequential)) >= 6, sequential  # distinct replies, so mixed-up rows would show
+    calls = engine.batch_sizes[calls_before:]
+    assert sum(calls) == len(PROMPTS) and len(calls) < len(PROMPTS), calls
+    assert concurrent == sequential  # base and adapter rows mixed in one batch, left-padded: same greedy text
+
+
+def test_sampling_with_a_seed_repeats(client):
+    first = ask(client, "tiny", "hello", max_tokens=12, temperature=1.0, seed=7).choices[0].message.content
+    again = ask(client, "tiny", "hello", max_tokens=12, temperature=1.0, seed=7).choices[0].message.content
+    other = ask(client, "tiny", "hello", max_tokens=12, temperature=1.0, seed=8).choices[0].message.content
+    assert first == again and first != other
+    top_1 = ask(client, "tiny", "hello", max_tokens=12, temperature=1.0, seed=8, extra_body={"top_k": 1})
+    assert top_1.choices[0].message.content == ask(client, "tiny", "hello", max_tokens=12).choices[0].message.content
+
+
+class _ByteTokenizer:
+    """Each token is one UTF-8 byte, so a Chinese character takes three tokens."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return bytes(ids).decode("utf-8", errors="replace")
+
+
+def test_rows_never_send_half_a_character_or_half_a_stop_string():
+    endpoint = Endpoint("x", "base", _ByteTokenizer(), TEMPLATES["chatml"], frozenset({0}))
+    sent = []
+    job = Job(endpoint=endpoint, prompt_ids=[1], max_tokens=100, stop=("STOP",), sampling=Sampling(),
+              loop=None)
+    job.send = sent.append
+    row = _Row(job)
+    for byte in "你好, 世界 STO! STOP after".encode():
+        if not row.done:
+            row.add(byte)
+
+    texts = [event.text for event in sent if isinstance(event, TextEvent)]
+    assert "".join(texts) == "你好, 世界 STO! "
+    assert not any("\ufffd" in text for text in texts)
+    assert sent[-1] == FinishEvent("stop", 1, len("你好, 世界 STO! STOP".encode()))
+
+    sent.clear()
+    job = Job(endpoint=endpoint, prompt_ids=[1], max_tokens=4, stop=(), sampling=Sampling(), loop=None)
+    job.send = sent.append
+    cut = _Row(job)
+    for byte in "好世".encode()[:4]:
+        cut.add(byte)
+    assert [event.text for event in sent if isinstance(event, TextEvent)] == ["好"]  # half of 世 is dropped
+    assert sent[-1] == FinishEvent("length", 1, 4)
+
+
+def test_vllm_command_and_missing_vllm(tmp_path, tiny_model_dir):
+    adapter = make_adapter(tmp_path / "tuned", rank=12)
+    config = ServeConfig(model=ModelConfig(name=str(tiny_model_dir)), adapters=(AdapterSpec("tuned", adapter),),
+                         port=9000, max_batch_size=16)
+    command = vllm_command(config)
+    assert command[:3] == ["vllm", "serve", str(tiny_model_dir)]
+    assert command[command.index("--served-model-name") + 1] == str(tiny_model_dir)
+    assert command[command.index("--lora-modules") + 1] == f"tuned={adapter.resolve()}"
+    assert command[command.index("--max-lora-rank") + 1] == "16"
+    assert "--enable-lora" in command and command[command.index("--port") + 1] == "9000"
+
+    result = CliRunner().invoke(cli_app, ["serve", "--model", str(tiny_model_dir), "--engine", "vllm"])
+    if not torch.cuda.is_available():
+        assert isinstance(result.exception, ConfigError)
+        assert "--engine vllm needs" in str(result.exception) and "CUDA" in str(result.exception)
+
+
+def test_cli_serve_reads_the_key_from_the_environment(monkeypatch, tiny_model_dir):
+    seen = []
+    monkeypatch.setattr("lorakit.serve.serve", seen.append)
+    monkeypatch.setenv("LORAKIT_API_KEY", "from-env")
+    result = CliRunner().invoke(cli_app, ["serve", "--model", str(tiny_model_dir), "--port", "0",
+                                          "--adapter", f"tuned={tiny_model_dir}", "--max-batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    assert seen[0].api_key == "from-env" and seen[0].max_batch_size == 4
+    assert seen[0].adapters == (AdapterSpec("tuned", tiny_model_dir),)
+
+    with pytest.raises(ConfigError, match="--engine must be one of"):
+        ServeConfig(engine="tgi")
+
+
+@pytest.mark.slow
+def test_real_model_streams_chinese_whole_characters():
+    from lorakit.serve import ServeConfig, load_endpoints
+
+    model, endpoints = load_endpoints(ServeConfig(model=ModelConfig(name="smollm2-135m")))
+    engine = Engine(model, max_batch_size=4)
+    with running(create_app(engine, endpoints)) as base_url:
+        client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+        prompt = "中文：我喜欢喝茶，因为茶"
+        whole = client.completions.create(model="smollm2-135m", prompt=prompt, temperature=0, max_tokens=16)
+        pieces = [chunk.choices[0].text for chunk in client.completions.create(
+            model="smollm2-135m", prompt=prompt, temperature=0, max_tokens=16, stream=True) if chunk.choices]
+
+    text = whole.choices[0].text
+    assert text and "".join(pieces) == text
+    assert not any("\ufffd" in piece for piece in pieces)
+    assert any("\u4e00" <= char <= "\u9fff" for char in text), text
