@@ -15,7 +15,7 @@ from lorakit.config import DataConfig, ModelConfig
 from lorakit.errors import ConfigError, DataError
 from lorakit.data import load_conversations
 from lorakit.infer import GenerationConfig, generate, predict, prediction_requests, run_predict
-from lorakit.templates import resolve_template
+from lorakit.templates import TEMPLATES, resolve_template
 
 from conftest import make_tokenizer
 from test_infer import lively_model, save_lively_model
@@ -66,6 +66,27 @@ def test_multi_turn_record_keeps_earlier_turns_in_the_prompt(tmp_path):
                                              {"role": "assistant", "content": "d"}]}) + "\n")
     (request,) = requests_of(path)
     assert request.reference == "d" and [m["content"] for m in request.prompt] == ["a", "b", "c"]
+
+
+def test_function_schemas_reach_the_prompt_and_the_output(tmp_path, monkeypatch):
+    path = tmp_path / "tools.jsonl"
+    schema = {"type": "function", "function": {"name": "get_weather", "description": "weather",
+                                               "parameters": {"type": "object", "properties": {}}}}
+    path.write_text(json.dumps({"messages": [{"role": "user", "content": "rain?"},
+                                             {"role": "assistant", "content": "no"}], "tools": [schema]}) + "\n")
+    tokenizer = make_tokenizer()
+    (request,) = requests_of(path)
+    module = importlib.import_module("lorakit.infer.generate")
+    rendered = []
+    real_render = module.render
+    monkeypatch.setattr(module, "render", lambda *args, **kwargs: rendered.append(real_render(*args, **kwargs))
+                        or rendered[-1])
+
+    predict(lively_model(tokenizer), tokenizer, TEMPLATES["chatml"], [request], tmp_path / "out.jsonl",
+            GenerationConfig(max_new_tokens=2), show_progress=False)
+
+    assert request.tools == [schema] and "get_weather" in rendered[0]
+    assert read_lines(tmp_path / "out.jsonl")[0]["tools"] == [schema]
 
 
 class Crash(Exception):

@@ -135,16 +135,16 @@ def run_chat(chat: Chat, input_stream: TextIO | None = None, output: TextIO | No
             if not _command(chat, line, output):
                 return
             continue
-        if show_prompt:
-            output.write(f"--- prompt ---\n{chat.prompt(line)}\n--- end of prompt ---\n")
-        _reply(chat, line, output)
+        _reply(chat, line, output, show_prompt)
 
 
-def _reply(chat: Chat, line: str, output: TextIO) -> None:
-    output.write("assistant> ")
-    output.flush()
+def _reply(chat: Chat, line: str, output: TextIO, show_prompt: bool) -> None:
     reply = chat.respond(line)
     try:
+        if show_prompt:
+            output.write(f"--- prompt ---\n{chat.prompt(line)}\n--- end of prompt ---\n")
+        output.write("assistant> ")
+        output.flush()
         for piece in reply:
             output.write(piece)
             output.flush()

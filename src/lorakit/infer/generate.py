@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,16 +176,22 @@ def load_for_inference(model_config: ModelConfig, adapter_dir: Path | None = Non
 
 @torch.inference_mode()
 def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template,
-             conversations: list[list[dict]], config: GenerationConfig = GenerationConfig()) -> list[str]:
-    """The assistant's reply to each conversation, generated in left-padded batches."""
+             conversations: list[list[dict]], config: GenerationConfig = GenerationConfig(),
+             tools: Sequence[list[dict] | None] | None = None) -> list[str]:
+    """The assistant's reply to each conversation, generated in left-padded batches.
+
+    `tools`, when given, holds each conversation's function schemas (or None), shown to the model by the template.
+    """
     replies: list[str] = []
     device = next(model.parameters()).device
     stops = _stop_strings(template, config)
+    tools = list(tools) if tools is not None else [None] * len(conversations)
     if config.seed is not None:
         torch.manual_seed(config.seed)
     for start in range(0, len(conversations), config.batch_size):
-        prompts = [render(template, tokenizer, messages, add_generation_prompt=True)
-                   for messages in conversations[start:start + config.batch_size]]
+        end = start + config.batch_size
+        prompts = [render(template, tokenizer, messages, tools=schemas, add_generation_prompt=True)
+                   for messages, schemas in zip(conversations[start:end], tools[start:end])]
         batch = _left_padded(tokenizer, prompts).to(device)
         prompt_length = batch["input_ids"].shape[1]
         output = model.generate(**batch, **_generate_options(tokenizer, template, config, stops, prompt_length))
@@ -196,7 +202,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, templat
 
 def stream_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template,
                     messages: list[dict], config: GenerationConfig = GenerationConfig(),
-                    cancel: threading.Event | None = None) -> Iterator[str]:
+                    cancel: threading.Event | None = None, tools: list[dict] | None = None) -> Iterator[str]:
     """Yield the assistant's reply to `messages` in pieces as its tokens are generated.
 
     The pieces join to what `generate()` returns for the same settings. Text that may begin a stop string is held
@@ -205,7 +211,7 @@ def stream_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     """
     cancel = cancel or threading.Event()
     stops = _stop_strings(template, config)
-    prompt = render(template, tokenizer, messages, add_generation_prompt=True)
+    prompt = render(template, tokenizer, messages, tools=tools, add_generation_prompt=True)
     batch = tokenizer([prompt], return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
     prompt_length = batch["input_ids"].shape[1]
     tokens = _TokenQueue()

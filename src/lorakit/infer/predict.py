@@ -31,6 +31,7 @@ class PredictionRequest:
     index: int
     prompt: list[dict[str, Any]]
     reference: str | None
+    tools: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,8 @@ def prediction_requests(conversations: Sequence[Conversation], system: str | Non
         if not any(message["role"] in ("user", "tool") for message in messages):
             raise DataError(f"{conversation.origin}: no user message is left once the reference answer is set "
                             "aside, so there is nothing to answer. Give each record a user turn.")
-        requests.append(PredictionRequest(index, messages, reference))
+        tools = [dict(schema) for schema in conversation.tools] if conversation.tools else None
+        requests.append(PredictionRequest(index, messages, reference, tools))
     return requests
 
 
@@ -70,8 +72,9 @@ def predict(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template
             show_progress: bool = True) -> PredictSummary:
     """Append a prediction for every request not yet in `output` (JSONL); return what was done.
 
-    Each line is {"index", "prompt", "prediction", "reference" (when the record has one)}. Records already in the
-    file are skipped, so an interrupted run continues where it stopped; the file must come from the same dataset.
+    Each line is {"index", "prompt", "prediction", "reference" (when the record has one), "tools" (when it has
+    function schemas)}. Records already in the file are skipped, so an interrupted run continues where it stopped;
+    the file must come from the same dataset.
     """
     done, dropped = _completed(output, requests)
     pending = [request for request in requests if request.index not in done]
@@ -80,7 +83,8 @@ def predict(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template
     with _progress(show_progress, len(requests), len(done)) as advance, output.open("ab") as handle:
         for start in range(0, len(pending), config.batch_size):
             batch = pending[start:start + config.batch_size]
-            replies = generate(model, tokenizer, template, [request.prompt for request in batch], config)
+            replies = generate(model, tokenizer, template, [request.prompt for request in batch], config,
+                               [request.tools for request in batch])
             handle.write(b"".join(_line(request, reply) for request, reply in zip(batch, replies)))
             handle.flush()
             os.fsync(handle.fileno())
@@ -91,6 +95,8 @@ def predict(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template
 
 def _line(request: PredictionRequest, prediction: str) -> bytes:
     record: dict[str, Any] = {"index": request.index, "prompt": request.prompt, "prediction": prediction}
+    if request.tools:
+        record["tools"] = request.tools
     if request.reference is not None:
         record["reference"] = request.reference
     return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
