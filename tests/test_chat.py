@@ -108,7 +108,10 @@ def spawn_chat(*args: str) -> pexpect.spawn:
 
 def test_terminal_chat_two_turns_system_change_and_quit(tmp_path):
     model_dir = save_lively_model(tmp_path / "base")
-    child = spawn_chat("--model", str(model_dir), "--temperature", "0", "--max-new-tokens", "12", "--show-prompt")
+    run = random_adapter_run(model_dir, tmp_path / "run")
+    child = spawn_chat("--adapter", str(run), "--temperature", "0", "--max-new-tokens", "12", "--show-prompt",
+                       "--device", "cpu")
+    assert f"Chatting with {model_dir} + adapter {run / 'adapter'} (template: chatml)" in child.before
 
     child.sendline("hello")
     child.expect_exact("assistant> ")
