@@ -2,6 +2,7 @@
 pseudo-terminal as a user would."""
 
 import io
+import os
 import sys
 
 import pexpect
@@ -100,8 +101,8 @@ def test_switching_adapters_and_refusing_one_of_another_base(tmp_path):
 
 def spawn_chat(*args: str) -> pexpect.spawn:
     child = pexpect.spawn(sys.executable, ["-m", "lorakit.cli", "chat", *args], encoding="utf-8", timeout=60,
-                          env={"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "TERM": "dumb",
-                               "PATH": "/usr/bin:/bin"})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                               "TERM": "dumb"})
     child.expect_exact("you> ")
     return child
 

@@ -206,6 +206,7 @@ def test_random_lora_adapter_answers_as_with_plain_peft(tmp_path):
     ours = generate(model, tokenizer, template, QUESTIONS, GenerationConfig(max_new_tokens=20))
 
     assert ours == plain_peft_replies(model_dir, tmp_path / "adapter", model_dir, 20)
+    assert adapter_base_model(tmp_path / "adapter") == str(model_dir)  # from adapter_config.json: no config.yaml
 
 
 def test_adapter_without_known_base_asks_for_model(tmp_path):
