@@ -11,7 +11,8 @@ import sys
 import typer
 from rich.console import Console
 
-from lorakit.cli import data, evaluate, infer, serve, train  # noqa: F401  (each registers its commands)
+# Each module registers its commands; import order is the order `lorakit --help` lists them, stage by stage.
+from lorakit.cli import train, data, evaluate, infer, serve  # noqa: F401,I001
 from lorakit.cli.app import app
 from lorakit.errors import LorakitError
 
