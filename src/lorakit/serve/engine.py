@@ -148,10 +148,19 @@ class Engine:
                     self._wake.wait()
                 if self._stopping:
                     return
-            time.sleep(self.batch_wait_s)  # let requests sent together arrive together
+            self._gather()
             jobs = self._take_batch()
             if jobs:
                 self._generate(jobs)
+
+    def _gather(self) -> None:
+        """Let requests sent together arrive together: wait while new ones keep coming (at most 10 waits)."""
+        seen = len(self._pending)
+        for _ in range(10):
+            time.sleep(self.batch_wait_s)
+            if len(self._pending) == seen or len(self._pending) >= self.max_batch_size:
+                return
+            seen = len(self._pending)
 
     def _take_batch(self) -> list[Job]:
         """The oldest live job and every waiting job that can share its `generate` call, up to max_batch_size."""
