@@ -347,3 +347,45 @@ def test_real_model_streams_chinese_whole_characters():
     assert text and "".join(pieces) == text
     assert not any("\ufffd" in piece for piece in pieces)
     assert any("\u4e00" <= char <= "\u9fff" for char in text), text
+
+
+def test_load_endpoints_takes_run_folders_and_each_adapters_own_template(tmp_path, tiny_model_dir):
+    from lorakit.adapters import parse_adapter
+    from lorakit.serve import load_endpoints
+
+    own = ("{% for message in messages %}[{{ message['content'] }}]{% endfor %}"
+           "{% if add_generation_prompt %}>{% endif %}")
+    make_adapter(tmp_path / "run-7" / "adapter")
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = own
+    tokenizer.save_pretrained(tmp_path / "run-7" / "adapter")
+    config = ServeConfig(model=ModelConfig(name=str(tiny_model_dir), dtype="float32", device="cpu"),
+                         adapters=(parse_adapter(str(tmp_path / "run-7")),))
+
+    model, endpoints = load_endpoints(config)
+
+    assert list(endpoints) == [str(tiny_model_dir), "run-7"]
+    assert endpoints["run-7"].template.jinja == own
+    assert endpoints[str(tiny_model_dir)].template.jinja != own
+    assert "run-7" in model.peft_config
+
+
+@pytest.mark.parametrize("dora, first_batch", [(False, [0, 1, 2, 3]), (True, [0, 2])])
+def test_batches_mix_adapters_unless_dora_and_never_mix_sampling(dora, first_batch):
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    tokenizer = make_tokenizer()
+    model = get_peft_model(make_model("llama", len(tokenizer)),
+                           PeftLoraConfig(r=2, target_modules=["q_proj"], use_dora=dora), adapter_name="tuned")
+    engine = Engine(model)
+
+    def job(adapter: str, sampling: Sampling = Sampling()) -> Job:
+        endpoint = Endpoint(adapter, adapter, tokenizer, TEMPLATES["chatml"], frozenset())
+        return Job(endpoint=endpoint, prompt_ids=[7], max_tokens=4, stop=(), sampling=sampling, loop=None)
+
+    jobs = [job("tuned"), job("base"), job("tuned"), job("base"), job("tuned", Sampling(temperature=0.7))]
+    for each in jobs:
+        engine.submit(each)
+
+    assert engine._take_batch() == [jobs[index] for index in first_batch]
