@@ -149,7 +149,10 @@ def format_markdown(report: dict[str, Any], radar: Path | None = None, deltas: P
             else:
                 lines.append(f"- {title}: none.")
         unchanged = [row["key"] for row in rows if row["verdict"] == "unchanged"]
-        lines += [f"- Within noise: {', '.join(unchanged) if unchanged else 'none'}.", ""]
+        named = [key for key in unchanged if "/subject:" not in key]
+        subjects = len(unchanged) - len(named)
+        more = f" (and {subjects} per-subject scores)" if subjects else ""
+        lines += [f"- Within noise: {', '.join(named) if named else 'none'}{more}.", ""]
     for image, caption in ((radar, "Abilities (0-100)"), (deltas, "Change against the reference")):
         if image is not None:
             lines += [f"![{caption}]({image.name})", ""]

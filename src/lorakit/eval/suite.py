@@ -121,9 +121,22 @@ def _task_files(task: EvalTaskConfig) -> list[Path]:
     return data_files(task.data)
 
 
+CODE_OF_KIND = {"choice": ("choice.py",), "gsm8k": ("gsm8k.py",), "generation": ("generation.py", "metrics.py"),
+                "perplexity": ("perplexity.py",)}
+
+
+def _code_fingerprint(kind: str) -> str:
+    """A change to the scoring code of a task kind invalidates its cached results."""
+    digest = hashlib.sha256()
+    for name in CODE_OF_KIND[kind]:
+        digest.update((Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def cache_key(spec: ModelSpec, task: EvalTaskConfig, model_config: ModelConfig) -> str:
     payload = {"version": CACHE_VERSION, "model": _model_fingerprint(spec), "task": to_dict(task),
-               "files": _task_files(task), "loading": to_dict(replace(model_config, name=""))}
+               "files": _task_files(task), "loading": to_dict(replace(model_config, name="")),
+               "code": _code_fingerprint(task.kind)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
