@@ -243,6 +243,15 @@ def test_overlong_prompts_drop_shots_then_tokens(model, tokenizer):
     assert all(len(r["logprobs"]) == 4 for r in cut.records)
 
 
+def test_scoring_the_dev_split_never_shows_a_question_as_its_own_example():
+    bench = load_choice_benchmark(EVAL / "mmlu", split="dev", subjects=["elementary_mathematics"])
+    first = bench.test["elementary_mathematics"][0]
+
+    prompt = format_prompt(bench, first, 2)
+
+    assert prompt.count("1+1=?") == 1 and prompt.index("2+2=?") < prompt.index("3, then 4?")
+
+
 def test_bad_scoring_and_shots(model, tokenizer):
     bench = load_choice_benchmark(EVAL / "mmlu")
     with pytest.raises(ConfigError, match="scoring must be one of letter, content; got 'letters'"):
@@ -268,10 +277,10 @@ def smollm2():
                                                   ("cmmlu", ["chinese_history", "elementary_mathematics"])])
 def test_smollm2_five_shot_on_real_benchmarks(smollm2, layout, subjects):
     model, tokenizer = smollm2
-    bench = load_choice_benchmark(shared_data(layout), subjects=subjects, limit=5)
+    bench = load_choice_benchmark(shared_data(layout), subjects=subjects, limit=10)
     result = evaluate_choice(model, tokenizer, bench, shots=5, progress=False)
 
-    assert result.total == 10 and 0 <= result.accuracy <= 1
+    assert result.total == 20 and 0 <= result.accuracy <= 1
     assert set(result.per_subject) == set(subjects)
     assert all(record["shots"] == 5 for record in result.records)
 
@@ -293,3 +302,19 @@ def test_cached_prefix_matches_reference_on_other_architectures(tokenizer, archi
     assert [r["predicted"] for r in result.records] == predicted
     for record, reference in zip(result.records, logprobs):
         assert record["logprobs"] == pytest.approx(reference, abs=1e-4)
+
+
+def test_scores_a_peft_model_like_its_base(model, tokenizer):
+    """The before/after report scores base + adapter: a fresh LoRA (B = 0) must give the base model's numbers."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    bench = load_choice_benchmark(EVAL / "mmlu", subjects=["global_facts"])
+    base = evaluate_choice(model, tokenizer, bench, shots=1, batch_size=2, progress=False)
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+
+    adapted = evaluate_choice(peft_model, tokenizer, bench, shots=1, batch_size=2, progress=False)
+
+    for before, after in zip(base.records, adapted.records):
+        assert after["logprobs"] == pytest.approx(before["logprobs"], abs=1e-5)

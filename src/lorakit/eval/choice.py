@@ -392,7 +392,13 @@ def _hub_subject(hub_id: str, layout: str, split: str, subject: str, limit: int 
 
 def format_prompt(benchmark: Benchmark, question: Question, shots: int, scoring: str = "letter") -> str:
     """The raw-text k-shot prompt for `question`, ending where the answer starts ('Answer:' or '答案：')."""
-    return _prompt(benchmark, question, benchmark.dev.get(question.subject, [])[:shots], scoring)
+    return _prompt(benchmark, question, _examples(benchmark, question, shots), scoring)
+
+
+def _examples(benchmark: Benchmark, question: Question, shots: int) -> list[Question]:
+    """The first `shots` dev questions of the subject, never the question itself (when scoring the dev split)."""
+    pool = benchmark.dev.get(question.subject, [])
+    return [example for example in pool if example.source != question.source][:shots]
 
 
 def _prompt(benchmark: Benchmark, question: Question, examples: Sequence[Question], scoring: str) -> str:
@@ -493,7 +499,7 @@ def _prepare(tokenizer: PreTrainedTokenizerBase, benchmark: Benchmark, questions
     prefix = _special_prefix(tokenizer)
     groups: dict[str, int] = {}
     for index, question in enumerate(questions):
-        examples = benchmark.dev.get(question.subject, [])[:shots]
+        examples = _examples(benchmark, question, shots)
         conts = _continuations(benchmark.layout, question, scoring)
         longest = max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in conts)
         while True:
