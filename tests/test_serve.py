@@ -227,6 +227,52 @@ def test_bad_bodies_get_openai_style_400(server, content, param, words):
     assert words in error["message"]
 
 
+@pytest.mark.parametrize("extra, param", [
+    ({"seed": 2**70, "temperature": 1}, "seed"),
+    ({"seed": -1, "temperature": 1}, "seed"),
+    ({"top_k": -2}, "top_k"),
+])
+def test_out_of_range_numbers_are_400_not_500(server, extra, param):
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, **extra}
+    response = httpx.post(f"{server[0]}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_tiny_temperature_is_greedy_and_top_k_minus_one_is_off(client):
+    greedy = ask(client, "tiny", "hello", max_tokens=8).choices[0].message.content
+    assert ask(client, "tiny", "hello", max_tokens=8, temperature=1e-300).choices[0].message.content == greedy
+    sampled = ask(client, "tiny", "hello", max_tokens=8, temperature=1.0, seed=3, extra_body={"top_k": -1})
+    assert sampled.choices[0].message.content == ask(client, "tiny", "hello", max_tokens=8, temperature=1.0,
+                                                     seed=3).choices[0].message.content
+
+
+@pytest.mark.parametrize("route, body", [
+    ("chat/completions", b'{"model": "tiny", "messages": [{"role": "user", "content": "hi \\ud800"}]}'),
+    ("completions", b'{"model": "tiny", "prompt": "hi \\ud800"}'),
+])
+def test_a_lone_surrogate_is_an_openai_style_400(server, route, body):
+    response = httpx.post(f"{server[0]}/v1/{route}", content=body,
+                          headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "surrogate" in response.json()["error"]["message"]
+
+
+def test_a_server_fault_is_an_openai_style_500():
+    from fastapi.testclient import TestClient
+
+    app = create_app(Engine(make_model("llama", len(make_tokenizer()))),
+                     endpoints_for(make_model("llama", len(make_tokenizer())), "tiny", make_tokenizer(), []))
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("kaput")
+
+    response = TestClient(app, raise_server_exceptions=False).get("/boom")
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "server_error" and "kaput" in response.json()["error"]["message"]
+
+
 def test_several_prompts_in_one_completion_and_unknown_routes(server):
     headers = {"Authorization": f"Bearer {KEY}"}
     several = httpx.post(f"{server[0]}/v1/completions", json={"model": "tiny", "prompt": ["a", "b"]},

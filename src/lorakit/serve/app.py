@@ -25,7 +25,7 @@ from lorakit.adapters import (BASE, AdapterSpec, adapter_tokenizer, check_adapte
 from lorakit.config import ModelConfig
 from lorakit.errors import ConfigError, LorakitError
 from lorakit.infer.generate import _stop_token_ids
-from lorakit.serve.engine import Endpoint, Engine, ErrorEvent, FinishEvent, Job, Sampling, TextEvent
+from lorakit.serve.engine import GREEDY_BELOW, Endpoint, Engine, ErrorEvent, FinishEvent, Job, Sampling, TextEvent
 from lorakit.serve.protocol import (ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, chat_chunk,
                                     chat_completion, error_body, new_id, text_completion, usage)
 from lorakit.templates import Template, render, resolve_template
@@ -136,6 +136,12 @@ def create_app(engine: Engine, endpoints: dict[str, Endpoint], api_key: str | No
         code = "not_found" if error.status_code == 404 else None
         return APIError(error.status_code, str(error.detail), code=code).response()
 
+    @app.exception_handler(Exception)
+    async def on_fault(_: Request, error: Exception) -> JSONResponse:
+        # a genuine server fault: still OpenAI's error shape, so clients show the message rather than a parse error
+        return APIError(500, f"Internal server error: {type(error).__name__}: {error}", kind="server_error",
+                        code="internal_error").response()
+
     def find(name: str) -> Endpoint:
         if name not in endpoints:
             raise APIError(404, f"The model '{name}' does not exist. Served models: {', '.join(endpoints)}.",
@@ -164,6 +170,9 @@ def create_app(engine: Engine, endpoints: dict[str, Endpoint], api_key: str | No
                             add_generation_prompt=True)
         except LorakitError as err:
             raise APIError(400, str(err), param="messages") from None
+        except (TypeError, ValueError, UnicodeError) as err:
+            raise APIError(400, f"The messages cannot be rendered ({type(err).__name__}: {err}). Send valid UTF-8 "
+                           "text (no lone surrogates).", param="messages") from None
         stop = (*body.stop_strings(), *endpoint.template.stop_words)
         job = _new_job(endpoint, prompt, body, body.max_completion_tokens or body.max_tokens or default_max_tokens,
                        stop, context_length, "messages")
@@ -213,7 +222,11 @@ def _new_job(endpoint: Endpoint, prompt: str, body: ChatCompletionRequest | Comp
     if body.logprobs:
         raise APIError(400, "logprobs are not supported by lorakit serve; leave them out.", param="logprobs",
                        code="unsupported_parameter")
-    prompt_ids = endpoint.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    try:
+        prompt_ids = endpoint.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    except (TypeError, ValueError, UnicodeError) as err:  # e.g. a lone surrogate the tokenizer cannot encode
+        raise APIError(400, f"The {prompt_param} cannot be tokenized ({type(err).__name__}: {err}). Send valid "
+                       "UTF-8 text (no lone surrogates).", param=prompt_param) from None
     if not prompt_ids:
         if endpoint.tokenizer.bos_token_id is None:
             raise APIError(400, "The prompt is empty; send some text.", param=prompt_param)
@@ -225,8 +238,9 @@ def _new_job(endpoint: Endpoint, prompt: str, body: ChatCompletionRequest | Comp
                            f"{context_length}. Shorten it.", param=prompt_param, code="context_length_exceeded")
         max_tokens = min(max_tokens, room)
     temperature = 1.0 if body.temperature is None else body.temperature  # OpenAI's default
-    sampling = Sampling(temperature=temperature, top_p=body.top_p or 1.0, top_k=body.top_k or 0,
-                        seed=body.seed if temperature > 0 else None)
+    greedy = temperature < GREEDY_BELOW
+    sampling = Sampling(temperature=0.0 if greedy else temperature, top_p=body.top_p or 1.0,
+                        top_k=max(body.top_k or 0, 0), seed=None if greedy else body.seed)
     return Job(endpoint=endpoint, prompt_ids=prompt_ids, max_tokens=max_tokens, stop=stop, sampling=sampling,
                loop=asyncio.get_running_loop())
 

@@ -28,6 +28,7 @@ from lorakit.adapters import BASE, use_adapter
 from lorakit.templates import Template
 
 _PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Sampling:
-    """How a request picks tokens; temperature 0 is greedy. A seed makes a sampled request repeatable."""
+    """How a request picks tokens; temperature below GREEDY_BELOW is greedy (smaller ones overflow the logits). A seed makes a sampled request repeatable."""
 
     temperature: float = 0.0
     top_p: float = 1.0
@@ -52,7 +53,7 @@ class Sampling:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
     def generate_kwargs(self) -> dict[str, Any]:
         if self.greedy:
