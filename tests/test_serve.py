@@ -356,10 +356,27 @@ def test_vllm_command_and_missing_vllm(tmp_path, tiny_model_dir):
     assert command[command.index("--max-lora-rank") + 1] == "16"
     assert "--enable-lora" in command and command[command.index("--port") + 1] == "9000"
 
+
+
+def test_engine_vllm_execs_vllm_when_ready_and_refuses_otherwise(monkeypatch, tiny_model_dir):
+    execs = []
+    monkeypatch.setattr("os.execvpe", lambda file, argv, env: execs.append((file, argv, env)))
+    monkeypatch.setattr("lorakit.serve.vllm.missing_for_vllm", lambda: ["a CUDA GPU (none is visible)"])
     result = CliRunner().invoke(cli_app, ["serve", "--model", str(tiny_model_dir), "--engine", "vllm"])
-    if not torch.cuda.is_available():
-        assert isinstance(result.exception, ConfigError)
-        assert "--engine vllm needs" in str(result.exception) and "CUDA" in str(result.exception)
+    assert isinstance(result.exception, ConfigError)
+    assert "--engine vllm needs" in str(result.exception) and "CUDA" in str(result.exception)
+    assert execs == []
+
+    monkeypatch.setattr("lorakit.serve.vllm.missing_for_vllm", lambda: [])
+    monkeypatch.setattr("shutil.which", lambda name: "/opt/bin/vllm")
+    monkeypatch.setenv("LORAKIT_API_KEY", "secret")
+    result = CliRunner().invoke(cli_app, ["serve", "--model", str(tiny_model_dir), "--engine", "vllm",
+                                          "--port", "9001"])
+    assert result.exception is None, result.output
+    [(file, argv, env)] = execs
+    assert file == "/opt/bin/vllm" and argv[:3] == ["/opt/bin/vllm", "serve", str(tiny_model_dir)]
+    assert argv[argv.index("--port") + 1] == "9001" and "secret" not in argv
+    assert env["VLLM_API_KEY"] == "secret"
 
 
 def test_cli_serve_reads_the_key_from_the_environment(monkeypatch, tiny_model_dir):
