@@ -286,7 +286,7 @@ def test_concurrent_requests_are_batched_and_match_sequential(server, client):
     _, engine = server
     sequential = [ask(client, "tiny" if i % 2 else "tuned", prompt, max_tokens=16).choices[0].message.content
                   for i, prompt in enumerate(PROMPTS)]
-    calls_before = len(engine.batch_sizes)
+    calls_before = engine.batches
 
     async def all_at_once() -> list[str]:
         async with openai.AsyncOpenAI(base_url=f"{server[0]}/v1", api_key=KEY, max_retries=0) as async_client:
@@ -298,7 +298,7 @@ def test_concurrent_requests_are_batched_and_match_sequential(server, client):
     concurrent = asyncio.run(all_at_once())
 
     assert len(set(sequential)) >= 6, sequential  # distinct replies, so mixed-up rows would show
-    calls = engine.batch_sizes[calls_before:]
+    calls = list(engine.batch_sizes)[len(engine.batch_sizes) - (engine.batches - calls_before):]
     assert sum(calls) == len(PROMPTS) and len(calls) < len(PROMPTS), calls
     assert concurrent == sequential  # base and adapter rows mixed in one batch, left-padded: same greedy text
 
@@ -448,7 +448,60 @@ def test_batches_mix_adapters_unless_dora_and_never_mix_sampling(dora, first_bat
         return Job(endpoint=endpoint, prompt_ids=[7], max_tokens=4, stop=(), sampling=sampling, loop=None)
 
     jobs = [job("tuned"), job("base"), job("tuned"), job("base"), job("tuned", Sampling(temperature=0.7))]
-    for each in jobs:
-        engine.submit(each)
+    engine._pending.extend(jobs)  # queued without the engine thread, which would take them itself
 
     assert engine._take_batch() == [jobs[index] for index in first_batch]
+
+
+def _tiny_app(engine_kwargs: dict | None = None):
+    tokenizer = make_tokenizer()
+    model = make_model("llama", len(tokenizer))
+    engine = Engine(model, **(engine_kwargs or {}))
+    return engine, create_app(engine, endpoints_for(model, "tiny", tokenizer, []))
+
+
+@pytest.mark.parametrize("where", ["generate", "engine loop"])
+def test_a_failed_batch_answers_its_requests_with_an_error_and_the_engine_goes_on(where):
+    from fastapi.testclient import TestClient
+
+    engine, app = _tiny_app()
+    failures = [RuntimeError("out of memory")]
+    if where == "generate":
+        real = engine.model.generate
+
+        def generate(*args, **kwargs):
+            if failures:
+                raise failures.pop()
+            return real(*args, **kwargs)
+
+        engine.model.generate = generate
+    else:
+        real = engine._generate
+
+        def generate(jobs):
+            if failures:
+                raise failures.pop()
+            real(jobs)
+
+        engine._generate = generate
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0}
+    with TestClient(app) as client:
+        failed = client.post("/v1/chat/completions", json=body)
+        assert failed.status_code == 500 and "out of memory" in failed.json()["error"]["message"]
+        assert client.get("/health").status_code == 200
+        answered = client.post("/v1/chat/completions", json=body)
+        assert answered.status_code == 200, answered.text
+        assert answered.json()["usage"]["completion_tokens"] == 3
+
+
+def test_a_stopped_engine_answers_503_and_health_says_so():
+    from fastapi.testclient import TestClient
+
+    engine, app = _tiny_app()
+    with TestClient(app) as client:
+        engine.start()  # a second start is a no-op
+        assert client.get("/health").status_code == 200
+        engine.stop()
+        assert client.get("/health").status_code == 503
+        down = client.post("/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 2})
+        assert down.status_code == 503 and down.json()["error"]["code"] == "engine_unavailable"

@@ -25,7 +25,8 @@ from lorakit.adapters import (BASE, AdapterSpec, adapter_tokenizer, check_adapte
 from lorakit.config import ModelConfig
 from lorakit.errors import ConfigError, LorakitError
 from lorakit.infer.generate import _stop_token_ids
-from lorakit.serve.engine import GREEDY_BELOW, Endpoint, Engine, ErrorEvent, FinishEvent, Job, Sampling, TextEvent
+from lorakit.serve.engine import (GREEDY_BELOW, Endpoint, Engine, EngineUnavailable, ErrorEvent, FinishEvent, Job,
+                                  Sampling, TextEvent)
 from lorakit.serve.protocol import (ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, chat_chunk,
                                     chat_completion, error_body, new_id, text_completion, usage)
 from lorakit.templates import Template, render, resolve_template
@@ -136,6 +137,10 @@ def create_app(engine: Engine, endpoints: dict[str, Endpoint], api_key: str | No
         code = "not_found" if error.status_code == 404 else None
         return APIError(error.status_code, str(error.detail), code=code).response()
 
+    @app.exception_handler(EngineUnavailable)
+    async def on_engine_down(_: Request, error: EngineUnavailable) -> JSONResponse:
+        return APIError(503, str(error), kind="server_error", code="engine_unavailable").response()
+
     @app.exception_handler(Exception)
     async def on_fault(_: Request, error: Exception) -> JSONResponse:
         # a genuine server fault: still OpenAI's error shape, so clients show the message rather than a parse error
@@ -149,8 +154,10 @@ def create_app(engine: Engine, endpoints: dict[str, Endpoint], api_key: str | No
         return endpoints[name]
 
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "models": list(endpoints)}
+    async def health() -> JSONResponse:
+        if not engine.alive:
+            return JSONResponse({"status": "engine_down", "models": list(endpoints)}, status_code=503)
+        return JSONResponse({"status": "ok", "models": list(endpoints)})
 
     @app.get("/v1/models", dependencies=[Depends(check_key)])
     async def models() -> ModelList:

@@ -102,43 +102,67 @@ class Job:
             self.cancelled = True
 
 
+class EngineUnavailable(RuntimeError):
+    """The engine thread is not running (never started, stopping, or dead); the server answers 503."""
+
+
 class Engine:
     """Owns `model` in one thread; `submit()` queues a Job, whose events arrive on `job.events`.
 
-    `batch_sizes` records the number of requests in each `generate` call, oldest first.
+    `batch_sizes` holds the number of requests in each of the latest `generate` calls (oldest first, at most
+    BATCH_HISTORY of them); `batches` counts every call.
     """
+
+    BATCH_HISTORY = 1024
 
     def __init__(self, model: PreTrainedModel, max_batch_size: int = 8, batch_wait_s: float = 0.01) -> None:
         self.model = model.eval()
         self.max_batch_size = max_batch_size
         self.batch_wait_s = batch_wait_s
-        self.batch_sizes: list[int] = []
+        self.batch_sizes: deque[int] = deque(maxlen=self.BATCH_HISTORY)
+        self.batches = 0
         self._pending: deque[Job] = deque()
+        self._running: list[Job] = []
         self._wake = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
         configs = getattr(model, "peft_config", {}) or {}
         # PEFT's mixed-adapter batches do not support DoRA; with a DoRA adapter loaded, batches hold one adapter.
-        self._mixed_batches = not any(config.use_dora for config in configs.values())
+        self._mixed_batches = not any(getattr(config, "use_dora", False) for config in configs.values())
         self._device = next(model.parameters()).device
 
+    @property
+    def alive(self) -> bool:
+        """Whether the engine thread is running and takes new jobs."""
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
     def start(self) -> None:
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="lorakit-engine", daemon=True)
-        self._thread.start()
+        """Start the engine thread; a no-op while it runs."""
+        with self._wake:
+            if self.alive:
+                return
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="lorakit-engine", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread; waiting and running jobs get an error and their rows stop at the next token."""
         with self._wake:
             self._stopping = True
-            self._wake.notify()
+            for job in (*self._pending, *self._running):
+                job.cancelled = True
+                job.send(ErrorEvent("The server is shutting down."))
+            self._pending.clear()
+            self._wake.notify_all()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        for job in self._pending:
-            job.send(ErrorEvent("The server is shutting down."))
-        self._pending.clear()
 
     def submit(self, job: Job) -> None:
+        """Queue `job`; EngineUnavailable when the engine thread is not running."""
         with self._wake:
+            if not self.alive:
+                raise EngineUnavailable("The generation engine is not running; the server cannot answer now. "
+                                        "Restart `lorakit serve`.")
             self._pending.append(job)
             self._wake.notify()
 
@@ -149,10 +173,18 @@ class Engine:
                     self._wake.wait()
                 if self._stopping:
                     return
-            self._gather()
-            jobs = self._take_batch()
-            if jobs:
-                self._generate(jobs)
+            jobs: list[Job] = []
+            try:
+                self._gather()
+                jobs = self._take_batch()
+                if jobs:
+                    self._generate(jobs)
+            except Exception as err:  # the thread keeps serving; the batch it held gets the error
+                for job in jobs:
+                    job.send(ErrorEvent(f"Generation failed: {type(err).__name__}: {err}"))
+            finally:
+                with self._wake:
+                    self._running = []
 
     def _gather(self) -> None:
         """Let requests sent together arrive together: wait while new ones keep coming (at most 10 waits)."""
@@ -180,6 +212,7 @@ class Engine:
                 else:
                     rest.append(job)
             self._pending = rest
+            self._running = batch
             return batch
 
     def _batch_key(self, job: Job) -> tuple:
@@ -192,6 +225,7 @@ class Engine:
     @torch.inference_mode()
     def _generate(self, jobs: list[Job]) -> None:
         self.batch_sizes.append(len(jobs))
+        self.batches += 1
         router = _Router(jobs)
         try:
             inputs = _left_pad([job.prompt_ids for job in jobs], _pad_id(jobs[0].endpoint.tokenizer), self._device)
