@@ -41,35 +41,34 @@ def lively_model():
     return model.eval()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running(app) -> Iterator[str]:
-    """`app` served by uvicorn in a background thread on a free loopback port; yields the base URL."""
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    """`app` served by uvicorn in a background thread on a loopback socket bound here; yields the base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))  # bound before uvicorn starts, so no other process can take the port meanwhile
+    base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    base_url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.05)
     try:
+        deadline = time.monotonic() + 30
+        while True:
+            if not thread.is_alive():
+                raise RuntimeError("the test server stopped while starting; see its log above")
+            try:
+                if httpx.get(f"{base_url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start within 30 s")
+            time.sleep(0.05)
         yield base_url
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        sock.close()
+    assert not thread.is_alive(), "the test server did not stop within 10 s"
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +85,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def client(server):
-    return openai.OpenAI(base_url=f"{server[0]}/v1", api_key=KEY, max_retries=0)
+    with openai.OpenAI(base_url=f"{server[0]}/v1", api_key=KEY, max_retries=0) as client:
+        yield client
 
 
 def plain_reply(prompt: str, max_tokens: int, chat: bool = True) -> str:
@@ -185,8 +185,8 @@ def test_stop_strings_end_the_reply_where_they_begin(client):
 
 
 def test_wrong_key_is_401(server):
-    bad = openai.OpenAI(base_url=f"{server[0]}/v1", api_key="wrong", max_retries=0)
-    with pytest.raises(openai.AuthenticationError) as caught:
+    with openai.OpenAI(base_url=f"{server[0]}/v1", api_key="wrong", max_retries=0) as bad, \
+            pytest.raises(openai.AuthenticationError) as caught:
         ask(bad, "tiny", "hello")
     assert caught.value.status_code == 401
     assert caught.value.body["code"] == "invalid_api_key"
@@ -399,8 +399,8 @@ def test_real_model_streams_chinese_whole_characters():
 
     model, endpoints = load_endpoints(ServeConfig(model=ModelConfig(name="smollm2-135m")))
     engine = Engine(model, max_batch_size=4)
-    with running(create_app(engine, endpoints)) as base_url:
-        client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    with running(create_app(engine, endpoints)) as base_url, \
+            openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0) as client:
         prompt = "中文：我喜欢喝茶，因为茶"
         whole = client.completions.create(model="smollm2-135m", prompt=prompt, temperature=0, max_tokens=16)
         pieces = [chunk.choices[0].text for chunk in client.completions.create(
@@ -505,3 +505,35 @@ def test_a_stopped_engine_answers_503_and_health_says_so():
         assert client.get("/health").status_code == 503
         down = client.post("/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 2})
         assert down.status_code == 503 and down.json()["error"]["code"] == "engine_unavailable"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_goes_away_stops_its_row(stream):
+    from lorakit.adapters import BASE
+
+    tokenizer = make_tokenizer()
+    model = make_model("llama", len(tokenizer))
+    steps = []
+
+    def slow_step(*_):
+        steps.append(1)
+        time.sleep(0.02)  # 200 tokens take 4 s, so the row must stop well before max_tokens
+
+    model.register_forward_hook(slow_step)
+    engine = Engine(model, batch_wait_s=0.001)
+    endpoint = Endpoint("tiny", BASE, tokenizer, resolve_template(None, tokenizer), frozenset())  # no stop token
+    body = {"model": "tiny", "prompt": "hello", "max_tokens": 200, "temperature": 0, "stream": stream}
+    with running(create_app(engine, {"tiny": endpoint})) as base_url:
+        if stream:
+            with httpx.stream("POST", f"{base_url}/v1/completions", json=body) as response:
+                assert response.status_code == 200
+                next(response.iter_lines())
+        else:
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{base_url}/v1/completions", json=body, timeout=0.5)
+        deadline = time.monotonic() + 10
+        while (engine._running or not steps) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.1)
+        assert not engine._running and engine.batches == 1
+    assert 1 <= len(steps) < 120, len(steps)

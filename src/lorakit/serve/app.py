@@ -170,7 +170,7 @@ def create_app(engine: Engine, endpoints: dict[str, Endpoint], api_key: str | No
         return ModelCard(id=name, root=None if endpoint.adapter == BASE else base_name)
 
     @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
-    async def chat_completions(body: ChatCompletionRequest):
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
         endpoint = find(body.model)
         try:
             prompt = render(endpoint.template, endpoint.tokenizer, [m.as_dict() for m in body.messages],
@@ -187,13 +187,13 @@ def create_app(engine: Engine, endpoints: dict[str, Endpoint], api_key: str | No
         request_id = new_id("chatcmpl")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _sse(_chat_stream(job, request_id, body.model, include_usage), job)
-        text, finish = await _collect(job)
+            return _sse(_chat_stream(job, request_id, body.model, include_usage), job, request)
+        text, finish = await _collect(job, request)
         return chat_completion(request_id, body.model, text, finish.reason,
                                usage(finish.prompt_tokens, finish.completion_tokens))
 
     @app.post("/v1/completions", dependencies=[Depends(check_key)])
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, request: Request):
         endpoint = find(body.model)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1:
@@ -205,8 +205,8 @@ def create_app(engine: Engine, endpoints: dict[str, Endpoint], api_key: str | No
         request_id = new_id("cmpl")
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _sse(_completion_stream(job, request_id, body.model, include_usage), job)
-        text, finish = await _collect(job)
+            return _sse(_completion_stream(job, request_id, body.model, include_usage), job, request)
+        text, finish = await _collect(job, request)
         return text_completion(request_id, body.model, text, finish.reason,
                                usage(finish.prompt_tokens, finish.completion_tokens))
 
@@ -280,8 +280,17 @@ async def _events(job: Job) -> AsyncIterator[TextEvent | FinishEvent | ErrorEven
             return
 
 
-async def _collect(job: Job) -> tuple[str, FinishEvent]:
+async def _cancel_on_disconnect(request: Request, job: Job, poll_s: float = 0.05) -> None:
+    """Cancel `job` once the client has gone, so its row stops generating; ends the job's event stream too."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(poll_s)
+    job.cancelled = True
+    job.events.put_nowait(ErrorEvent("The client disconnected."))
+
+
+async def _collect(job: Job, request: Request) -> tuple[str, FinishEvent]:
     pieces, finish = [], None
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
     try:
         async for event in _events(job):
             if isinstance(event, TextEvent):
@@ -291,17 +300,20 @@ async def _collect(job: Job) -> tuple[str, FinishEvent]:
             else:
                 finish = event
     finally:
+        watcher.cancel()
         job.cancelled = True  # a no-op once finished; stops the row if the client went away
     return "".join(pieces), finish
 
 
-def _sse(chunks: AsyncIterator[dict], job: Job) -> StreamingResponse:
+def _sse(chunks: AsyncIterator[dict], job: Job, request: Request) -> StreamingResponse:
     async def lines() -> AsyncIterator[str]:
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
         try:
             async for chunk in chunks:
                 yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
             yield "data: [DONE]\n\n"
         finally:
+            watcher.cancel()
             job.cancelled = True
     return StreamingResponse(lines(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
