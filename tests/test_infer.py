@@ -143,9 +143,28 @@ def test_sampling_is_reproducible_with_a_seed(lively):
 
 def test_closing_the_stream_stops_generation(lively):
     model, tokenizer, template = lively
-    stream = stream_generate(model, tokenizer, template, QUESTIONS[0], GenerationConfig(max_new_tokens=200))
-    next(stream)
-    stream.close()  # joins the generation thread; it must end long before 200 tokens' worth of waiting
+    steps = []
+    hook = model.register_forward_hook(lambda *_: steps.append(1))
+    try:
+        generate(model, tokenizer, template, QUESTIONS[:1], GenerationConfig(max_new_tokens=200))
+        assert len(steps) == 200  # left alone, this reply runs to max_new_tokens
+        steps.clear()
+        stream = stream_generate(model, tokenizer, template, QUESTIONS[0], GenerationConfig(max_new_tokens=200))
+        next(stream)
+        stream.close()  # joins the generation thread
+    finally:
+        hook.remove()
+    assert 1 <= len(steps) < 100, len(steps)
+
+
+def test_left_padding_leaves_the_shared_tokenizer_alone():
+    from lorakit.infer.generate import _left_padded
+
+    tokenizer = make_tokenizer()
+    side = tokenizer.padding_side
+    batch = _left_padded(tokenizer, ["ab", "abcd"])
+    assert tokenizer.padding_side == side
+    assert batch["attention_mask"].tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]
 
 
 def test_generation_config_errors_name_every_problem():

@@ -313,12 +313,8 @@ def _generate_options(tokenizer: PreTrainedTokenizerBase, template: Template, co
 
 
 def _left_padded(tokenizer: PreTrainedTokenizerBase, prompts: list[str]):
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        return tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
+    """Left padding per call: the tokenizer itself is left as it is, since the server's threads share it."""
+    return tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
 
 
 def _stop_token_ids(tokenizer: PreTrainedTokenizerBase, template: Template) -> list[int]:
