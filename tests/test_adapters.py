@@ -96,12 +96,20 @@ def test_refuses_missing_folder_and_clashing_names(tmp_path, two_adapters, tiny_
         load_adapters(base, [AdapterSpec("a", two_adapters[0].path)], "tiny")
 
 
-def test_parse_adapter_and_weights(tmp_path):
+def test_parse_adapter_and_weights(tmp_path, monkeypatch):
     assert parse_adapter("tuned=/x/y") == AdapterSpec("tuned", Path("/x/y"))
     assert parse_adapter("outputs/run-1.2/adapter").name == "run-1-2"  # lorakit's layout: named after the run
     assert parse_adapter("other/my_adapter").name == "my_adapter"
     with pytest.raises(ConfigError, match="Adapter name 'a b'"):
         parse_adapter("a b=/x")
+    swept = tmp_path / "runs" / "lr=1e-4"
+    assert parse_adapter("runs/lr=1e-4/adapter") == AdapterSpec("lr-1e-4", Path("runs/lr=1e-4/adapter"))
+    (swept / "adapter").mkdir(parents=True)
+    (tmp_path / "lr=1e-4").mkdir()  # an existing folder is a path even where its text looks like NAME=PATH
+    assert parse_adapter(str(swept / "adapter")) == AdapterSpec("lr-1e-4", swept / "adapter")
+    assert parse_adapter(f"tuned={swept}") == AdapterSpec("tuned", swept)
+    monkeypatch.chdir(tmp_path)
+    assert parse_adapter("lr=1e-4") == AdapterSpec("lr-1e-4", Path("lr=1e-4"))
     assert parse_weights("0.7, 0.3", 2) == [0.7, 0.3]
     assert parse_weights("", 4) == [0.25] * 4
     with pytest.raises(ConfigError, match="--weights must be numbers"):
@@ -161,6 +169,20 @@ def test_mix_road_uses_the_base_the_adapter_names(tmp_path, tiny_model_dir, tiny
     config = json.loads((out / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(tiny_model_dir)
     assert "svd" in (out / "README.md").read_text()
+
+
+def test_mix_checks_its_arguments_before_loading_a_model(tmp_path, monkeypatch):
+    monkeypatch.setattr("lorakit.model.load_model", lambda config: pytest.fail("the model was loaded"))
+    one = AdapterSpec("one", tmp_path / "absent-one")
+    two = AdapterSpec("two", tmp_path / "absent-two")
+    with pytest.raises(ConfigError, match="at least two adapters"):
+        mix(None, [one], [1.0], "cat", tmp_path / "out")
+    with pytest.raises(ConfigError, match="--weights has 1 values but 2 adapters"):
+        mix(None, [one, two], [1.0], "cat", tmp_path / "out")
+    with pytest.raises(ConfigError, match="got 'ties'"):
+        mix(None, [one, two], [0.5, 0.5], "ties", tmp_path / "out")
+    with pytest.raises(ConfigError, match="Two adapters are called 'one'"):
+        mix(None, [one, AdapterSpec("one", tmp_path)], [0.5, 0.5], "cat", tmp_path / "out")
 
 
 def test_cli_adapters_mix(tmp_path, tiny_model_dir):

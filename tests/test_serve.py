@@ -393,6 +393,20 @@ def test_cli_serve_reads_the_key_from_the_environment(monkeypatch, tiny_model_di
         ServeConfig(engine="tgi")
 
 
+def test_cli_serve_defaults_to_the_first_adapters_base(monkeypatch, tmp_path, tiny_model_dir):
+    seen = []
+    monkeypatch.setattr("lorakit.serve.serve", seen.append)
+    base = make_model("llama", len(make_tokenizer()))
+    base.name_or_path = str(tiny_model_dir)  # what PEFT records as base_model_name_or_path
+    adapter = make_adapter(tmp_path / "tuned", base=base)
+    result = CliRunner().invoke(cli_app, ["serve", "--adapter", f"tuned={adapter}"])
+    assert result.exit_code == 0, result.output
+    assert seen[0].model.name == str(tiny_model_dir)
+    result = CliRunner().invoke(cli_app, ["serve"])
+    assert result.exit_code == 0, result.output
+    assert seen[1].model.name == ModelConfig().name
+
+
 @pytest.mark.slow
 def test_real_model_streams_chinese_whole_characters():
     from lorakit.serve import ServeConfig, load_endpoints
@@ -537,3 +551,27 @@ def test_a_client_that_goes_away_stops_its_row(stream):
         time.sleep(0.1)
         assert not engine._running and engine.batches == 1
     assert 1 <= len(steps) < 120, len(steps)
+
+
+def test_tools_reach_the_template():
+    from fastapi.testclient import TestClient
+
+    from lorakit.adapters import BASE
+    from lorakit.serve.app import make_endpoint
+
+    tokenizer = make_tokenizer()
+    model = make_model("llama", len(tokenizer))
+    model.config.max_position_embeddings = 2048  # the char-level tokenizer makes the tool schema ~500 tokens
+    engine = Engine(model)
+    endpoints = {"tools": make_endpoint("tools", BASE, tokenizer, TEMPLATES["chatml"]),
+                 "plain": make_endpoint("plain", BASE, tokenizer, resolve_template(None, tokenizer))}
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+    body = {"messages": [{"role": "user", "content": "weather in Oslo?"}], "max_tokens": 1, "temperature": 0}
+    with TestClient(create_app(engine, endpoints)) as client:
+        without = client.post("/v1/chat/completions", json={"model": "tools", **body})
+        with_tools = client.post("/v1/chat/completions", json={"model": "tools", "tools": [tool], **body})
+        refused = client.post("/v1/chat/completions", json={"model": "plain", "tools": [tool], **body})
+    assert without.status_code == with_tools.status_code == 200, with_tools.text
+    assert with_tools.json()["usage"]["prompt_tokens"] > without.json()["usage"]["prompt_tokens"] + 20
+    assert refused.status_code == 400 and "cannot show tools" in refused.json()["error"]["message"]

@@ -35,9 +35,13 @@ class AdapterSpec:
 
 
 def parse_adapter(text: str) -> AdapterSpec:
-    """`name=PATH`, or a bare `PATH` named after its folder (the run's folder for lorakit's `.../adapter`)."""
+    """`name=PATH`, or a bare `PATH` named after its folder (the run's folder for lorakit's `.../adapter`).
+
+    A path may hold '=' (`runs/lr=1e-4/adapter`): the text is split only when it is not an existing path and what
+    comes before the first '=' is no path (holds no '/').
+    """
     name, sep, path_text = text.partition("=")
-    if not sep:
+    if not sep or Path(text).expanduser().exists() or "/" in name or "\\" in name:
         path = Path(text).expanduser()
         folder = path.resolve().parent.name if path.name == "adapter" else path.name
         name = re.sub(r"[^A-Za-z0-9_\-]", "-", folder).lstrip("-_") or "adapter"
@@ -151,21 +155,26 @@ def mix_adapters(model, names: Sequence[str], weights: Sequence[float], combinat
             from None
 
 
-def _check_mix(model, names: Sequence[str], weights: Sequence[float], combination: str, new_name: str) -> None:
+def check_mix_arguments(count: int, weights: Sequence[float], combination: str) -> None:
+    """What can be checked before any model is loaded: the combination, two or more adapters, one weight each."""
     if combination not in COMBINATIONS:
         raise ConfigError(f"--combination must be one of {', '.join(COMBINATIONS)}; got '{combination}'.")
-    if len(names) < 2:
-        raise ConfigError(f"Mixing needs at least two adapters; got {len(names)}. Add more with --adapter.")
-    if len(weights) != len(names):
-        raise ConfigError(f"--weights has {len(weights)} values but {len(names)} adapters are given; give one weight "
+    if count < 2:
+        raise ConfigError(f"Mixing needs at least two adapters; got {count}. Add more with --adapter NAME=PATH.")
+    if len(weights) != count:
+        raise ConfigError(f"--weights has {len(weights)} values but {count} adapters are given; give one weight "
                           "per adapter, in the order of --adapter (e.g. --weights 0.7,0.3).")
+
+
+def _check_mix(model, names: Sequence[str], weights: Sequence[float], combination: str, new_name: str) -> None:
+    check_mix_arguments(len(names), weights, combination)
     configs = getattr(model, "peft_config", {})
     missing = [name for name in names if name not in configs]
     if missing:
         raise ConfigError(f"No adapter called {', '.join(missing)} is loaded; loaded: {', '.join(configs)}.")
     if new_name in configs:
         raise ConfigError(f"An adapter called '{new_name}' is already loaded; give the mix another name.")
-    dora = [name for name in names if configs[name].use_dora]
+    dora = [name for name in names if getattr(configs[name], "use_dora", False)]
     if dora:
         raise ConfigError(f"Adapters {', '.join(dora)} use DoRA, which PEFT cannot combine (its magnitude vectors "
                           "would be dropped); mix plain LoRA adapters only.")
@@ -214,6 +223,8 @@ def mix(model_config: ModelConfig | None, specs: Sequence[AdapterSpec], weights:
 
     if not specs:
         raise ConfigError("Nothing to mix: give at least two adapters with --adapter NAME=PATH.")
+    check_mix_arguments(len(specs), weights, combination)
+    check_adapter_names(specs, model_config.name if model_config is not None else BASE)
     specs = resolve_adapter_dirs(specs)
     if model_config is None:
         model_config = ModelConfig(name=adapter_base_model(specs[0].path), device="cpu", dtype="float32")

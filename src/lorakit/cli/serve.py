@@ -17,7 +17,9 @@ AdapterOption = Annotated[Optional[list[str]], typer.Option(
 
 
 @app.command()
-def serve(model: Annotated[str, typer.Option(help="Bundled name, model folder, .gguf or hub id.")] = "smollm2-135m",
+def serve(model: Annotated[Optional[str], typer.Option(
+              help="Bundled name, model folder, .gguf or hub id. Default: the base model of the first --adapter, "
+                   "else smollm2-135m.")] = None,
           adapter: AdapterOption = None,
           host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
@@ -29,13 +31,14 @@ def serve(model: Annotated[str, typer.Option(help="Bundled name, model folder, .
           device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto"):
     """OpenAI-compatible API: the base model under its name, each adapter under its own (`--adapter tuned=PATH`)."""
     from lorakit.adapters import parse_adapter
-    from lorakit.config import ModelConfig
+    from lorakit.infer import inference_model
     from lorakit.serve import ServeConfig, serve as run_server
 
-    config = ServeConfig(model=ModelConfig(name=model, dtype=dtype, device=device),
-                         adapters=tuple(parse_adapter(text) for text in adapter or []), host=host, port=port,
-                         api_key=api_key or None, max_batch_size=max_batch_size, engine=engine)
-    names = ", ".join([model, *(spec.name for spec in config.adapters)])
+    specs = tuple(parse_adapter(text) for text in adapter or [])
+    model_config, _ = inference_model(model, specs[0].path if specs else None, device, dtype)
+    config = ServeConfig(model=model_config, adapters=specs, host=host, port=port, api_key=api_key or None,
+                         max_batch_size=max_batch_size, engine=engine)
+    names = ", ".join([model_config.name, *(spec.name for spec in config.adapters)])
     console.print(f"Serving {names} at http://{host}:{port}/v1" + (" (API key required)" if api_key else ""),
                   markup=False)
     run_server(config)

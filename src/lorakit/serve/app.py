@@ -174,7 +174,7 @@ def create_app(engine: Engine, endpoints: dict[str, Endpoint], api_key: str | No
         endpoint = find(body.model)
         try:
             prompt = render(endpoint.template, endpoint.tokenizer, [m.as_dict() for m in body.messages],
-                            add_generation_prompt=True)
+                            tools=body.tools, add_generation_prompt=True)
         except LorakitError as err:
             raise APIError(400, str(err), param="messages") from None
         except (TypeError, ValueError, UnicodeError) as err:

@@ -68,6 +68,7 @@ class ChatMessage(BaseModel):
 
 class ChatCompletionRequest(_Request):
     messages: list[ChatMessage] = Field(min_length=1)
+    tools: list[dict[str, Any]] | None = None  # shown to the model through its chat template
     max_completion_tokens: int | None = Field(None, ge=1)
 
 
