@@ -622,19 +622,47 @@ def _score_batch(model: PreTrainedModel, rows: list[_Request], shared: int, cach
         cache = copy.deepcopy(cache)
         cache.batch_repeat_interleave(len(rows))
         kwargs["past_key_values"] = cache
-    column = {position: position for position in needed}
-    if _accepts_logits_to_keep(model):
-        kwargs["logits_to_keep"] = torch.tensor(needed, device=device)
-        column = {position: index for index, position in enumerate(needed)}
-    logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                   position_ids=positions.to(device), use_cache=cache is not None, **kwargs).logits
-    logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+    column = {position: index for index, position in enumerate(needed)}
+    head = _plain_head(model)
+    if head is not None and _accepts_logits_to_keep(model):
+        # bf16 logits are rounded to ~0.1 near typical magnitudes, enough to tie the four options; the model gives
+        # hidden states only and the LM head runs in float32 on the few positions that are scored.
+        kwargs["logits_to_keep"] = torch.empty(0, dtype=torch.long, device=device)
+        outputs = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                        position_ids=positions.to(device), use_cache=cache is not None, output_hidden_states=True,
+                        **kwargs)
+        logprobs = _float32_logprobs(model, head, outputs.hidden_states[-1][:, needed]).cpu()
+    else:
+        if _accepts_logits_to_keep(model):
+            kwargs["logits_to_keep"] = torch.tensor(needed, device=device)
+        else:
+            column = {position: position for position in needed}
+        logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                       position_ids=positions.to(device), use_cache=cache is not None, **kwargs).logits
+        logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
     scores = {}
     for row_index, row in enumerate(rows):
         for option, start, ids in row.targets:
             columns = torch.tensor([column[start - 1 + t - shared] for t in range(len(ids))])
             scores[row.question, option] = float(logprobs[row_index, columns, torch.tensor(ids)].sum())
     return scores
+
+
+def _plain_head(model: PreTrainedModel) -> torch.nn.Linear | None:
+    """The LM head when it is an ordinary Linear layer (not itself adapted by LoRA), else None."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = causal_lm.get_output_embeddings()
+    return head if type(head) is torch.nn.Linear else None
+
+
+def _float32_logprobs(model: PreTrainedModel, head: torch.nn.Linear, hidden: torch.Tensor) -> torch.Tensor:
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    logits = torch.nn.functional.linear(hidden.float(), head.weight.float(),
+                                        None if head.bias is None else head.bias.float())
+    softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.log_softmax(logits, dim=-1)
 
 
 def _accepts_logits_to_keep(model: PreTrainedModel) -> bool:
