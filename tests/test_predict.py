@@ -119,8 +119,9 @@ def test_interrupted_run_with_a_half_written_line_resumes_exactly_once(lively, d
     indices = [line["index"] for line in read_lines(output)]
     assert indices == list(range(len(RECORDS)))
     assert (summary.already_done, summary.written, summary.dropped_partial_line) == (6, 5, True)
+    before = output.read_bytes()
     again = predict(*lively, requests, output, config, show_progress=False)
-    assert again.written == 0 and read_lines(output) == read_lines(output)
+    assert again.written == 0 and output.read_bytes() == before
 
 
 def test_complete_last_line_without_newline_is_redone_not_duplicated(lively, data_file, tmp_path):
@@ -136,31 +137,37 @@ def test_complete_last_line_without_newline_is_redone_not_duplicated(lively, dat
 
 
 def test_killed_cli_run_resumes_with_every_record_once(tmp_path):
+    count = 200  # many small batches, so the kill lands between the first and the last even on a busy machine
     model_dir = save_lively_model(tmp_path / "base")
     data = tmp_path / "many.jsonl"
     data.write_text("".join(json.dumps({"question": f"question number {i}?", "answer": str(i)}) + "\n"
-                            for i in range(12)))
+                            for i in range(count)))
     output = tmp_path / "predictions.jsonl"
     command = [sys.executable, "-m", "lorakit.cli", "predict", str(data), "--output", str(output), "--model",
-               str(model_dir), "--batch-size", "2", "--max-new-tokens", "40", "--device", "cpu", "--dtype",
+               str(model_dir), "--batch-size", "2", "--max-new-tokens", "12", "--device", "cpu", "--dtype",
                "float32"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}  # a tiny model gains nothing from threads
+    log = tmp_path / "first-run.log"
 
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and (not output.exists() or output.stat().st_size == 0):
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    written_before = len(output.read_text().splitlines())
-    assert 0 < written_before < 12, "the run should be killed after its first batch and before its last"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.time() + 120
+        while time.time() < deadline and process.poll() is None and (not output.exists()
+                                                                     or output.stat().st_size == 0):
+            time.sleep(0.02)
+        assert process.poll() is None, f"the first run ended before it was killed:\n{log.read_text()}"
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    written_before = len(output.read_text().splitlines()) if output.exists() else 0
+    assert 0 < written_before < count, (f"the run should be killed after its first batch and before its last; "
+                                        f"{written_before} lines were written\n{log.read_text()}")
 
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
 
     assert finished.returncode == 0, finished.stderr
     assert "already there" in finished.stdout
     indices = [line["index"] for line in read_lines(output)]
-    assert sorted(indices) == list(range(12)) and len(indices) == 12
+    assert sorted(indices) == list(range(count)) and len(indices) == count
     assert read_lines(output)[5]["reference"] == "5"
 
 
