@@ -17,8 +17,10 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import openai
@@ -42,24 +44,35 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: str, port: int, dtype: str, max_batch_size: int) -> subprocess.Popen:
+def start_server(model: str, port: int, dtype: str, max_batch_size: int, log: Path) -> subprocess.Popen:
+    """`lorakit serve` in a subprocess, its stderr in `log` (a pipe nobody reads would fill and block the server)."""
     command = [sys.executable, "-m", "lorakit.cli", "serve", "--model", model, "--port", str(port),
                "--dtype", dtype, "--max-batch-size", str(max_batch_size)]
     env = {key: value for key, value in os.environ.items() if key != "LORAKIT_API_KEY"}
     env["HF_HUB_OFFLINE"] = "1"
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"lorakit serve exited: {process.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"lorakit serve exited: {log.read_text(errors='replace')[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
                 return process
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    process.kill()
-    raise RuntimeError("lorakit serve did not start within 10 minutes")
+    stop_server(process)
+    raise RuntimeError(f"lorakit serve did not start within 10 minutes: {log.read_text(errors='replace')[-2000:]}")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 async def streamed_reply(client: openai.AsyncOpenAI, model: str, prompt: str, max_tokens: int) -> Reply:
@@ -99,12 +112,12 @@ def main() -> None:
     prompts = [f"Tell me one short fact about {TOPICS[i % len(TOPICS)]}." + (f" ({i})" if i >= len(TOPICS) else "")
                for i in range(args.requests)]
     port = _free_port()
-    server = start_server(args.model, port, args.dtype, args.max_batch_size)
-    try:
-        results = asyncio.run(run(f"http://127.0.0.1:{port}/v1", args.model, prompts, args.max_tokens))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with tempfile.TemporaryDirectory() as folder:
+        server = start_server(args.model, port, args.dtype, args.max_batch_size, Path(folder) / "server.log")
+        try:
+            results = asyncio.run(run(f"http://127.0.0.1:{port}/v1", args.model, prompts, args.max_tokens))
+        finally:
+            stop_server(server)
 
     sequential = results["sequential"][1]
     print(f"\n{args.model}, {args.dtype}, {args.requests} distinct greedy chat prompts, max_tokens "
