@@ -18,7 +18,7 @@ from lorakit.config import ModelConfig
 from lorakit.errors import ConfigError
 from lorakit.files import atomic_dir, write_text
 from lorakit.infer import adapter_base_model, find_adapter_dir, load_inference_tokenizer
-from lorakit.infer.generate import _check_same_base
+from lorakit.infer.generate import check_same_base
 from lorakit.templates import Template, resolve_template
 
 BASE = "base"
@@ -82,7 +82,7 @@ def _check_adapter_dir(spec: AdapterSpec, model: PreTrainedModel, base_name: str
     if not (spec.path / "adapter_config.json").is_file():
         raise ConfigError(f"{spec.path} (adapter '{spec.name}') is not a LoRA adapter folder (no "
                           "adapter_config.json). Point at the `adapter/` folder inside a lorakit output directory.")
-    _check_same_base(spec.path, model, base_name)
+    check_same_base(spec.path, model, base_name)
 
 
 def load_adapters(model: PreTrainedModel, specs: Sequence[AdapterSpec], base_name: str):

@@ -101,12 +101,14 @@ def load_adapter(model: PreTrainedModel, adapter_dir: Path, base_name: str):
     if not config_file.is_file():
         raise ConfigError(f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json). Point at the "
                           "`adapter/` folder inside a lorakit output directory.")
-    _check_same_base(adapter_dir, model, base_name)
+    check_same_base(adapter_dir, model, base_name)
     return PeftModel.from_pretrained(model, str(adapter_dir))
 
 
-def _check_same_base(adapter_dir: Path, model: PreTrainedModel, base_name: str) -> None:
-    """Shapes are the reliable signal: the same names with other sizes mean another base model."""
+def check_same_base(adapter_dir: Path, model: PreTrainedModel, base_name: str) -> None:
+    """ConfigError when the adapter at `adapter_dir` was trained on another base model than `model`.
+
+    Shapes are the reliable signal: the same names with other sizes mean another base model."""
     from safetensors import safe_open
 
     weights = adapter_dir / "adapter_model.safetensors"
@@ -302,7 +304,7 @@ class _StopOnText(StoppingCriteria):
 
 def _generate_options(tokenizer: PreTrainedTokenizerBase, template: Template, config: GenerationConfig,
                       stops: tuple[str, ...], prompt_length: int, cancel: threading.Event | None = None) -> dict:
-    options = dict(max_new_tokens=config.max_new_tokens, eos_token_id=_stop_token_ids(tokenizer, template),
+    options = dict(max_new_tokens=config.max_new_tokens, eos_token_id=stop_token_ids(tokenizer, template),
                    pad_token_id=tokenizer.pad_token_id, repetition_penalty=config.repetition_penalty,
                    do_sample=config.temperature > 0)
     if config.temperature > 0:
@@ -317,7 +319,8 @@ def _left_padded(tokenizer: PreTrainedTokenizerBase, prompts: list[str]):
     return tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
 
 
-def _stop_token_ids(tokenizer: PreTrainedTokenizerBase, template: Template) -> list[int]:
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, template: Template) -> list[int]:
+    """The token ids that end a reply: the tokenizer's eos and each of the template's stop words that is one token."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     for word in template.stop_words:
         token_id = tokenizer.convert_tokens_to_ids(word)

@@ -24,7 +24,7 @@ from lorakit.adapters import (BASE, AdapterSpec, adapter_tokenizer, check_adapte
                               resolve_adapter_dirs)
 from lorakit.config import ModelConfig
 from lorakit.errors import ConfigError, LorakitError
-from lorakit.infer.generate import _stop_token_ids
+from lorakit.infer.generate import stop_token_ids
 from lorakit.serve.engine import (GREEDY_BELOW, Endpoint, Engine, EngineUnavailable, ErrorEvent, FinishEvent, Job,
                                   Sampling, TextEvent)
 from lorakit.serve.protocol import (ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, chat_chunk,
@@ -76,7 +76,7 @@ def make_endpoint(name: str, adapter: str, tokenizer: PreTrainedTokenizerBase,
     """An Endpoint; without `template`, the tokenizer's own chat template."""
     template = template or resolve_template(None, tokenizer)
     tokenizer("warm-up", add_special_tokens=False)  # settles the fast tokenizer's state before threads share it
-    return Endpoint(name, adapter, tokenizer, template, frozenset(_stop_token_ids(tokenizer, template)))
+    return Endpoint(name, adapter, tokenizer, template, frozenset(stop_token_ids(tokenizer, template)))
 
 
 def endpoints_for(model: PreTrainedModel, base_name: str, tokenizer: PreTrainedTokenizerBase,
