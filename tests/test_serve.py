@@ -566,8 +566,9 @@ def test_tools_reach_the_template():
     engine = Engine(model)
     endpoints = {"tools": make_endpoint("tools", BASE, tokenizer, TEMPLATES["chatml"]),
                  "plain": make_endpoint("plain", BASE, tokenizer, resolve_template(None, tokenizer))}
-    tool = {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                             "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+    parameters = {"type": "object", "properties": {"city": {"type": "string"}}}
+    tool = {"type": "function",
+            "function": {"name": "get_weather", "description": "Weather in a city", "parameters": parameters}}
     body = {"messages": [{"role": "user", "content": "weather in Oslo?"}], "max_tokens": 1, "temperature": 0}
     with TestClient(create_app(engine, endpoints)) as client:
         without = client.post("/v1/chat/completions", json={"model": "tools", **body})

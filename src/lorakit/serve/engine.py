@@ -44,7 +44,9 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Sampling:
-    """How a request picks tokens; temperature below GREEDY_BELOW is greedy (smaller ones overflow the logits). A seed makes a sampled request repeatable."""
+    """How a request picks tokens; temperature below GREEDY_BELOW is greedy (smaller ones overflow the logits).
+
+    A seed makes a sampled request repeatable."""
 
     temperature: float = 0.0
     top_p: float = 1.0
