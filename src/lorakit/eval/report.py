@@ -168,14 +168,15 @@ def format_markdown(report: dict[str, Any], radar: Path | None = None, deltas: P
             stderr = f" ±{_display_margin(other, other['stderr'])[1:]}" if other.get("stderr") is not None else ""
             cells.append(_display(other, other["value"]) + stderr)
         arrow = "" if score["higher_is_better"] else " (lower is better)"
-        lines.append(f"| {key}{arrow} | " + " | ".join(cells) + f" | {score.get('n') or '-'} |")
+        count = f"{int(score['n'])}" if score.get("n") else "-"
+        lines.append(f"| {key}{arrow} | " + " | ".join(cells) + f" | {count} |")
     lines += ["", "## How noise is judged", "",
-              f"A change counts only when it exceeds {sigmas:g} standard errors of the difference. For accuracies "
-              "the standard error of each model is binomial, sqrt(p(1-p)/n) on its n questions, and the two are "
-              "combined as sqrt(se1² + se2²). For per-sample scores (ROUGE, F1, loss per example) it is the "
-              "standard error of the paired per-sample differences. Scores with no standard error (corpus BLEU, "
-              f"chrF) count as changed beyond {RELATIVE_THRESHOLD:.0%} relative. Table values are ± one standard "
-              "error; percentages are shown ×100.", ""]
+              f"A change counts only when it exceeds {sigmas:g} standard errors of the difference. When both "
+              "models answered the same questions (accuracies, ROUGE, F1 per sample), that is the standard error "
+              "of the paired per-question differences; otherwise each model's binomial error sqrt(p(1-p)/n) is "
+              "combined as sqrt(se1² + se2²). Corpus BLEU and chrF are judged by their per-sample values. Scores "
+              f"with no standard error (loss, perplexity) count as changed beyond {RELATIVE_THRESHOLD:.0%} relative. "
+              "Table values are ± one standard error (binomial for accuracies); percentages are shown ×100.", ""]
     return "\n".join(lines)
 
 

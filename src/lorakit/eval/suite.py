@@ -308,7 +308,7 @@ def _run_perplexity(task: EvalTaskConfig, model: Any, tokenizer: Any, details_di
                                  batch_size=task.batch_size)
     write_json(details_dir / "perplexity.json", scores)
     names = ("loss", "perplexity")
-    return {"metrics": {name: scores[name] for name in names}, "n": {name: scores.get("tokens") for name in names},
+    return {"metrics": {name: scores[name] for name in names}, "n": {name: int(scores["tokens"]) for name in names},
             "higher_is_better": {name: False for name in names}, "percent": {name: False for name in names},
             "headline": list(names)}
 
