@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from lorakit.config import SuiteConfig, TrainConfig, load_config, to_dict
 from lorakit.errors import ConfigError
-from lorakit.files import write_json, write_text
+from lorakit.files import save_figure, write_json, write_text
 
 LOSS_METRIC = "eval_loss"
 
@@ -171,8 +171,4 @@ def plot_heatmap(runs: list[dict[str, Any]], grid: dict[str, list[str]], objecti
     ax.set_title(f"{objective.metric}{extra}")
     figure.colorbar(image, ax=ax)
     figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=110)
-    tmp.replace(path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)

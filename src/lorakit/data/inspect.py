@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from lorakit.data.formats import Conversation
 from lorakit.data.load import load_conversations, split_validation
 from lorakit.data.tokenize import IGNORE_INDEX, encode
 from lorakit.errors import ConfigError, DataError
-from lorakit.files import write_json, write_text
+from lorakit.files import save_figure, write_json, write_text
 from lorakit.templates import Template, render_supervised
 
 CONVERT_FORMATS = ("openai", "sharegpt", "alpaca", "text")
@@ -242,11 +241,7 @@ def plot_length_histogram(lengths: Sequence[int], max_seq_len: int, path: Path, 
     axes.set_ylabel("records")
     axes.legend()
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    return save_figure(figure, path)
 
 
 def preview(conversations: Sequence[Conversation], tokenizer: PreTrainedTokenizerBase, template: Template,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -23,7 +22,7 @@ from typing import Any
 import torch
 
 from lorakit.errors import ConfigError
-from lorakit.files import write_json, write_text
+from lorakit.files import save_figure, write_json, write_text
 
 ENERGY_SHARE = 0.9
 _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -338,11 +337,7 @@ def plot_update_norms(report: AdapterReport, path: Path) -> Path:
     axes.set_title("‖ΔW‖_F per module" if in_layers else "no per-layer modules")
     figure.colorbar(image, ax=axes)
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    return save_figure(figure, path)
 
 
 def _write_outputs(report: AdapterReport, output_dir: Path, top: int) -> None:

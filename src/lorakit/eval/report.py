@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorakit.files import write_json, write_text
+from lorakit.files import save_figure, write_json, write_text
 
 RELATIVE_THRESHOLD = 0.01  # for a score without any standard error (e.g. corpus BLEU): 1% relative change
 
@@ -209,9 +209,7 @@ def plot_radar(report: dict[str, Any], path: Path) -> Path | None:
     ax.set_title(f"{report['suite']}: abilities (0-100)")
     ax.legend(loc="upper right", bbox_to_anchor=(1.3, 1.1), fontsize=8)
     figure.tight_layout()
-    _save_figure(figure, path)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path)
 
 
 def plot_deltas(report: dict[str, Any], path: Path) -> Path | None:
@@ -240,12 +238,4 @@ def plot_deltas(report: dict[str, Any], path: Path) -> Path | None:
     ax.set_xlabel(f"change against {report['reference']} (points; bars: ±{report['noise_sigmas']:g} s.e.)")
     ax.set_title("red: dropped beyond noise, green: improved, grey: within noise")
     figure.tight_layout()
-    _save_figure(figure, path)
-    plt.close(figure)
-    return path
-
-
-def _save_figure(figure: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    return save_figure(figure, path)

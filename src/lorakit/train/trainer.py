@@ -30,7 +30,7 @@ from lorakit.config import TrainConfig, save_config, to_dict
 from lorakit.data import LoadSummary, TokenizeSummary, data_files, load_conversations, pad_batch, split_validation
 from lorakit.data import cache, tokenize_conversations
 from lorakit.errors import ConfigError
-from lorakit.files import atomic_dir, sha256_file, write_json, write_text
+from lorakit.files import atomic_dir, save_figure, sha256_file, write_json, write_text
 from lorakit.model import load_model, load_tokenizer, prepare_for_training, resolve_device
 from lorakit.templates import Template, install_template, resolve_template
 from lorakit.train.lora_layers import use_fast_dropout, use_fast_lora_forward
@@ -366,10 +366,7 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
     axes.grid(alpha=0.3)
     axes.legend()
     figure.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    tmp.replace(path)
+    save_figure(figure, path)
 
 
 def _model_card(config: TrainConfig, data: PreparedData, metrics: dict[str, Any], manifest: dict[str, Any]) -> str:
