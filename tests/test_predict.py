@@ -182,6 +182,20 @@ def test_output_of_another_dataset_is_refused(lively, data_file, tmp_path):
         predict(*lively, requests_of(other), output, config, show_progress=False)
 
 
+def test_rerun_with_other_settings_is_refused_before_loading(data_file, tmp_path):
+    model = ModelConfig(name=str(save_lively_model(tmp_path / "model")), dtype="float32", device="cpu")
+    output = tmp_path / "predictions.jsonl"
+    data = DataConfig(paths=(str(data_file),))
+    run_predict(data, model, output, GenerationConfig(max_new_tokens=2), show_progress=False)
+    saved = json.loads((tmp_path / "predictions.jsonl.settings.json").read_text())
+    assert saved["generation"]["max_new_tokens"] == 2 and saved["model"] == model.name
+
+    again = run_predict(data, model, output, GenerationConfig(max_new_tokens=2, batch_size=3), show_progress=False)
+    assert again.written == 0 and again.already_done == len(RECORDS)  # the batch size may change
+    with pytest.raises(DataError, match=r"other settings \(generation: .*'max_new_tokens': 2.*Rerun with the same"):
+        run_predict(data, model, output, GenerationConfig(max_new_tokens=5), show_progress=False)
+
+
 def test_damaged_output_line_is_an_error(lively, data_file, tmp_path):
     output = tmp_path / "predictions.jsonl"
     requests = requests_of(data_file)

@@ -8,6 +8,7 @@ rerun skips the records already written (a half-written last line is dropped and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lorakit.config import DataConfig, ModelConfig
 from lorakit.data import Conversation, load_conversations
 from lorakit.errors import DataError
+from lorakit.files import write_json
 from lorakit.infer.generate import GenerationConfig, find_adapter_dir, generate, load_for_inference
 from lorakit.templates import Template
 
@@ -169,5 +171,27 @@ def run_predict(data: DataConfig, model_config: ModelConfig, output: Path,
     conversations, _ = load_conversations(data)
     requests = prediction_requests(conversations, data.system)
     adapter_dir = find_adapter_dir(adapter) if adapter is not None else None
+    settings = {"model": model_config.name, "adapter": str(adapter_dir) if adapter_dir else None,
+                "template": template_name, "dtype": model_config.dtype,
+                "generation": {key: value for key, value in dataclasses.asdict(config).items() if key != "batch_size"}}
+    _check_settings(output, _as_json(settings))
     model, tokenizer, template = load_for_inference(model_config, adapter_dir, template_name)
     return predict(model, tokenizer, template, requests, output, config, show_progress)
+
+
+def settings_file(output: Path) -> Path:
+    """Beside the predictions: the model and sampling settings they were made with."""
+    return output.with_name(output.name + ".settings.json")
+
+
+def _check_settings(output: Path, settings: dict[str, Any]) -> None:
+    """A rerun may only continue a file made with the same model, adapter and sampling; else say what differs."""
+    sidecar = settings_file(output)
+    if output.is_file() and output.stat().st_size and sidecar.is_file():
+        saved = json.loads(sidecar.read_text(encoding="utf-8"))
+        differs = [key for key in settings if saved.get(key) != settings[key]]
+        if differs:
+            details = "; ".join(f"{key}: {saved.get(key)!r} then, {settings[key]!r} now" for key in differs)
+            raise DataError(f"{output} holds predictions made with other settings ({details}). Rerun with the same "
+                            "settings to continue it, or choose another --output.")
+    write_json(sidecar, settings)
