@@ -80,3 +80,23 @@ def test_radar_needs_three_scores(tmp_path):
     results = {"base": {"gsm8k": _choice({"accuracy": (1, 10)})}, "tuned": {"gsm8k": _choice({"accuracy": (2, 10)})}}
     paths = write_report(build_report(results, "base"), tmp_path)
     assert "radar.png" not in {p.name for p in paths}
+
+
+def test_missing_and_nan_scores_are_named_not_hidden(tmp_path):
+    base = {"a": _choice({"x": (5, 10), "y": (5, 10), "z": (5, 10)}), "b": _choice({"accuracy": (5, 10)})}
+    tuned = {"a": _choice({"x": (5, 10), "y": (5, 10), "z": (5, 10)})}
+    tuned["a"]["metrics"]["y"] = float("nan")
+    report = build_report({"base": base, "tuned": tuned}, "base")
+    verdicts = {row["key"]: row["verdict"] for row in report["changes"]["tuned"]}
+    assert verdicts["a/y"] == "invalid" and verdicts["b/accuracy"] == "missing" and verdicts["a/x"] == "unchanged"
+    write_report(report, tmp_path)
+    markdown = (tmp_path / "report.md").read_text()
+    assert "**Not measured on this model**: b/accuracy" in markdown
+    assert "**Not a number (check the task's details)**: a/y" in markdown
+    assert (tmp_path / "radar.png").is_file()
+
+
+def test_zero_paired_error_is_no_noise_estimate_not_zero_noise():
+    reference = {"value": 0.0, "stderr": 0.0, "higher_is_better": True, "per_sample": [0.0] * 10}
+    other = {"value": 1e-9, "stderr": 0.0, "per_sample": [0.0] * 10}
+    assert compare(reference, other, "x", 2).verdict == "unchanged"

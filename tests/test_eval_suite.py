@@ -90,6 +90,13 @@ def test_suite_runs_on_base_and_adapter_and_caches(tiny_model_dir, suite_file, t
     assert again["scores"] == report["scores"]
     assert (tmp_path / "report2" / "details" / "tuned" / "rouge" / "predictions.jsonl").is_file()
 
+    data = tmp_path / "instructions.json"
+    data.write_text(data.read_text().replace("say hi", "say hello"))  # an edited dataset is scored again
+    lines.clear()
+    run_eval(suite, specs, tmp_path / "report3", config, log=lines.append)
+    rerun = sorted(line.split(": ")[0] for line in lines if line.endswith("running"))
+    assert rerun == ["tiny-llama / ppl", "tiny-llama / rouge", "tuned / ppl", "tuned / rouge"]
+
 
 def test_adapter_of_another_base_is_refused(tiny_model_dir, suite_file, tmp_path):
     wider = LlamaForCausalLM(LlamaConfig(vocab_size=len(make_tokenizer()), hidden_size=32, intermediate_size=32,

@@ -185,7 +185,7 @@ class EvalTaskConfig:
     split: str = "test"
     subjects: tuple[str, ...] = ()
     limit: int | None = None
-    shots: int = 5
+    shots: int | None = None
     scoring: str = "letter"
     data: DataConfig = field(default_factory=DataConfig)
     max_new_tokens: int | None = None
@@ -199,14 +199,29 @@ class EvalTaskConfig:
             raise ConfigError(f"Task '{label}' ({self.kind}) needs a source: a benchmark folder, file or hub id.")
         if self.kind in ("generation", "perplexity") and not self.data.paths:
             raise ConfigError(f"Task '{label}' ({self.kind}) needs data.paths: the dataset to score.")
-        if not 0 <= self.shots <= 25:
-            raise ConfigError(f"Task '{label}': shots must be between 0 and 25, got {self.shots}.")
+        problems = []
+        most_shots = {"choice": 5, "gsm8k": 8}.get(self.kind, 25)
+        if self.shots is not None and not 0 <= self.shots <= most_shots:
+            problems.append(f"shots must be between 0 and {most_shots} for {self.kind}, got {self.shots}")
         if self.limit is not None and self.limit <= 0:
-            raise ConfigError(f"Task '{label}': limit must be positive (or left out for all), got {self.limit}.")
+            problems.append(f"limit must be positive (or left out for all), got {self.limit}")
+        if self.batch_size <= 0:
+            problems.append(f"batch_size must be positive, got {self.batch_size}")
+        if self.max_new_tokens is not None and self.max_new_tokens <= 0:
+            problems.append(f"max_new_tokens must be positive, got {self.max_new_tokens}")
+        if self.layout not in ("auto", "mmlu", "ceval", "cmmlu"):
+            problems.append(f"layout must be auto, mmlu, ceval or cmmlu, got '{self.layout}'")
+        if problems:
+            raise ConfigError(f"Task '{label}': " + "; ".join(problems) + ".")
 
     @property
     def label(self) -> str:
         return self.name or self.kind
+
+    @property
+    def shots_or_default(self) -> int:
+        """The usual k of each benchmark: 5 for MMLU-style choice (the dev split holds 5), 8 for GSM8K."""
+        return self.shots if self.shots is not None else {"gsm8k": 8}.get(self.kind, 5)
 
 
 @dataclass(frozen=True)

@@ -257,11 +257,13 @@ class _StopStrings(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
-        done = [any(word in text for word in self.stop) for text in texts]
+        done = [any(word in text.lstrip() for word in self.stop) for text in texts]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
 def _cut(text: str, stop: Sequence[str]) -> str:
+    """The answer before the first stop string; leading blank lines are not a stop (an answer may open with one)."""
+    text = text.lstrip()
     for word in stop:
         if word in text:
             text = text[: text.index(word)]

@@ -27,7 +27,7 @@ class Change:
     value: float
     margin: float | None
     higher_is_better: bool
-    verdict: str  # "dropped", "improved" or "unchanged"
+    verdict: str  # "dropped", "improved", "unchanged", "invalid" (not a finite number) or "missing"
 
     @property
     def delta(self) -> float:
@@ -72,14 +72,18 @@ def flatten_scores(task_results: dict[str, dict[str, Any]]) -> dict[str, dict[st
 def compare(reference: dict[str, Any], other: dict[str, Any], key: str, sigmas: float) -> Change:
     """Did `other` move beyond `sigmas` standard errors from `reference` on this score?"""
     higher_is_better = reference["higher_is_better"]
+    if not (math.isfinite(reference["value"]) and math.isfinite(other["value"])):
+        return Change(key, reference["value"], other["value"], None, higher_is_better, "invalid")
     margin = None
     paired = paired_stderr(reference.get("per_sample") or [], other.get("per_sample") or [])
-    if paired is not None:
+    if paired:  # 0 when every item moved alike (e.g. all wrong in both): no noise estimate, not zero noise
         margin = sigmas * paired
-    elif reference.get("stderr") is not None and other.get("stderr") is not None:
+    elif reference.get("stderr") and other.get("stderr"):
         margin = sigmas * math.hypot(reference["stderr"], other["stderr"])
     delta = other["value"] - reference["value"]
     threshold = margin if margin is not None else RELATIVE_THRESHOLD * abs(reference["value"])
+    if margin is None and reference.get("per_sample"):
+        threshold = max(threshold, 1 / len(reference["per_sample"]))  # less than one question's worth is no change
     verdict = "unchanged"
     if abs(delta) > threshold and delta != 0:
         verdict = "improved" if (delta > 0) == higher_is_better else "dropped"
@@ -96,9 +100,12 @@ def build_report(results: dict[str, dict[str, dict[str, Any]]], reference: str, 
             continue
         rows = []
         for key, ref in scores[reference].items():
-            if key in model_scores:
-                change = compare(ref, model_scores[key], key, sigmas)
-                rows.append({**change.__dict__, "delta": change.delta})
+            if key not in model_scores:
+                rows.append({**Change(key, ref["value"], math.nan, None, ref["higher_is_better"], "missing").__dict__,
+                             "delta": math.nan})
+                continue
+            change = compare(ref, model_scores[key], key, sigmas)
+            rows.append({**change.__dict__, "delta": change.delta})
         changes[model] = rows
     public_scores = {model: {key: {k: v for k, v in score.items() if k != "per_sample"}
                              for key, score in model_scores.items()} for model, model_scores in scores.items()}
@@ -148,6 +155,11 @@ def format_markdown(report: dict[str, Any], radar: Path | None = None, deltas: P
                 lines.append(f"- **{title}**: {items}.")
             else:
                 lines.append(f"- {title}: none.")
+        for verdict, title in (("invalid", "Not a number (check the task's details)"),
+                               ("missing", "Not measured on this model")):
+            keys = [row["key"] for row in rows if row["verdict"] == verdict]
+            if keys:
+                lines.append(f"- **{title}**: {', '.join(keys)}.")
         unchanged = [row["key"] for row in rows if row["verdict"] == "unchanged"]
         named = [key for key in unchanged if "/subject:" not in key]
         subjects = len(unchanged) - len(named)
@@ -199,12 +211,15 @@ def plot_radar(report: dict[str, Any], path: Path) -> Path | None:
     angles = [2 * math.pi * i / len(axes) for i in range(len(axes))]
     figure, ax = plt.subplots(figsize=(7, 7), subplot_kw={"projection": "polar"})
     for model in report["models"]:
-        values = [100 * report["scores"][model].get(key, {}).get("value", 0.0) for key in axes]
-        ax.plot(angles + angles[:1], values + values[:1], linewidth=2, label=model)
-        ax.fill(angles + angles[:1], values + values[:1], alpha=0.12)
+        values = [100 * report["scores"][model].get(key, {}).get("value", math.nan) for key in axes]
+        # A score a model lacks (or NaN) leaves a gap in its outline rather than a fake zero.
+        ax.plot(angles + angles[:1], values + values[:1], linewidth=2, marker="o", markersize=3, label=model)
+        ax.fill(angles + angles[:1], [v if math.isfinite(v) else 0.0 for v in values + values[:1]], alpha=0.12)
     ax.set_xticks(angles)
     ax.set_xticklabels([key.replace("/", "\n") for key in axes], fontsize=8)
-    top = max(100 * report["scores"][m].get(k, {}).get("value", 0.0) for m in report["models"] for k in axes)
+    finite = [100 * report["scores"][m][k]["value"] for m in report["models"] for k in axes
+              if k in report["scores"][m] and math.isfinite(report["scores"][m][k]["value"])]
+    top = max(finite, default=0.0)
     ax.set_ylim(0, max(10.0, math.ceil(top / 10) * 10))
     ax.set_title(f"{report['suite']}: abilities (0-100)")
     ax.legend(loc="upper right", bbox_to_anchor=(1.3, 1.1), fontsize=8)
@@ -215,7 +230,8 @@ def plot_radar(report: dict[str, Any], path: Path) -> Path | None:
 def plot_deltas(report: dict[str, Any], path: Path) -> Path | None:
     """Bars of each model's change on the 0-100 scores, with the noise margin as error bars; red = dropped."""
     rows = [(model, row) for model, model_rows in report["changes"].items() for row in model_rows
-            if report["scores"][report["reference"]][row["key"]].get("percent")
+            if row["verdict"] in ("dropped", "improved", "unchanged")
+            and report["scores"][report["reference"]][row["key"]].get("percent")
             and report["scores"][report["reference"]][row["key"]].get("headline")]
     if not rows:
         return None

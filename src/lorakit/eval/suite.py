@@ -23,7 +23,7 @@ from lorakit.eval.report import binomial_stderr, build_report, write_report
 from lorakit.files import atomic_dir, sha256_file, write_json
 
 CACHE_VERSION = 1
-TaskRunner = Callable[[EvalTaskConfig, Any, Any, Any, Path], dict[str, Any]]
+TaskRunner = Callable[[EvalTaskConfig, Any, Any, Any, Path], dict[str, Any]]  # task, model, tokenizer, template
 
 
 @dataclass(frozen=True)
@@ -90,13 +90,21 @@ def _base_label(base: str) -> str:
     return path.name if path.is_dir() else base
 
 
-def _files_fingerprint(paths: list[Path]) -> list[tuple[str, int, int]]:
-    """Size and modification time of every file a task reads: cheap, and changes whenever the data does."""
-    stats = []
-    for root in paths:
-        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-        stats += [(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files if p.exists()]
-    return stats
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+
+
+def _content_fingerprint(paths: list[Path]) -> list[tuple[str, str]]:
+    """Name and content hash of every file: data and adapters are small, and an edit must invalidate the cache."""
+    return [(str(p.relative_to(root)) if root.is_dir() else p.name, sha256_file(p))
+            for root in paths for p in _files(root)]
+
+
+def _weights_fingerprint(folder: Path) -> list[tuple[str, Any]]:
+    """Base weights by file name and size (hashing gigabytes per run would cost more than it saves), the small
+    config and tokenizer files by content; no paths or times, so a moved or copied model keeps its cache."""
+    return [(str(p.relative_to(folder)), sha256_file(p) if p.stat().st_size < 2**24 else p.stat().st_size)
+            for p in _files(folder)]
 
 
 def _model_fingerprint(spec: ModelSpec) -> dict[str, Any]:
@@ -104,11 +112,8 @@ def _model_fingerprint(spec: ModelSpec) -> dict[str, Any]:
 
     base = resolve_model_path(spec.base)
     base_path = Path(base)
-    weights = _files_fingerprint([base_path]) if base_path.is_dir() else base
-    adapter = None
-    if spec.adapter is not None:
-        adapter = sha256_file(spec.adapter / "adapter_model.safetensors") \
-            if (spec.adapter / "adapter_model.safetensors").is_file() else _files_fingerprint([spec.adapter])
+    weights = _weights_fingerprint(base_path) if base_path.is_dir() else base
+    adapter = _content_fingerprint([spec.adapter]) if spec.adapter is not None else None
     return {"base": weights, "adapter": adapter}
 
 
@@ -121,21 +126,22 @@ def _task_files(task: EvalTaskConfig) -> list[Path]:
     return data_files(task.data)
 
 
-CODE_OF_KIND = {"choice": ("choice.py",), "gsm8k": ("gsm8k.py",), "generation": ("generation.py", "metrics.py"),
-                "perplexity": ("perplexity.py",)}
+CODE_OF_KIND = {"choice": ("eval/choice.py",), "gsm8k": ("eval/gsm8k.py",),
+                "generation": ("eval/generation.py", "eval/metrics.py", "infer/generate.py", "templates.py"),
+                "perplexity": ("eval/perplexity.py", "data/tokenize.py", "templates.py", "train/loss.py")}
 
 
 def _code_fingerprint(kind: str) -> str:
-    """A change to the scoring code of a task kind invalidates its cached results."""
+    """A change to the code that scores a task kind invalidates its cached results."""
     digest = hashlib.sha256()
     for name in CODE_OF_KIND[kind]:
-        digest.update((Path(__file__).parent / name).read_bytes())
+        digest.update((Path(__file__).parents[1] / name).read_bytes())
     return digest.hexdigest()[:16]
 
 
 def cache_key(spec: ModelSpec, task: EvalTaskConfig, model_config: ModelConfig) -> str:
     payload = {"version": CACHE_VERSION, "model": _model_fingerprint(spec), "task": to_dict(task),
-               "files": _task_files(task), "loading": to_dict(replace(model_config, name="")),
+               "files": _content_fingerprint(_task_files(task)), "loading": to_dict(replace(model_config, name="")),
                "code": _code_fingerprint(task.kind)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -198,15 +204,17 @@ def _copy_details(entry: Path, target: Path) -> None:
 def _load(spec: ModelSpec, model_config: ModelConfig):
     from lorakit.infer import load_for_inference
 
-    model, tokenizer, _ = load_for_inference(replace(model_config, name=spec.base), spec.adapter)
-    return model, tokenizer
+    return load_for_inference(replace(model_config, name=spec.base), spec.adapter)
 
 
-def run_task(task: EvalTaskConfig, model: Any, tokenizer: Any, details_dir: Path) -> dict[str, Any]:
-    """Run one task on a loaded model; per-item details go to `details_dir`."""
+def run_task(task: EvalTaskConfig, model: Any, tokenizer: Any, template: Any, details_dir: Path) -> dict[str, Any]:
+    """Run one task on a loaded model; per-item details go to `details_dir`.
+
+    `template` is the one the model was loaded with: an adapter's own training template, else the tokenizer's.
+    """
     runners: dict[str, TaskRunner] = {"choice": _run_choice, "gsm8k": _run_gsm8k, "generation": _run_generation,
                                       "perplexity": _run_perplexity}
-    result = runners[task.kind](task, model, tokenizer, details_dir)
+    result = runners[task.kind](task, model, tokenizer, template, details_dir)
     return {"task": task.label, "kind": task.kind, **result}
 
 
@@ -231,11 +239,11 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
             handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
 
 
-def _run_choice(task: EvalTaskConfig, model: Any, tokenizer: Any, details_dir: Path) -> dict[str, Any]:
+def _run_choice(task: EvalTaskConfig, model: Any, tokenizer: Any, template: Any, details_dir: Path) -> dict[str, Any]:
     from lorakit.eval.choice import evaluate_choice, load_choice_benchmark
 
     benchmark = load_choice_benchmark(task.source, task.layout, task.split, list(task.subjects) or None, task.limit)
-    result = evaluate_choice(model, tokenizer, benchmark, shots=task.shots, batch_size=task.batch_size,
+    result = evaluate_choice(model, tokenizer, benchmark, shots=task.shots_or_default, batch_size=task.batch_size,
                              scoring=task.scoring)
     _write_jsonl(details_dir / "questions.jsonl", result.records)
     by_category: dict[str, list[bool]] = {}
@@ -248,24 +256,25 @@ def _run_choice(task: EvalTaskConfig, model: Any, tokenizer: Any, details_dir: P
     parts += [_accuracy_scores(category, outcomes) for category, outcomes in sorted(by_category.items())]
     parts += [_accuracy_scores(f"subject:{subject}", outcomes) for subject, outcomes in sorted(by_subject.items())]
     headline = sorted(by_category) if 1 < len(by_category) <= 6 else ["accuracy"]
-    return {**_merge(*parts), "headline": headline, "shots": task.shots}
+    return {**_merge(*parts), "headline": headline, "shots": task.shots_or_default}
 
 
-def _run_gsm8k(task: EvalTaskConfig, model: Any, tokenizer: Any, details_dir: Path) -> dict[str, Any]:
+def _run_gsm8k(task: EvalTaskConfig, model: Any, tokenizer: Any, template: Any, details_dir: Path) -> dict[str, Any]:
     from lorakit.eval.gsm8k import evaluate_gsm8k, load_gsm8k
 
     problems = load_gsm8k(Path(task.source).expanduser(), limit=task.limit)
-    result = evaluate_gsm8k(model, tokenizer, problems, shots=task.shots, batch_size=task.batch_size,
+    result = evaluate_gsm8k(model, tokenizer, problems, shots=task.shots_or_default, batch_size=task.batch_size,
                             max_new_tokens=task.max_new_tokens or 256)
     _write_jsonl(details_dir / "problems.jsonl", result.records)
     return {**_accuracy_scores("accuracy", [bool(r["correct"]) for r in result.records]), "headline": ["accuracy"],
-            "shots": task.shots}
+            "shots": task.shots_or_default}
 
 
-def _template_for(task: EvalTaskConfig, tokenizer: Any):
+def _template_for(task: EvalTaskConfig, tokenizer: Any, loaded: Any):
+    """The task's named template, or (auto) the one the model was trained with, so scoring sees training's format."""
     from lorakit.templates import resolve_template
 
-    return resolve_template(task.data.template, tokenizer)
+    return loaded if task.data.template == "auto" else resolve_template(task.data.template, tokenizer)
 
 
 def _conversations(task: EvalTaskConfig):
@@ -275,13 +284,13 @@ def _conversations(task: EvalTaskConfig):
     return conversations[: task.limit] if task.limit else conversations
 
 
-def _run_generation(task: EvalTaskConfig, model: Any, tokenizer: Any, details_dir: Path) -> dict[str, Any]:
+def _run_generation(task: EvalTaskConfig, model: Any, tokenizer: Any, template: Any, details_dir: Path) -> dict[str, Any]:
     from lorakit.eval.generation import evaluate_generation, read_predictions
     from lorakit.infer import GenerationConfig
 
     predictions = details_dir / "predictions.jsonl"
     generation = GenerationConfig(max_new_tokens=task.max_new_tokens or 128, batch_size=task.batch_size)
-    scores = evaluate_generation(model, tokenizer, _template_for(task, tokenizer), _conversations(task), predictions,
+    scores = evaluate_generation(model, tokenizer, _template_for(task, tokenizer, template), _conversations(task), predictions,
                                  generation, system=task.data.system)
     rows = [row for row in read_predictions(predictions) if row.get("scores")]
     names = [name for name in ("rouge1", "rouge2", "rougeL", "bleu4", "chrf", "exact_match", "f1") if name in scores]
@@ -301,10 +310,10 @@ def _mean_stderr(values: list[float]) -> float | None:
     return (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
 
 
-def _run_perplexity(task: EvalTaskConfig, model: Any, tokenizer: Any, details_dir: Path) -> dict[str, Any]:
+def _run_perplexity(task: EvalTaskConfig, model: Any, tokenizer: Any, template: Any, details_dir: Path) -> dict[str, Any]:
     from lorakit.eval.perplexity import evaluate_perplexity
 
-    scores = evaluate_perplexity(model, tokenizer, _template_for(task, tokenizer), _conversations(task), task.data,
+    scores = evaluate_perplexity(model, tokenizer, _template_for(task, tokenizer, template), _conversations(task), task.data,
                                  batch_size=task.batch_size)
     write_json(details_dir / "perplexity.json", scores)
     names = ("loss", "perplexity")
