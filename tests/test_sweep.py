@@ -31,6 +31,7 @@ def test_grid_parsing_and_points():
     points = grid_points(grid)
     assert len(points) == 6 and points[0] == {"lora.rank": "4", "lora.alpha": "8"}
     assert run_name(points[-1]) == "rank-8_alpha-32"
+    assert run_name({"lora.alpha": "8", "other.alpha": "org/model"}) == "lora-alpha-8_other-alpha-org-model"
     for bad in (["lora.rank"], ["lora.rank="], ["=4,8"]):
         with pytest.raises(ConfigError, match="key=v1,v2"):
             parse_grid(bad)
@@ -51,8 +52,9 @@ def test_sweep_trains_ranks_and_resumes(train_yaml, tmp_path):
         saved = yaml.safe_load((tmp_path / "sweep" / run["name"] / "config.yaml").read_text())
         assert saved["lora"]["rank"] == int(run["point"]["lora.rank"])
         assert (tmp_path / "sweep" / run["name"] / "adapter" / "adapter_model.safetensors").is_file()
-    table = (output / "sweep.md").read_text()
-    assert table.index(runs[0]["name"].split("_")[0]) < table.index("heatmap.png")
+    rows = [line for line in (output / "sweep.md").read_text().splitlines() if line.startswith("| ") and
+            line[2].isdigit()]
+    assert [row.split(" | ")[-1].rstrip(" |").split("/")[-1] for row in rows] == [run["name"] for run in runs]
     assert (output / "heatmap.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((output / "sweep.json").read_text())["objective"]["metric"] == "eval_loss"
 
@@ -61,6 +63,9 @@ def test_sweep_trains_ranks_and_resumes(train_yaml, tmp_path):
                       log=lines.append)
     assert sum("already trained" in line for line in lines) == 4
     assert [run["objective"] for run in again] == losses
+
+    with pytest.raises(ConfigError, match="trained with other settings \\(max_steps differ\\)"):
+        run_sweep(train_yaml, ["max_steps=3"], parse_grid(["lora.rank=2,4", "learning_rate=1e-2,1e-3"]), output)
 
 
 def test_sweep_without_validation_or_suite_says_what_to_do(train_yaml, tmp_path):

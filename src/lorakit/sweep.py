@@ -10,15 +10,19 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
+
+import yaml
 
 from lorakit.config import SuiteConfig, TrainConfig, load_config, to_dict
 from lorakit.errors import ConfigError
 from lorakit.files import save_figure, write_json, write_text
 
 LOSS_METRIC = "eval_loss"
+_UNSAFE = re.compile(r"[^\w.+-]")
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,12 @@ def grid_points(grid: dict[str, list[str]]) -> list[dict[str, str]]:
 
 
 def run_name(point: dict[str, str]) -> str:
-    return "_".join(f"{key.split('.')[-1]}-{value}" for key, value in point.items())
+    """`{"lora.rank": "8", "learning_rate": "1e-4"}` -> "rank-8_learning_rate-1e-4" (full keys where the last parts
+    would clash; characters a folder name cannot hold become "-")."""
+    short = [key.split(".")[-1] for key in point]
+    keys = short if len(set(short)) == len(short) else [key.replace(".", "-") for key in point]
+    values = [_UNSAFE.sub("-", value) for value in point.values()]
+    return "_".join(f"{key}-{value}" for key, value in zip(keys, values))
 
 
 def _objective(config: TrainConfig, suite: SuiteConfig | None, metric: str | None) -> Objective:
@@ -68,6 +77,17 @@ def _objective(config: TrainConfig, suite: SuiteConfig | None, metric: str | Non
         metric = f"{first.label}/" + {"choice": "accuracy", "gsm8k": "accuracy", "generation": "rougeL",
                                       "perplexity": "loss"}[first.kind]
     return Objective(metric, higher_is_better=not metric.endswith(("/loss", "/perplexity", LOSS_METRIC)))
+
+
+def _check_same_run(run_dir: Path, config: TrainConfig) -> None:
+    """A finished run is reused only if it was trained with this very config; else the sweep would rank stale runs."""
+    saved_file = run_dir / "config.yaml"
+    saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) if saved_file.is_file() else None
+    wanted = yaml.safe_load(yaml.safe_dump(to_dict(config)))
+    if saved != wanted:
+        differs = sorted(key for key in set(saved or {}) | set(wanted) if (saved or {}).get(key) != wanted.get(key))
+        raise ConfigError(f"{run_dir} holds a run trained with other settings ({', '.join(differs)} differ). Delete "
+                          "that folder, or give the sweep another --output.")
 
 
 def _finished(output_dir: Path) -> bool:
@@ -103,6 +123,7 @@ def run_sweep(config_path: Path | None, overrides: list[str], grid: dict[str, li
         config = load_config(config_path, [*overrides, *(f"{k}={v}" for k, v in point.items())], TrainConfig)
         config = replace(config, output_dir=run_dir)
         if _finished(run_dir):
+            _check_same_run(run_dir, config)
             log(f"[{index}/{len(grid_points(grid))}] {name}: already trained")
         else:
             log(f"[{index}/{len(grid_points(grid))}] {name}: training")
@@ -113,7 +134,8 @@ def run_sweep(config_path: Path | None, overrides: list[str], grid: dict[str, li
         runs.append({"name": name, "point": point, "output_dir": str(run_dir), "scores": scores,
                      "objective": scores[objective.metric]})
         log(f"{name}: {objective.metric} = {scores[objective.metric]:.4g}")
-    runs.sort(key=lambda run: run["objective"], reverse=objective.higher_is_better)
+    sign = -1 if objective.higher_is_better else 1
+    runs.sort(key=lambda run: (math.isnan(run["objective"]), sign * run["objective"]))  # a diverged run goes last
     _write_outputs(runs, grid, objective, base, output_dir)
     return runs
 
