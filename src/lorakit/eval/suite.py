@@ -188,6 +188,8 @@ def evaluate_models(suite: SuiteConfig, specs: list[ModelSpec], output_dir: Path
 
 
 def _summary(result: dict[str, Any]) -> str:
+    if not result["metrics"]:
+        return f"{result.get('samples', 0)} answered, no references to score against"
     headline = result.get("headline") or list(result["metrics"])[:1]
     return ", ".join(f"{name} {result['metrics'][name]:.4g}" for name in headline[:3])
 
@@ -300,7 +302,7 @@ def _run_generation(task: EvalTaskConfig, model: Any, tokenizer: Any, template: 
             "stderr": {name: _mean_stderr(values) for name, values in per_sample.items()},
             "n": {name: len(rows) for name in names}, "per_sample": per_sample,
             "percent": {name: True for name in names}, "higher_is_better": {name: True for name in names},
-            "headline": [name for name in ("rougeL", "bleu4") if name in names]}
+            "headline": [name for name in ("rougeL", "bleu4") if name in names], "samples": int(scores["samples"])}
 
 
 def _mean_stderr(values: list[float]) -> float | None:
