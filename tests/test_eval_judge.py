@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from lorakit.config import ModelConfig
-from lorakit.errors import ConfigError
+from lorakit.errors import ConfigError, DataError
 from lorakit.eval.judge import (DEFAULT_RUBRIC, EndpointConfig, OpenAIJudge, first_json_object,
                                 judge_comparison, judge_pairwise, load_rubric, local_judge, parse_scores,
                                 parse_winner, score_answers)
@@ -129,6 +129,10 @@ def test_retries_then_succeeds_and_config_errors_stop_the_run():
         EndpointConfig(base_url="localhost:8000", model="m")
     with pytest.raises(ConfigError, match="No answers from model 'tuned'.*base"):
         judge_comparison(fake_judge(), [{"index": 0, "question": "q", "answers": {"base": "a"}}], None)
+    incomplete = [{"index": 0, "question": "q0", "answers": {"base": "a", "tuned": "b"}},
+                  {"index": 1, "question": "q1", "answers": {"base": "a"}}]
+    with pytest.raises(DataError, match="Question 1 \\('q1'\\) has no answer from tuned"):
+        judge_comparison(fake_judge(), incomplete, None)
 
 
 def test_verdict_parsing_is_forgiving_but_checked():

@@ -232,7 +232,8 @@ def _check_split(layout: str, split: str, where: object) -> None:
 
 def _categories(layout: str, subjects: Sequence[str]) -> dict[str, str]:
     known = CATEGORIES[layout]
-    return {name: known.get(name, "other") for name in subjects}
+    fallback = "other" if layout == "mmlu" else "Other"  # each benchmark's own spelling of its catch-all category
+    return {name: known.get(name, fallback) for name in subjects}
 
 
 def _detect_layout(folder: Path) -> str:

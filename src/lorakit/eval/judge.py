@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from lorakit.errors import ConfigError
+from lorakit.errors import ConfigError, DataError
 from lorakit.files import write_json, write_text
 
 SCORES_FILE, PAIRWISE_FILE, SUMMARY_FILE = "judge_scores.jsonl", "judge_pairwise.jsonl", "judge_summary.json"
@@ -505,7 +505,12 @@ def judge_comparison(judge: Judge, rows: Sequence[Mapping[str, Any]], output_dir
     """
     questions = [row["question"] for row in rows]
     names = list(dict.fromkeys(name for row in rows for name in row["answers"]))
-    answers = {name: [row["answers"].get(name, "") for row in rows] for name in names}
+    for row in rows:
+        missing = [name for name in names if name not in row["answers"]]
+        if missing:
+            raise DataError(f"Question {row.get('index', '?')} ({row['question'][:60]!r}) has no answer from "
+                            f"{', '.join(missing)}; judge only complete comparisons (rerun `lorakit compare`).")
+    answers = {name: [row["answers"][name] for row in rows] for name in names}
     if pair is not None:
         for name in pair:
             if name not in answers:
