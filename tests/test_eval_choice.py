@@ -9,8 +9,9 @@ import torch
 
 from conftest import FIXTURES, make_model, make_tokenizer, shared_data
 from lorakit.errors import ConfigError, DataError
-from lorakit.eval.choice import (CEVAL_CATEGORIES, CMMLU_CATEGORIES, LETTERS, MMLU_CATEGORIES, Question,
-                                 evaluate_choice, format_prompt, load_choice_benchmark)
+from lorakit.eval.benchmarks import (CEVAL_CATEGORIES, CMMLU_CATEGORIES, LETTERS, MMLU_CATEGORIES, Question,
+                                     load_choice_benchmark)
+from lorakit.eval.choice import evaluate_choice, format_prompt
 
 EVAL = FIXTURES / "eval"
 

@@ -126,7 +126,7 @@ def _task_files(task: EvalTaskConfig) -> list[Path]:
     return data_files(task.data)
 
 
-CODE_OF_KIND = {"choice": ("eval/choice.py",), "gsm8k": ("eval/gsm8k.py",),
+CODE_OF_KIND = {"choice": ("eval/benchmarks.py", "eval/choice.py"), "gsm8k": ("eval/gsm8k.py",),
                 "generation": ("eval/generation.py", "eval/metrics.py", "infer/generate.py", "templates.py"),
                 "perplexity": ("eval/perplexity.py", "data/tokenize.py", "templates.py", "train/loss.py")}
 
@@ -241,8 +241,10 @@ def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
             handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
 
 
-def _run_choice(task: EvalTaskConfig, model: Any, tokenizer: Any, template: Any, details_dir: Path) -> dict[str, Any]:
-    from lorakit.eval.choice import evaluate_choice, load_choice_benchmark
+def _run_choice(task: EvalTaskConfig, model: Any, tokenizer: Any, template: Any,
+                details_dir: Path) -> dict[str, Any]:
+    from lorakit.eval.benchmarks import load_choice_benchmark
+    from lorakit.eval.choice import evaluate_choice
 
     benchmark = load_choice_benchmark(task.source, task.layout, task.split, list(task.subjects) or None, task.limit)
     result = evaluate_choice(model, tokenizer, benchmark, shots=task.shots_or_default, batch_size=task.batch_size,
@@ -261,7 +263,8 @@ def _run_choice(task: EvalTaskConfig, model: Any, tokenizer: Any, template: Any,
     return {**_merge(*parts), "headline": headline, "shots": task.shots_or_default}
 
 
-def _run_gsm8k(task: EvalTaskConfig, model: Any, tokenizer: Any, template: Any, details_dir: Path) -> dict[str, Any]:
+def _run_gsm8k(task: EvalTaskConfig, model: Any, tokenizer: Any, template: Any,
+               details_dir: Path) -> dict[str, Any]:
     from lorakit.eval.gsm8k import evaluate_gsm8k, load_gsm8k
 
     problems = load_gsm8k(Path(task.source).expanduser(), limit=task.limit)
@@ -286,14 +289,15 @@ def _conversations(task: EvalTaskConfig):
     return conversations[: task.limit] if task.limit else conversations
 
 
-def _run_generation(task: EvalTaskConfig, model: Any, tokenizer: Any, template: Any, details_dir: Path) -> dict[str, Any]:
+def _run_generation(task: EvalTaskConfig, model: Any, tokenizer: Any, template: Any,
+                    details_dir: Path) -> dict[str, Any]:
     from lorakit.eval.generation import evaluate_generation, read_predictions
     from lorakit.infer import GenerationConfig
 
     predictions = details_dir / "predictions.jsonl"
     generation = GenerationConfig(max_new_tokens=task.max_new_tokens or 128, batch_size=task.batch_size)
-    scores = evaluate_generation(model, tokenizer, _template_for(task, tokenizer, template), _conversations(task), predictions,
-                                 generation, system=task.data.system)
+    scores = evaluate_generation(model, tokenizer, _template_for(task, tokenizer, template), _conversations(task),
+                                 predictions, generation, system=task.data.system)
     rows = [row for row in read_predictions(predictions) if row.get("scores")]
     names = [name for name in ("rouge1", "rouge2", "rougeL", "bleu4", "chrf", "exact_match", "f1") if name in scores]
     per_sample = {name: [row["scores"][name] / 100 for row in rows if name in row.get("scores", {})]
@@ -312,11 +316,12 @@ def _mean_stderr(values: list[float]) -> float | None:
     return (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
 
 
-def _run_perplexity(task: EvalTaskConfig, model: Any, tokenizer: Any, template: Any, details_dir: Path) -> dict[str, Any]:
+def _run_perplexity(task: EvalTaskConfig, model: Any, tokenizer: Any, template: Any,
+                    details_dir: Path) -> dict[str, Any]:
     from lorakit.eval.perplexity import evaluate_perplexity
 
-    scores = evaluate_perplexity(model, tokenizer, _template_for(task, tokenizer, template), _conversations(task), task.data,
-                                 batch_size=task.batch_size)
+    scores = evaluate_perplexity(model, tokenizer, _template_for(task, tokenizer, template), _conversations(task),
+                                 task.data, batch_size=task.batch_size)
     write_json(details_dir / "perplexity.json", scores)
     names = ("loss", "perplexity")
     return {"metrics": {name: scores[name] for name in names}, "n": {name: int(scores["tokens"]) for name in names},
