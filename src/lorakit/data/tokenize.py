@@ -107,6 +107,17 @@ def tokenize_conversations(conversations: list[Conversation], tokenizer: PreTrai
     return Dataset.from_dict(rows), summary
 
 
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id to pad with: the tokenizer's pad token, else its eos (masked out either way), else 0."""
+    return next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+
+
+def bos_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """[BOS] where the tokenizer puts one before text by itself (Llama), else nothing (SmolLM2, Qwen)."""
+    bos = tokenizer.bos_token_id
+    return [bos] if bos is not None and tokenizer("x")["input_ids"][:1] == [bos] else []
+
+
 def pad_batch(features: list[dict[str, list[int]]], pad_token_id: int) -> dict[str, torch.Tensor]:
     """Right-pad a list of examples into input_ids / attention_mask / labels tensors."""
     longest = max(len(f["input_ids"]) for f in features)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from lorakit.data.tokenize import bos_prefix, pad_token_id
 from lorakit.errors import ConfigError, DataError
 from lorakit.eval.benchmarks import LETTERS, SCORINGS, SUBJECT_NAMES_ZH, Benchmark, Question
 
@@ -133,7 +134,7 @@ def evaluate_choice(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         max_length = getattr(model.config, "max_position_embeddings", None) or 2048
     model.eval()
     prepared = _prepare(tokenizer, benchmark, questions, shots, scoring, max_length)
-    scores = _score(model, prepared.requests, batch_size, _pad_id(tokenizer), progress,
+    scores = _score(model, prepared.requests, batch_size, pad_token_id(tokenizer), progress,
                     f"{benchmark.name} {shots}-shot")
     records = []
     for index, question in enumerate(questions):
@@ -148,7 +149,7 @@ def evaluate_choice(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
 def _prepare(tokenizer: PreTrainedTokenizerBase, benchmark: Benchmark, questions: Sequence[Question], shots: int,
              scoring: str, max_length: int) -> _Prepared:
     prepared = _Prepared()
-    prefix = _special_prefix(tokenizer)
+    prefix = bos_prefix(tokenizer)
     groups: dict[str, int] = {}
     for index, question in enumerate(questions):
         examples = _examples(benchmark, question, shots)
@@ -172,13 +173,6 @@ def _prepare(tokenizer: PreTrainedTokenizerBase, benchmark: Benchmark, questions
     return prepared
 
 
-def _special_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """[BOS] where the tokenizer puts one before text by itself (Llama), else nothing (SmolLM2, Qwen)."""
-    with_specials = tokenizer("x")["input_ids"]
-    bos = tokenizer.bos_token_id
-    return [bos] if bos is not None and with_specials[:1] == [bos] else []
-
-
 def _continuation_ids(tokenizer: PreTrainedTokenizerBase, context: str, context_ids: list[int],
                       prefix: list[int], continuation: str) -> list[int]:
     """The continuation's tokens as the tokenizer splits context + continuation (lm-eval-harness's rule)."""
@@ -199,13 +193,6 @@ def _requests(group: int, question: int, context: list[int], continuations: list
                          tuple((option, start, tuple(ids)) for option, ids in enumerate(continuations)))]
     return [_Request(group, question, tuple(context + ids[:-1]), ((option, start, tuple(ids)),))
             for option, ids in enumerate(continuations)]
-
-
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if token_id is not None:
-            return token_id
-    return 0
 
 
 def _score(model: PreTrainedModel, requests: list[_Request], batch_size: int, pad_id: int, progress: bool,

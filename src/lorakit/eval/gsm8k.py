@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
 
+from lorakit.data.tokenize import bos_prefix, pad_token_id
 from lorakit.errors import ConfigError, DataError
 
 # Wei et al. 2022, "Chain-of-thought prompting elicits reasoning in large language models", Table 20.
@@ -167,7 +168,7 @@ def evaluate_gsm8k(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, p
     if max_length is None:
         max_length = getattr(model.config, "max_position_embeddings", None) or 2048
     model.eval()
-    prefix = _special_prefix(tokenizer)
+    prefix = bos_prefix(tokenizer)
     prompts = [_fit(tokenizer, prefix, problem.question, exemplars, max_length - max_new_tokens)
                for problem in problems]
     generated = _generate(model, tokenizer, [ids for ids, _ in prompts], max_new_tokens, batch_size, stop, progress)
@@ -195,12 +196,6 @@ def _exemplars(shots: int, train_problems: Sequence[GsmProblem] | None) -> list[
     return exemplars_from(train_problems, shots)
 
 
-def _special_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """[BOS] where the tokenizer puts one before text by itself (Llama), else nothing (SmolLM2, Qwen)."""
-    bos = tokenizer.bos_token_id
-    return [bos] if bos is not None and tokenizer("x")["input_ids"][:1] == [bos] else []
-
-
 def _fit(tokenizer: PreTrainedTokenizerBase, prefix: list[int], question: str,
          exemplars: Sequence[tuple[str, str]], room: int) -> tuple[list[int], int]:
     """Prompt token ids within `room` tokens, and how many exemplars survived."""
@@ -218,7 +213,7 @@ def _fit(tokenizer: PreTrainedTokenizerBase, prefix: list[int], question: str,
 def _generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
               max_new_tokens: int, batch_size: int, stop: Sequence[str], progress: bool) -> list[str]:
     device = next(model.parameters()).device
-    pad_id = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None))
+    pad_id = pad_token_id(tokenizer)
     eos = {tokenizer.eos_token_id} - {None}
     model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos |= set(model_eos if isinstance(model_eos, list) else [model_eos]) - {None}

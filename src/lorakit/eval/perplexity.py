@@ -13,7 +13,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import DataConfig
 from lorakit.data.formats import Conversation
-from lorakit.data.tokenize import IGNORE_INDEX, pad_batch, tokenize_conversations
+from lorakit.data.tokenize import IGNORE_INDEX, pad_batch, pad_token_id, tokenize_conversations
 from lorakit.errors import ConfigError, DataError
 from lorakit.templates import Template
 from lorakit.train.loss import chunked_lm_loss
@@ -53,7 +53,7 @@ def _summed_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fea
     head = causal_lm.get_output_embeddings()
     softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
     device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_token_id(tokenizer)
     nothing = torch.empty(0, dtype=torch.long, device=device)  # no logits from the model: chunked_lm_loss makes them
     total, count = 0.0, 0
     was_training = model.training

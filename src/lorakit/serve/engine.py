@@ -25,6 +25,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from lorakit.adapters import BASE, use_adapter
+from lorakit.data.tokenize import pad_token_id
 from lorakit.templates import Template
 
 _PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -230,13 +231,13 @@ class Engine:
         self.batches += 1
         router = _Router(jobs)
         try:
-            inputs = _left_pad([job.prompt_ids for job in jobs], _pad_id(jobs[0].endpoint.tokenizer), self._device)
+            inputs = _left_pad([job.prompt_ids for job in jobs], pad_token_id(jobs[0].endpoint.tokenizer), self._device)
             sampling = jobs[0].sampling
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
             kwargs = dict(**inputs, max_new_tokens=max(job.max_tokens for job in jobs),
                           stopping_criteria=StoppingCriteriaList([router]), eos_token_id=None,
-                          pad_token_id=_pad_id(jobs[0].endpoint.tokenizer), **sampling.generate_kwargs())
+                          pad_token_id=pad_token_id(jobs[0].endpoint.tokenizer), **sampling.generate_kwargs())
             adapters = {job.endpoint.adapter for job in jobs}
             if len(adapters) == 1:
                 with use_adapter(self.model, adapters.pop()):
@@ -247,10 +248,6 @@ class Engine:
             router.finish_all("length")
         except Exception as err:  # a failed batch must not kill the engine thread; its requests get the error
             router.fail(f"Generation failed: {type(err).__name__}: {err}")
-
-
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
 def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
