@@ -258,3 +258,17 @@ def test_smollm2_with_random_lora_answers_as_with_plain_peft(tmp_path):
     base_dir = bundled_path("smollm2-135m")
     assert ours == plain_peft_replies(base_dir, tmp_path / "adapter", base_dir, 16, questions)
     assert streamed == ours[0]
+
+
+def test_stop_after_text_ignores_a_stop_string_before_the_reply_starts():
+    from lorakit.infer.generate import StopOnText
+
+    tokenizer = make_tokenizer()
+    prompt = tokenizer("Q?", add_special_tokens=False)["input_ids"]
+    rows = [prompt + tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("\n\n12", "12\n\n")]
+    ids = torch.tensor(rows)
+    blank_line = tokenizer.decode(tokenizer("\n\n", add_special_tokens=False)["input_ids"])  # "\n \n" here
+    plain = StopOnText(tokenizer, (blank_line,), len(prompt))
+    after_text = StopOnText(tokenizer, (blank_line,), len(prompt), after_text=True)
+    assert plain(ids, None).tolist() == [True, True]
+    assert after_text(ids, None).tolist() == [False, True]

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.data.tokenize import bos_prefix, pad_token_id
 from lorakit.errors import ConfigError, DataError
+from lorakit.infer.generate import StopOnText, trim_reply
 
 # Wei et al. 2022, "Chain-of-thought prompting elicits reasoning in large language models", Table 20.
 WEI_EXEMPLARS = (
@@ -234,32 +235,10 @@ def _generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt
         for row, index in enumerate(batch):  # left padding: every row's new tokens start at column `width`
             input_ids[row, width - len(prompts[index]):] = torch.tensor(prompts[index])
             attention[row, width - len(prompts[index]):] = 1
+        stopping = StopOnText(tokenizer, tuple(stop), width, after_text=True)
         output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                generation_config=config, stopping_criteria=[_StopStrings(tokenizer, stop, width)])
+                                generation_config=config, stopping_criteria=[stopping])
         for row, index in enumerate(batch):
-            texts[index] = _cut(tokenizer.decode(output[row, width:], skip_special_tokens=True), stop)
+            texts[index] = trim_reply(tokenizer.decode(output[row, width:], skip_special_tokens=True).lstrip(),
+                                      tuple(stop))
     return [texts[index] for index in range(len(prompts))]
-
-
-class _StopStrings(StoppingCriteria):
-    """Stops each row once its new text holds a stop string.
-
-    Not transformers' `stop_strings`: its StopStringCriteria assumes a BPE-style vocabulary and fails on others.
-    """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stop: Sequence[str], prompt_width: int) -> None:
-        self.tokenizer, self.stop, self.prompt_width = tokenizer, tuple(stop), prompt_width
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
-        done = [any(word in text.lstrip() for word in self.stop) for text in texts]
-        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
-
-
-def _cut(text: str, stop: Sequence[str]) -> str:
-    """The answer before the first stop string; leading blank lines are not a stop (an answer may open with one)."""
-    text = text.lstrip()
-    for word in stop:
-        if word in text:
-            text = text[: text.index(word)]
-    return text.strip()

@@ -198,7 +198,7 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, templat
         prompt_length = batch["input_ids"].shape[1]
         output = model.generate(**batch, **_generate_options(tokenizer, template, config, stops, prompt_length))
         for row in output[:, prompt_length:]:
-            replies.append(_finish(_decode(tokenizer, row.tolist()), stops))
+            replies.append(trim_reply(_decode(tokenizer, row.tolist()), stops))
     return replies
 
 
@@ -245,7 +245,7 @@ def stream_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
         worker.join()
         if failures:
             raise failures[0]
-        final = _finish(_decode(tokenizer, ids), stops)
+        final = trim_reply(_decode(tokenizer, ids), stops)
         if len(final) > shown:
             yield final[shown:]
     finally:
@@ -278,15 +278,18 @@ class _TokenQueue(BaseStreamer):
                 continue
 
 
-class _StopOnText(StoppingCriteria):
+class StopOnText(StoppingCriteria):
     """Stops a row once its decoded reply holds a stop string, and every row once `cancel` is set.
 
-    Own criterion, not transformers' `stop_strings`: it checks the same decoded text the reply is cut from.
+    Own criterion, not transformers' `stop_strings`: it checks the same decoded text the reply is cut from (and
+    transformers' StopStringCriteria assumes a BPE-style vocabulary). With `after_text`, a stop string before the
+    reply's first non-blank character does not count (a GSM8K answer may open with a blank line).
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: tuple[str, ...], prompt_length: int,
-                 cancel: threading.Event | None) -> None:
+                 cancel: threading.Event | None = None, after_text: bool = False) -> None:
         self.tokenizer, self.stops, self.prompt_length, self.cancel = tokenizer, stops, prompt_length, cancel
+        self.after_text = after_text
         self.window = max((len(word) for word in stops), default=0) + 8
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
@@ -297,9 +300,16 @@ class _StopOnText(StoppingCriteria):
             # Only the newest tokens can complete a stop string: earlier ones would have stopped the row already.
             start = max(self.prompt_length, input_ids.shape[1] - self.window)
             for row, ids in enumerate(input_ids[:, start:].tolist()):
-                text = _decode(self.tokenizer, ids)
-                done[row] = any(word in text for word in self.stops)
+                done[row] = self._holds_stop(_decode(self.tokenizer, ids), input_ids[row])
         return done
+
+    def _holds_stop(self, window: str, row: torch.Tensor) -> bool:
+        if not any(word in window for word in self.stops):
+            return False
+        if not self.after_text:
+            return True
+        reply = _decode(self.tokenizer, row[self.prompt_length:].tolist()).lstrip()  # rare: only on a hit
+        return any(word in reply for word in self.stops)
 
 
 def _generate_options(tokenizer: PreTrainedTokenizerBase, template: Template, config: GenerationConfig,
@@ -310,7 +320,7 @@ def _generate_options(tokenizer: PreTrainedTokenizerBase, template: Template, co
     if config.temperature > 0:
         options.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
     if stops or cancel is not None:
-        options["stopping_criteria"] = StoppingCriteriaList([_StopOnText(tokenizer, stops, prompt_length, cancel)])
+        options["stopping_criteria"] = StoppingCriteriaList([StopOnText(tokenizer, stops, prompt_length, cancel)])
     return options
 
 
@@ -342,7 +352,8 @@ def _cut(text: str, stops: tuple[str, ...]) -> str:
     return text[:min((text.find(word) for word in stops if word in text), default=len(text))]
 
 
-def _finish(text: str, stops: tuple[str, ...]) -> str:
+def trim_reply(text: str, stops: tuple[str, ...]) -> str:
+    """The reply up to its first stop string, without surrounding blanks."""
     return _cut(text, stops).strip()
 
 
