@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from fastapi import Depends, FastAPI, Request
@@ -184,13 +184,7 @@ def create_app(engine: Engine, endpoints: dict[str, Endpoint], api_key: str | No
         job = _new_job(endpoint, prompt, body, body.max_completion_tokens or body.max_tokens or default_max_tokens,
                        stop, context_length, "messages")
         engine.submit(job)
-        request_id = new_id("chatcmpl")
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _sse(_chat_stream(job, request_id, body.model, include_usage), job, request)
-        text, finish = await _collect(job, request)
-        return chat_completion(request_id, body.model, text, finish.reason,
-                               usage(finish.prompt_tokens, finish.completion_tokens))
+        return await _respond(job, body, request, new_id("chatcmpl"), _chat_stream, chat_completion)
 
     @app.post("/v1/completions", dependencies=[Depends(check_key)])
     async def completions(body: CompletionRequest, request: Request):
@@ -202,13 +196,7 @@ def create_app(engine: Engine, endpoints: dict[str, Endpoint], api_key: str | No
         job = _new_job(endpoint, prompts[0], body, body.max_tokens or default_max_tokens, body.stop_strings(),
                        context_length, "prompt")
         engine.submit(job)
-        request_id = new_id("cmpl")
-        if body.stream:
-            include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return _sse(_completion_stream(job, request_id, body.model, include_usage), job, request)
-        text, finish = await _collect(job, request)
-        return text_completion(request_id, body.model, text, finish.reason,
-                               usage(finish.prompt_tokens, finish.completion_tokens))
+        return await _respond(job, body, request, new_id("cmpl"), _completion_stream, text_completion)
 
     return app
 
@@ -286,6 +274,17 @@ async def _cancel_on_disconnect(request: Request, job: Job, poll_s: float = 0.05
         await asyncio.sleep(poll_s)
     job.cancelled = True
     job.events.put_nowait(ErrorEvent("The client disconnected."))
+
+
+async def _respond(job: Job, body: ChatCompletionRequest | CompletionRequest, request: Request, request_id: str,
+                   stream: Callable[[Job, str, str, bool], AsyncIterator[dict]],
+                   whole: Callable[..., dict]) -> StreamingResponse | dict:
+    """The job's answer as SSE chunks when the client asked to stream, else as one response object."""
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return _sse(stream(job, request_id, body.model, include_usage), job, request)
+    text, finish = await _collect(job, request)
+    return whole(request_id, body.model, text, finish.reason, usage(finish.prompt_tokens, finish.completion_tokens))
 
 
 async def _collect(job: Job, request: Request) -> tuple[str, FinishEvent]:
