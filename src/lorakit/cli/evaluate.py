@@ -151,15 +151,11 @@ def compare(
     from rich.table import Table
 
     from lorakit.config import ModelConfig
-    from lorakit.errors import ConfigError
     from lorakit.eval.compare import compare_base_and_tuned, load_questions
-    from lorakit.eval.suite import base_model_of_adapter
-    from lorakit.infer import GenerationConfig
+    from lorakit.infer import GenerationConfig, adapter_base_model, find_adapter_dir
 
     asked = load_questions(questions)
-    base = base or base_model_of_adapter(adapter)
-    if base is None:
-        raise ConfigError(f"Cannot tell which base model {adapter} was trained on; pass --base.")
+    base = base or adapter_base_model(find_adapter_dir(adapter), option="--base")
     generation = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
     console.print(f"Asking {base} with and without {adapter} {len(asked)} question(s).", highlight=False)
     rows = compare_base_and_tuned(ModelConfig(name=base, dtype=dtype, device=device), adapter, asked, output,

@@ -14,8 +14,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from lorakit.bundled import cache_root
 from lorakit.config import EvalTaskConfig, ModelConfig, SuiteConfig, to_dict
 from lorakit.errors import ConfigError
@@ -35,49 +33,28 @@ class ModelSpec:
     adapter: Path | None = None
 
 
-def base_model_of_adapter(adapter_dir: Path) -> str | None:
-    """The base model an adapter was trained on: lorakit's saved config.yaml beside it, else PEFT's record."""
-    saved = adapter_dir.parent / "config.yaml"
-    if saved.is_file():
-        name = (yaml.safe_load(saved.read_text(encoding="utf-8")) or {}).get("model", {}).get("name")
-        if name:
-            return str(name)
-    peft_config = adapter_dir / "adapter_config.json"
-    if peft_config.is_file():
-        return json.loads(peft_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    return None
-
-
-def _named_path(text: str) -> tuple[str | None, Path]:
-    name, sep, path = text.partition("=")
-    return (name, Path(path)) if sep and name and not Path(text).exists() else (None, Path(text))
-
-
-def _adapter_label(path: Path) -> str:
-    """`outputs/zh-instruct/adapter` -> "zh-instruct"; any other folder -> its own name."""
-    return path.parent.name if path.name == "adapter" and path.parent.name else path.name
-
-
 def model_specs(base: str | None, adapters: list[str], models: list[str]) -> list[ModelSpec]:
     """The base first (the report's reference), then each adapter on it, then each merged/other model."""
+    from lorakit.adapters import parse_adapter
+    from lorakit.infer import adapter_base_model, find_adapter_dir
+
     adapter_specs = []
     for text in adapters:
-        name, path = _named_path(text)
+        spec = parse_adapter(text)
+        path = find_adapter_dir(spec.path)
         if not (path / "adapter_config.json").is_file():
             raise ConfigError(f"--adapter {path} is not a LoRA adapter folder (no adapter_config.json). Point at the "
                               "`adapter/` folder inside a lorakit output directory.")
-        adapter_specs.append((name or _adapter_label(path), path))
+        adapter_specs.append((spec.name, path))
     if base is None:
         if not adapter_specs:
             raise ConfigError("Nothing to evaluate: give --base MODEL, and optionally --adapter PATH or --model PATH.")
-        base = base_model_of_adapter(adapter_specs[0][1])
-        if base is None:
-            raise ConfigError(f"Cannot tell which base model {adapter_specs[0][1]} was trained on; pass --base.")
+        base = adapter_base_model(adapter_specs[0][1], option="--base")
     specs = [ModelSpec(_base_label(base), base)]
     specs += [ModelSpec(label, base, path) for label, path in adapter_specs]
     for text in models:
-        name, path = _named_path(text)
-        specs.append(ModelSpec(name or path.name or str(path), str(path)))
+        spec = parse_adapter(text)  # the same NAME=PATH rule; a bare path is named after its folder
+        specs.append(ModelSpec(spec.name, str(spec.path)))
     labels = [spec.label for spec in specs]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:

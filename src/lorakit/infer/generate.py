@@ -68,8 +68,11 @@ def find_adapter_dir(path: Path) -> Path:
     return path
 
 
-def adapter_base_model(adapter_dir: Path) -> str:
-    """The base model an adapter was trained on: lorakit's config.yaml beside it, else PEFT's adapter_config.json."""
+def adapter_base_model(adapter_dir: Path, option: str = "--model") -> str:
+    """The base model an adapter was trained on: lorakit's config.yaml beside it, else PEFT's adapter_config.json.
+
+    `option` is the command-line option that names a base model instead, for the error message.
+    """
     config_file = adapter_dir.parent / "config.yaml"
     if config_file.is_file():
         name = (read_yaml(config_file).get("model") or {}).get("name")
@@ -81,7 +84,7 @@ def adapter_base_model(adapter_dir: Path) -> str:
         if name:
             return str(name)
     raise ConfigError(f"Cannot tell which base model adapter {adapter_dir} belongs to (no config.yaml beside it and "
-                      "no base_model_name_or_path in adapter_config.json). Name it with --model.")
+                      f"no base_model_name_or_path in adapter_config.json). Name it with {option}.")
 
 
 def inference_model(name: str | None, adapter: Path | None, device: str = "auto",
