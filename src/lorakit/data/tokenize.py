@@ -112,6 +112,18 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
 
 
+def left_pad(rows: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Token-id rows left-padded into input_ids / attention_mask, so every row's new tokens start at one column."""
+    width = max(len(row) for row in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for index, row in enumerate(rows):
+        if row:
+            ids[index, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[index, width - len(row):] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
 def bos_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """[BOS] where the tokenizer puts one before text by itself (Llama), else nothing (SmolLM2, Qwen)."""
     bos = tokenizer.bos_token_id

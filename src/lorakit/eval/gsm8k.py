@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from lorakit.data.tokenize import bos_prefix, pad_token_id
+from lorakit.data.tokenize import bos_prefix, left_pad, pad_token_id
 from lorakit.errors import ConfigError, DataError
 from lorakit.infer.generate import StopOnText, trim_reply
 
@@ -229,14 +229,10 @@ def _generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt
         batches = tqdm(batches, desc="gsm8k", unit="batch")
     texts: dict[int, str] = {}
     for batch in batches:
-        width = max(len(prompts[index]) for index in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, index in enumerate(batch):  # left padding: every row's new tokens start at column `width`
-            input_ids[row, width - len(prompts[index]):] = torch.tensor(prompts[index])
-            attention[row, width - len(prompts[index]):] = 1
+        padded = left_pad([prompts[index] for index in batch], pad_id)  # new tokens start at column `width`
+        width = padded["input_ids"].shape[1]
         stopping = StopOnText(tokenizer, tuple(stop), width, after_text=True)
-        output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+        output = model.generate(**{name: tensor.to(device) for name, tensor in padded.items()},
                                 generation_config=config, stopping_criteria=[stopping])
         for row, index in enumerate(batch):
             texts[index] = trim_reply(tokenizer.decode(output[row, width:], skip_special_tokens=True).lstrip(),

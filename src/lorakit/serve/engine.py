@@ -25,7 +25,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 
 from lorakit.adapters import BASE, use_adapter
-from lorakit.data.tokenize import pad_token_id
+from lorakit.data.tokenize import left_pad, pad_token_id
 from lorakit.templates import Template
 
 _PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -231,7 +231,9 @@ class Engine:
         self.batches += 1
         router = _Router(jobs)
         try:
-            inputs = _left_pad([job.prompt_ids for job in jobs], pad_token_id(jobs[0].endpoint.tokenizer), self._device)
+            # Padding from token ids, not the tokenizer: each adapter may bring its own, but rows share one batch.
+            padded = left_pad([job.prompt_ids for job in jobs], pad_token_id(jobs[0].endpoint.tokenizer))
+            inputs = {name: tensor.to(self._device) for name, tensor in padded.items()}
             sampling = jobs[0].sampling
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
@@ -248,18 +250,6 @@ class Engine:
             router.finish_all("length")
         except Exception as err:  # a failed batch must not kill the engine thread; its requests get the error
             router.fail(f"Generation failed: {type(err).__name__}: {err}")
-
-
-def _left_pad(rows: list[list[int]], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Own padding rather than the tokenizer's: each adapter may bring its own tokenizer, but rows share one batch."""
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for index, row in enumerate(rows):
-        if row:
-            ids[index, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            mask[index, width - len(row):] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
 
 
 class _Router(StoppingCriteria):
