@@ -1,7 +1,8 @@
 """Training stage: `train()` fits LoRA adapters (or freeze/full fine-tuning); `run_training(config)` does the road.
 
 trainer.py holds the stage itself; packing.py removes padding (examples concatenated, attention kept per example);
-loss.py computes the loss without materialising the full logits; memory.py estimates memory before a run.
+loss.py computes the loss without materialising the full logits; memory.py estimates memory before a run;
+lora_layers.py makes PEFT's LoRA layers cheaper on CPU; allocator.py keeps freed memory for reuse while training.
 """
 
 from lorakit.train.trainer import PreparedData, ProgressCallback, plot_loss, prepare_data, run_training, train
