@@ -56,3 +56,31 @@ def test_logits_are_never_materialised_for_unsupervised_positions():
     labels[0, 90:] = 3
     chunked_lm_loss(torch.randn(1, 100, 8, requires_grad=True), labels, head, chunk_tokens=4)
     assert sum(seen) == 10 and max(seen) == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reused_workspace_gives_the_same_loss_and_gradients_as_a_fresh_one(dtype):
+    """One LossWorkspace serves a whole run: chunks and batches of other sizes must not leak into each other."""
+    from lorakit.train.loss import LossWorkspace
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 300, bias=False).to(dtype).requires_grad_(False)
+    workspace = LossWorkspace()
+
+    def loss_and_grad(tokens: int, workspace: LossWorkspace | None):
+        generator = torch.Generator().manual_seed(tokens)
+        hidden = torch.randn(1, tokens, 16, generator=generator).to(dtype).requires_grad_()
+        labels = torch.randint(0, 300, (1, tokens), generator=generator)
+        loss = chunked_lm_loss(hidden, labels, head, chunk_tokens=7, workspace=workspace)
+        loss.backward()
+        return loss.detach(), hidden.grad
+
+    for tokens in (40, 5, 300, 12):
+        loss, grad = loss_and_grad(tokens, workspace)
+        fresh_loss, fresh_grad = loss_and_grad(tokens, None)
+        assert torch.equal(loss, fresh_loss) and torch.equal(grad, fresh_grad)
+
+    hidden = torch.randn(1, 50, 16).to(dtype)
+    labels = torch.randint(0, 300, (1, 50))
+    reference = torch.nn.functional.cross_entropy(head(hidden[0, :-1]).float(), labels[0, 1:])
+    assert abs(chunked_lm_loss(hidden, labels, head, workspace=workspace).item() - reference.item()) < 1e-5

@@ -57,9 +57,11 @@ def estimate_memory(model: PreTrainedModel, example_lengths: list[int], batch_si
     # inputs (~9 x hidden), MLP activations and the down projection's dropped input (~5 x intermediate).
     per_token_layer = 2 * hidden * 4 + (9 * hidden + 5 * inner) * compute_bytes
     heads = config.num_attention_heads
-    attention = sum(heads * length * length * 6 for length in longest if length <= MATMUL_ATTENTION_MAX_TOKENS)
+    attention = sum(heads * length * length * 2 * compute_bytes  # scores and probabilities
+                    for length in longest if length <= MATMUL_ATTENTION_MAX_TOKENS)
     activations = config.num_hidden_layers * (tokens * per_token_layer + attention)
-    logits = min(tokens, CHUNK_TOKENS) * config.vocab_size * (4 + 2 + 2)
+    # The loss's workspace: one chunk of logits in fp32, plus one in the compute dtype when that is 16-bit.
+    logits = min(tokens, CHUNK_TOKENS) * config.vocab_size * (4 + (compute_bytes if compute_bytes < 4 else 0))
     return MemoryEstimate(weights, trainable, activations, logits, PROCESS_RESERVE, tokens)
 
 
