@@ -87,3 +87,30 @@ def test_padding_free_training_on_cuda_uses_per_example_flash_sdpa(small_model_d
         packed = model(**batch).logits
     for row, (start, length) in enumerate(((0, 9), (9, 33), (42, 17))):
         assert torch.allclose(packed[0, start:start + length].float(), expected[row, :length].float(), atol=3e-2)
+
+
+def test_varlen_flash_kernel_matches_per_example_attention():
+    """On sm80+ CUDA with torch's varlen kernel, one call for all examples equals attending to each on its own."""
+    import torch.nn.functional as F
+
+    from lorakit.train.packing import _flash_varlen, _varlen_kernel_parameters
+
+    if _varlen_kernel_parameters() is None or torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("torch.nn.attention.varlen needs torch >= 2.10 and an sm80+ GPU")
+    torch.manual_seed(0)
+    lengths = [53, 164, 320, 90]
+    bounds = [0]
+    for length in lengths:
+        bounds.append(bounds[-1] + length)
+    q, k, v = (torch.randn(1, heads, bounds[-1], 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for heads in (9, 3, 3))
+    kwargs = {"cu_seq_lens_q": torch.tensor(bounds, dtype=torch.int32, device="cuda"), "max_length_q": max(lengths)}
+    fused = _flash_varlen(q, k, v, kwargs, window=None, scaling=0.125, dropout=0.0)
+    assert fused is not None and fused.shape == (1, bounds[-1], 9, 64)
+    expected = torch.cat([F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True,
+                                                         scale=0.125, enable_gqa=True)
+                          for s, e in zip(bounds[:-1], bounds[1:])], dim=2).transpose(1, 2)
+    assert (fused.float() - expected.float()).abs().max() < 2e-2
+    grad = torch.randn_like(fused)
+    for got, want in zip(torch.autograd.grad(fused, (q, k, v), grad), torch.autograd.grad(expected, (q, k, v), grad)):
+        assert (got.float() - want.float()).abs().max() < 5e-2

@@ -73,3 +73,25 @@ def test_sliding_window_applies_inside_an_example():
         packed = model(**batch).logits
     assert torch.allclose(packed[0, :9], alone[0][0], atol=1e-5)
     assert torch.allclose(packed[0, 9:], alone[1][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_matmul_attention_matches_sdpa_with_grouped_heads(window):
+    """The CPU matmul path (query heads stacked per key/value head, bias and scaling inside baddbmm) is SDPA's
+    causal attention, values and gradients."""
+    from lorakit.train.packing import _matmul_attention, _sliding_causal_mask
+
+    torch.manual_seed(0)
+    length = 13
+    q = torch.randn(1, 6, length, 8, requires_grad=True)
+    k = torch.randn(1, 2, length, 8, requires_grad=True)
+    v = torch.randn(1, 2, length, 8, requires_grad=True)
+    grad_output = torch.randn(1, 6, length, 8)
+    ours = _matmul_attention(q, k, v, window or length, scaling=0.3)
+    ours_grads = torch.autograd.grad(ours, (q, k, v), grad_output)
+    mask = _sliding_causal_mask(length, window or length, q.device)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3, enable_gqa=True)
+    expected_grads = torch.autograd.grad(expected, (q, k, v), grad_output)
+    assert torch.allclose(ours, expected, atol=1e-5)
+    for got, want in zip(ours_grads, expected_grads):
+        assert torch.allclose(got, want, atol=1e-5)

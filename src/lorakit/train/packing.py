@@ -7,6 +7,9 @@ as in a padded batch, so the model learns exactly what it would have learned wit
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -48,8 +51,9 @@ def _varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
                       **kwargs) -> tuple[torch.Tensor, None]:
     """Causal SDPA run separately on each example of a concatenated row (query: [1, heads, total, head_dim]).
 
-    Own loop rather than flash-attn's varlen kernel: that kernel is CUDA-only, and this must run on laptops' CPUs.
-    Without boundaries (generation, evaluation of padded batches) it is plain SDPA.
+    On CUDA, torch's varlen flash kernel takes all examples at once; elsewhere (CPU, fp32, dropout) each example
+    is attended on its own, since that kernel is CUDA-only and this must run on laptops' CPUs. Without boundaries
+    (generation, evaluation of padded batches) it is plain SDPA.
     """
     boundaries = kwargs.get("segment_bounds")
     if boundaries is None and kwargs.get("cu_seq_lens_q") is not None:
@@ -60,6 +64,9 @@ def _varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     window = kwargs.get("sliding_window") or getattr(module, "sliding_window", None)
     dropout = dropout if module.training else 0.0
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    fused = _flash_varlen(query, key, value, kwargs, window, scaling, dropout)
+    if fused is not None:
+        return fused, None
     # One output per example, joined by cat: its backward is a few views, where assigning slices of a preallocated
     # output made a full-size gradient buffer per example.
     output = torch.cat([_attend(query[:, :, start:end], key[:, :, start:end], value[:, :, start:end], window,
@@ -67,26 +74,83 @@ def _varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     return output.transpose(1, 2).contiguous(), None
 
 
+def _flash_varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, kwargs: dict, window: int | None,
+                  scaling: float, dropout: float) -> torch.Tensor | None:
+    """All examples in one call of torch's varlen flash kernel (CUDA sm80+, 16-bit), or None where it does not apply.
+
+    Measured on an H100 (SmolLM2's heads, 8 examples of 53-498 tokens, fwd+bwd): 0.9 ms against 5.7 ms for the
+    per-example loop. The function's keywords changed between torch releases (is_causal in 2.10, scale and
+    window_size from 2.11, enable_gqa from 2.12), so they are read from its signature.
+    """
+    cu_seq_lens = kwargs.get("cu_seq_lens_q")
+    if (cu_seq_lens is None or dropout or query.shape[0] != 1 or query.dtype not in (torch.float16, torch.bfloat16)
+            or not query.is_cuda or torch.cuda.get_device_capability(query.device) < (8, 0)):
+        return None
+    parameters = _varlen_kernel_parameters()
+    if parameters is None or "scale" not in parameters or ("window_size" not in parameters and window):
+        return None
+    from torch.nn.attention.varlen import varlen_attn
+
+    options: dict = {"scale": scaling}
+    if "window_size" in parameters:
+        options["window_size"] = (window - 1 if window else -1, 0)  # (left, right): causal; a window counts itself
+    else:
+        options["is_causal"] = True
+    if "enable_gqa" in parameters:
+        options["enable_gqa"] = key.shape[1] != query.shape[1]
+    cu_seq_lens = cu_seq_lens.to(query.device, torch.int32)
+    longest = int(kwargs.get("max_length_q") or (cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
+    output = varlen_attn(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), cu_seq_lens,
+                         cu_seq_lens, longest, longest, **options)
+    return output[None]
+
+
+@functools.cache
+def _varlen_kernel_parameters() -> frozenset[str] | None:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return None
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | None, scaling: float,
             dropout: float) -> torch.Tensor:
-    """Causal attention of one example. On CPU, short examples use plain matmuls: measured 1.7-2.9x faster than
-    torch's CPU flash kernel (fwd+bwd, bf16, 150-320 tokens) at a memory cost (6 bytes per head per token pair) kept small by the length cap."""
+    """Causal attention of one example: plain matmuls for short examples on CPU, else SDPA's kernels."""
     length = q.shape[2]
     windowed = window is not None and length > window
     if q.device.type == "cpu" and length <= MATMUL_ATTENTION_MAX_TOKENS and dropout == 0.0:
-        groups = q.shape[1] // k.shape[1]
-        if groups > 1:
-            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        allowed = _sliding_causal_mask(length, window if windowed else length, q.device)
-        scores = (q @ k.transpose(-1, -2)).float() * scaling
-        probabilities = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).to(v.dtype)
-        return probabilities @ v
+        return _matmul_attention(q, k, v, window if windowed else length, scaling)
     mask = _sliding_causal_mask(length, window, q.device) if windowed else None
     # Not cuDNN: it builds a plan for every new length (~2.4 ms of CPU per call on an H100), and here every example
     # has its own length; flash and memory-efficient kernels start at once.
     with sdpa_kernel(_VARLEN_BACKENDS):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout,
                                               scale=scaling, enable_gqa=k.shape[1] != q.shape[1])
+
+
+def _matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
+                      scaling: float) -> torch.Tensor:
+    """softmax(q k^T * scaling + causal bias) v in the compute dtype, for q [batch, heads, length, head_dim].
+
+    Measured against torch's CPU flash kernel (fwd+bwd, bf16, 150-450 tokens, SmolLM2's heads): 4-5x faster, at a
+    memory cost (scores and probabilities: 4 bytes per head per token pair in bf16) kept small by the length cap.
+    The query heads that share a key/value head are stacked into one matmul, so keys and values are never repeated
+    for GQA. baddbmm adds the causal bias and applies the scaling inside the matmul, and softmax takes bf16 scores
+    (torch accumulates in fp32 inside the kernel): no fp32 copy of the scores and no separate passes for scaling and
+    masking, 2-2.5x faster than doing those steps one by one in fp32.
+    """
+    batch, heads, length, head_dim = q.shape
+    kv_heads = k.shape[1]
+    groups = heads // kv_heads
+    allowed = _sliding_causal_mask(length, window, q.device)
+    bias = torch.zeros(length, length, dtype=q.dtype, device=q.device).masked_fill_(~allowed, float("-inf"))
+    stacked_queries = q.reshape(batch * kv_heads, groups * length, head_dim)
+    keys = k.reshape(batch * kv_heads, length, head_dim)
+    scores = torch.baddbmm(bias.repeat(groups, 1).expand(batch * kv_heads, -1, -1), stacked_queries,
+                           keys.transpose(1, 2), alpha=scaling)
+    probabilities = torch.softmax(scores, dim=-1)
+    return (probabilities @ v.reshape(batch * kv_heads, length, head_dim)).view(batch, heads, length, head_dim)
 
 
 def _sliding_causal_mask(length: int, window: int, device: torch.device) -> torch.Tensor:
