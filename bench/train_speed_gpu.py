@@ -9,6 +9,7 @@ like the CPU benchmark's data: speed and memory do not depend on what the weight
 from __future__ import annotations
 
 import argparse
+import gc
 import random
 import time
 
@@ -37,6 +38,13 @@ def model(dtype: torch.dtype) -> LlamaForCausalLM:
     return LlamaForCausalLM(LlamaConfig(**SMOLLM2_135M)).to(dtype).cuda()
 
 
+def _release_previous_run() -> None:
+    """Free what earlier runs left (reference cycles, cached blocks) so each peak is this run's own."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+
+
 def run_plain(rows, args) -> tuple[float, int]:
     from peft import LoraConfig, get_peft_model
     from transformers import Trainer, TrainingArguments
@@ -51,7 +59,7 @@ def run_plain(rows, args) -> tuple[float, int]:
                                              max_steps=args.steps, bf16=True, report_to=[], save_strategy="no",
                                              train_sampling_strategy="sequential", remove_unused_columns=False,
                                              disable_tqdm=True, logging_steps=10**6))
-    torch.cuda.reset_peak_memory_stats()
+    _release_previous_run()
     started = time.time()
     trainer.train()
     return time.time() - started, torch.cuda.max_memory_allocated()
@@ -76,7 +84,7 @@ def run_lorakit(rows, args) -> tuple[float, int]:
     data = PreparedData(Dataset.from_list(rows), None, TEMPLATES["chatml"], LoadSummary(),
                         TokenizeSummary(examples=len(rows)), None)
     base = model(torch.bfloat16)
-    torch.cuda.reset_peak_memory_stats()
+    _release_previous_run()
     started = time.time()
     train(base, tokenizer, data, config)
     return time.time() - started, torch.cuda.max_memory_allocated()

@@ -26,3 +26,11 @@ def test_freed_large_tensor_is_reused_without_page_faults():
         assert applied
         faults = [_page_faults_of_reallocation(elements) for _ in range(3)]
         assert faults[-1] < 16, faults  # of 16,384 pages
+    # Outside, glibc maps such blocks afresh again (which is what costs the faults), and the heap was trimmed.
+    assert _page_faults_of_reallocation(elements) > 8000
+
+
+def test_user_malloc_settings_are_left_alone(monkeypatch):
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
+    with keep_freed_memory() as applied:
+        assert not applied

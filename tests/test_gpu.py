@@ -72,7 +72,7 @@ def test_chunked_loss_on_cuda_matches_full_logits_loss():
     assert abs(loss.item() - expected.item()) < 1e-4
 
 
-def test_padding_free_training_on_cuda_uses_per_example_flash_sdpa(small_model_dir, tiny_tokenizer, tmp_path):
+def test_padding_free_forward_on_cuda_matches_padded_batches(small_model_dir, tiny_tokenizer, tmp_path):
     from lorakit.train.packing import concatenate_batch, use_varlen_attention
     from lorakit.data.tokenize import pad_batch
 
@@ -89,14 +89,16 @@ def test_padding_free_training_on_cuda_uses_per_example_flash_sdpa(small_model_d
         assert torch.allclose(packed[0, start:start + length].float(), expected[row, :length].float(), atol=3e-2)
 
 
-def test_varlen_flash_kernel_matches_per_example_attention():
+@pytest.mark.parametrize("window", [None, 64])
+def test_varlen_flash_kernel_matches_per_example_attention(window):
     """On sm80+ CUDA with torch's varlen kernel, one call for all examples equals attending to each on its own."""
     import torch.nn.functional as F
 
-    from lorakit.train.packing import _flash_varlen, _varlen_kernel_parameters
+    from lorakit.train.packing import _flash_varlen, _sliding_causal_mask, _varlen_kernel_parameters
 
-    if _varlen_kernel_parameters() is None or torch.cuda.get_device_capability() < (8, 0):
-        pytest.skip("torch.nn.attention.varlen needs torch >= 2.10 and an sm80+ GPU")
+    parameters = _varlen_kernel_parameters()
+    if parameters is None or "scale" not in parameters or torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("the varlen kernel path needs torch >= 2.11 (varlen_attn with scale=) and an sm80+ GPU")
     torch.manual_seed(0)
     lengths = [53, 164, 320, 90]
     bounds = [0]
@@ -105,11 +107,16 @@ def test_varlen_flash_kernel_matches_per_example_attention():
     q, k, v = (torch.randn(1, heads, bounds[-1], 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for heads in (9, 3, 3))
     kwargs = {"cu_seq_lens_q": torch.tensor(bounds, dtype=torch.int32, device="cuda"), "max_length_q": max(lengths)}
-    fused = _flash_varlen(q, k, v, kwargs, window=None, scaling=0.125, dropout=0.0)
+    if window and "window_size" not in parameters:
+        pytest.skip("this torch's varlen_attn has no window_size")
+    fused = _flash_varlen(q, k, v, kwargs, window=window, scaling=0.125, dropout=0.0)
     assert fused is not None and fused.shape == (1, bounds[-1], 9, 64)
-    expected = torch.cat([F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], is_causal=True,
-                                                         scale=0.125, enable_gqa=True)
-                          for s, e in zip(bounds[:-1], bounds[1:])], dim=2).transpose(1, 2)
+
+    def attend(s: int, e: int) -> torch.Tensor:
+        mask = _sliding_causal_mask(e - s, window, q.device) if window else None
+        return F.scaled_dot_product_attention(q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], attn_mask=mask,
+                                              is_causal=mask is None, scale=0.125, enable_gqa=True)
+    expected = torch.cat([attend(s, e) for s, e in zip(bounds[:-1], bounds[1:])], dim=2).transpose(1, 2)
     assert (fused.float() - expected.float()).abs().max() < 2e-2
     grad = torch.randn_like(fused)
     for got, want in zip(torch.autograd.grad(fused, (q, k, v), grad), torch.autograd.grad(expected, (q, k, v), grad)):

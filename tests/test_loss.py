@@ -84,3 +84,24 @@ def test_reused_workspace_gives_the_same_loss_and_gradients_as_a_fresh_one(dtype
     labels = torch.randint(0, 300, (1, 50))
     reference = torch.nn.functional.cross_entropy(head(hidden[0, :-1]).float(), labels[0, 1:])
     assert abs(chunked_lm_loss(hidden, labels, head, workspace=workspace).item() - reference.item()) < 1e-5
+
+
+def test_bf16_gradient_keeps_the_target_term_of_confident_tokens():
+    """softmax - one-hot is formed in fp32 before the cast: for p close to 1, p - 1 must not round to zero."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 64, bias=False).to(torch.bfloat16).requires_grad_(False)
+    hidden = (torch.randn(1, 41, 16) * 40).bfloat16().requires_grad_()  # large logits: confident predictions
+    labels = torch.full((1, 41), IGNORE_INDEX)
+    labels[0, 1:] = head(hidden[0, :-1]).float().argmax(-1)  # each target is the model's own first choice
+    loss = chunked_lm_loss(hidden, labels, head)
+    loss.backward()
+
+    reference_hidden = hidden.detach().float().requires_grad_()
+    logits = (reference_hidden[0, :-1] @ head.weight.float().T).bfloat16().float()  # bf16 logits, as trained
+    reference = torch.nn.functional.cross_entropy(logits, labels[0, 1:])
+    reference.backward()
+    assert abs(loss.item() - reference.item()) < 1e-4
+    confident = torch.softmax(logits, -1).max(-1).values > 0.999
+    assert confident.sum() >= 10
+    for got, want in zip(hidden.grad[0, :-1][confident].float(), reference_hidden.grad[0, :-1][confident]):
+        assert torch.allclose(got, want, rtol=5e-2, atol=5e-2 * want.abs().max().item())

@@ -76,22 +76,24 @@ def test_sliding_window_applies_inside_an_example():
 
 
 @pytest.mark.parametrize("window", [None, 5])
-def test_matmul_attention_matches_sdpa_with_grouped_heads(window):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_matmul_attention_matches_sdpa_with_grouped_heads(window, dtype):
     """The CPU matmul path (query heads stacked per key/value head, bias and scaling inside baddbmm) is SDPA's
-    causal attention, values and gradients."""
+    causal attention, values and gradients; in bf16 within bf16 rounding of an fp32 reference."""
     from lorakit.train.packing import _matmul_attention, _sliding_causal_mask
 
     torch.manual_seed(0)
     length = 13
-    q = torch.randn(1, 6, length, 8, requires_grad=True)
-    k = torch.randn(1, 2, length, 8, requires_grad=True)
-    v = torch.randn(1, 2, length, 8, requires_grad=True)
-    grad_output = torch.randn(1, 6, length, 8)
-    ours = _matmul_attention(q, k, v, window or length, scaling=0.3)
-    ours_grads = torch.autograd.grad(ours, (q, k, v), grad_output)
-    mask = _sliding_causal_mask(length, window or length, q.device)
-    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3, enable_gqa=True)
-    expected_grads = torch.autograd.grad(expected, (q, k, v), grad_output)
-    assert torch.allclose(ours, expected, atol=1e-5)
+    inputs = [torch.randn(1, heads, length, 8).to(dtype).requires_grad_() for heads in (6, 2, 2)]
+    grad_output = torch.randn(1, 6, length, 8).to(dtype)
+    ours = _matmul_attention(*inputs, window or length, scaling=0.3)
+    ours_grads = torch.autograd.grad(ours, inputs, grad_output)
+    reference = [t.detach().float().requires_grad_() for t in inputs]
+    mask = _sliding_causal_mask(length, window or length, torch.device("cpu"))
+    expected = torch.nn.functional.scaled_dot_product_attention(*reference, attn_mask=mask, scale=0.3,
+                                                                enable_gqa=True)
+    expected_grads = torch.autograd.grad(expected, reference, grad_output.float())
+    tolerance = 1e-5 if dtype == torch.float32 else 3e-2
+    assert ours.dtype == dtype and torch.allclose(ours.float(), expected, atol=tolerance)
     for got, want in zip(ours_grads, expected_grads):
-        assert torch.allclose(got, want, atol=1e-5)
+        assert torch.allclose(got.float(), want, atol=tolerance * max(1.0, want.abs().max().item()))

@@ -75,7 +75,7 @@ class LossWorkspace:
 
     A chunk's logits are 100 MB to 1.5 GB; allocated afresh each time, every new largest batch grows the heap and
     faults its pages in again (measured 0.6 s for one SmolLM2 step of 732 supervised tokens). Capacity grows in
-    steps of 256 rows up to the chunk size.
+    steps of 256 rows as larger chunks arrive; `release()` drops the buffers.
     """
 
     ROWS_STEP = 256
@@ -83,6 +83,9 @@ class LossWorkspace:
     def __init__(self) -> None:
         self._logits: torch.Tensor | None = None
         self._float_logits: torch.Tensor | None = None
+
+    def release(self) -> None:
+        self._logits = self._float_logits = None
 
     def views(self, rows: int, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[rows x vocab] logits in the weight's dtype and in fp32 (the same tensor when the weight is fp32)."""
@@ -94,7 +97,8 @@ class LossWorkspace:
             self._logits = torch.empty(capacity, weight.shape[0], dtype=weight.dtype, device=weight.device)
             self._float_logits = (self._logits if weight.dtype == torch.float32 else
                                   torch.empty(capacity, weight.shape[0], dtype=torch.float32, device=weight.device))
-        return self._logits[:rows], self._float_logits[:rows]
+        logits = self._logits[:rows]
+        return (logits, logits) if self._float_logits is self._logits else (logits, self._float_logits[:rows])
 
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
@@ -116,9 +120,12 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
             torch.log_softmax(log_probs, dim=-1, out=log_probs)  # in place: row by row, read before written
             total += -log_probs.gather(1, answer[:, None]).sum()
             if grad_states is not None:
-                # exp_ then a cast copy: torch.exp(fp32, out=bf16) takes a scalar path, measured 3x slower.
-                grad_logits = logits.copy_(log_probs.exp_()) if log_probs is not logits else log_probs.exp_()
+                # softmax - one-hot in fp32, then one cast copy: p - 1 rounded after the cast would vanish for
+                # confident tokens (bf16 spacing near 1 is 2^-8), and torch.exp(fp32, out=bf16) is 3x slower.
+                grad_logits = log_probs.exp_()
                 grad_logits[torch.arange(answer.numel(), device=answer.device), answer] -= 1.0
+                if logits is not log_probs:
+                    grad_logits = logits.copy_(grad_logits)
                 torch.mm(grad_logits, weight, out=grad_states[start:start + chunk_tokens])
         ctx.save_for_backward(grad_states)
         return total
@@ -134,7 +141,7 @@ class ChunkedLossTrainer(Trainer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._loss_workspace = LossWorkspace()
+        self.loss_workspace = LossWorkspace()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.pop("labels")
@@ -146,7 +153,7 @@ class ChunkedLossTrainer(Trainer):
             causal_lm = causal_lm.get_base_model()
         loss = chunked_lm_loss(outputs.hidden_states[-1], labels, causal_lm.get_output_embeddings(),
                                softcap=getattr(causal_lm.config, "final_logit_softcapping", None),
-                               num_items=num_items_in_batch, workspace=self._loss_workspace)
+                               num_items=num_items_in_batch, workspace=self.loss_workspace)
         # Normalised over the whole accumulated batch when Trainer counted it; mirror Trainer's own bookkeeping.
         self.loss_is_scaled_for_ga = num_items_in_batch is not None
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:

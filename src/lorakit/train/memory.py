@@ -57,11 +57,17 @@ def estimate_memory(model: PreTrainedModel, example_lengths: list[int], batch_si
     # inputs (~9 x hidden), MLP activations and the down projection's dropped input (~5 x intermediate).
     per_token_layer = 2 * hidden * 4 + (9 * hidden + 5 * inner) * compute_bytes
     heads = config.num_attention_heads
-    attention = sum(heads * length * length * 2 * compute_bytes  # scores and probabilities
+    # CPU matmul attention keeps each layer's probabilities for backward; one layer's scores exist at a time.
+    attention = sum(heads * length * length * compute_bytes
                     for length in longest if length <= MATMUL_ATTENTION_MAX_TOKENS)
-    activations = config.num_hidden_layers * (tokens * per_token_layer + attention)
-    # The loss's workspace: one chunk of logits in fp32, plus one in the compute dtype when that is 16-bit.
-    logits = min(tokens, CHUNK_TOKENS) * config.vocab_size * (4 + (compute_bytes if compute_bytes < 4 else 0))
+    activations = config.num_hidden_layers * (tokens * per_token_layer + attention) + attention
+    head = model.get_output_embeddings()
+    fused_loss = (head is not None and not head.weight.requires_grad
+                  and not getattr(config, "final_logit_softcapping", None))
+    # Fused loss: its workspace, one chunk of logits in fp32 plus one in the compute dtype when that is 16-bit.
+    # Otherwise: the chunk's logits in the compute dtype, their fp32 copy and the fp32 log-softmax.
+    per_logit = (4 + (compute_bytes if compute_bytes < 4 else 0)) if fused_loss else 8 + compute_bytes
+    logits = min(tokens, CHUNK_TOKENS) * config.vocab_size * per_logit
     return MemoryEstimate(weights, trainable, activations, logits, PROCESS_RESERVE, tokens)
 
 

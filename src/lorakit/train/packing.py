@@ -49,7 +49,7 @@ def concatenate_batch(features: list[dict[str, list[int]]]) -> dict[str, torch.T
 def _varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                       **kwargs) -> tuple[torch.Tensor, None]:
-    """Causal SDPA run separately on each example of a concatenated row (query: [1, heads, total, head_dim]).
+    """Causal attention within each example of a concatenated row (query: [1, heads, total, head_dim]).
 
     On CUDA, torch's varlen flash kernel takes all examples at once; elsewhere (CPU, fp32, dropout) each example
     is attended on its own, since that kernel is CUDA-only and this must run on laptops' CPUs. Without boundaries
@@ -83,9 +83,11 @@ def _flash_varlen(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, k
     window_size from 2.11, enable_gqa from 2.12), so they are read from its signature.
     """
     cu_seq_lens = kwargs.get("cu_seq_lens_q")
+    head_dim = query.shape[-1]
     if (cu_seq_lens is None or dropout or query.shape[0] != 1 or query.dtype not in (torch.float16, torch.bfloat16)
-            or not query.is_cuda or torch.cuda.get_device_capability(query.device) < (8, 0)):
-        return None
+            or head_dim > 256 or head_dim % 8 or not query.is_cuda or torch.version.hip is not None
+            or torch.cuda.get_device_capability(query.device) < (8, 0)):
+        return None  # outside what the flash kernel takes (head sizes, ROCm, pre-Ampere): the per-example loop
     parameters = _varlen_kernel_parameters()
     if parameters is None or "scale" not in parameters or ("window_size" not in parameters and window):
         return None

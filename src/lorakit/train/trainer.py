@@ -136,6 +136,8 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Prep
         metrics = dict(result.metrics)
         if data.validation is not None:
             metrics.update(trainer.evaluate())
+        if isinstance(trainer, ChunkedLossTrainer):
+            trainer.loss_workspace.release()
     metrics["train_seconds"] = round(time.time() - started, 2)
     _save_outputs(trainer, tokenizer, data, config, metrics)
     return output_dir
