@@ -41,7 +41,7 @@ def chunked_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.n
     liger = _liger_loss(softcap) if plain_head and states.is_cuda else None
     if liger is not None:
         return liger(lm_head.weight, states, targets) / count
-    if plain_head and not lm_head.weight.requires_grad and not softcap:
+    if uses_fused_loss(lm_head, softcap):
         return _FusedLinearCrossEntropy.apply(states, lm_head.weight, targets, chunk_tokens, workspace) / count
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, targets.numel(), chunk_tokens):
@@ -51,6 +51,12 @@ def chunked_lm_loss(hidden: torch.Tensor, labels: torch.Tensor, lm_head: torch.n
         else:
             total = total + _chunk_loss(piece, answer, lm_head, softcap)
     return total / count
+
+
+def uses_fused_loss(lm_head: torch.nn.Module | None, softcap: float | None) -> bool:
+    """Whether the loss on CPU takes the fused path (frozen plain head, no softcap), else the checkpointed one."""
+    return (type(lm_head) is torch.nn.Linear and lm_head.bias is None and not lm_head.weight.requires_grad
+            and not softcap)
 
 
 def _liger_loss(softcap: float | None):

@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel
 
 from lorakit.config import TrainConfig
-from lorakit.train.loss import CHUNK_TOKENS
+from lorakit.train.loss import CHUNK_TOKENS, uses_fused_loss
 from lorakit.train.packing import MATMUL_ATTENTION_MAX_TOKENS
 
 GIB = 2**30
@@ -61,9 +61,7 @@ def estimate_memory(model: PreTrainedModel, example_lengths: list[int], batch_si
     attention = sum(heads * length * length * compute_bytes
                     for length in longest if length <= MATMUL_ATTENTION_MAX_TOKENS)
     activations = config.num_hidden_layers * (tokens * per_token_layer + attention) + attention
-    head = model.get_output_embeddings()
-    fused_loss = (head is not None and not head.weight.requires_grad
-                  and not getattr(config, "final_logit_softcapping", None))
+    fused_loss = uses_fused_loss(model.get_output_embeddings(), getattr(config, "final_logit_softcapping", None))
     # Fused loss: its workspace, one chunk of logits in fp32 plus one in the compute dtype when that is 16-bit.
     # Otherwise: the chunk's logits in the compute dtype, their fp32 copy and the fp32 log-softmax.
     per_logit = (4 + (compute_bytes if compute_bytes < 4 else 0)) if fused_loss else 8 + compute_bytes

@@ -115,7 +115,8 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Prep
     resume_from = _checkpoint_to_resume(config)
     torch.manual_seed(config.seed)
     model = prepare_for_training(model, config)
-    if resolve_device(config.model.device).type == "cpu":
+    on_cpu = resolve_device(config.model.device).type == "cpu"
+    if on_cpu:
         use_fast_dropout(model)
     config = _fit_memory(model, data, config)
     install_template(tokenizer, data.template)
@@ -128,7 +129,7 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Prep
         if padding_free:
             speedups.callback(model.set_attn_implementation, use_varlen_attention(model))
         speedups.callback(use_fast_lora_forward(model))
-        if resolve_device(config.model.device).type == "cpu":
+        if on_cpu:
             speedups.enter_context(keep_freed_memory())
         trainer = _build_trainer(model, tokenizer, data, config, padding_free)
         started = time.time()
