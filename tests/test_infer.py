@@ -9,8 +9,8 @@ import torch
 
 from lorakit.config import DataConfig, LoraConfig, ModelConfig, TrainConfig, save_config
 from lorakit.errors import ConfigError
-from lorakit.infer import (GenerationConfig, adapter_base_model, generate, inference_model, load_for_inference,
-                           stream_generate)
+from lorakit.infer import GenerationConfig, generate, inference_model, load_for_inference, stream_generate
+from lorakit.runs import adapter_base_model
 from lorakit.templates import TEMPLATES, install_template, resolve_template
 
 from conftest import make_model, make_tokenizer
@@ -203,7 +203,7 @@ def test_trained_adapter_answers_as_with_plain_peft(tmp_path):
     ours = generate(model, tokenizer, template, QUESTIONS, GenerationConfig(max_new_tokens=20, batch_size=2))
 
     assert found == adapter_dir and model_config.name == str(model_dir) == adapter_base_model(adapter_dir)
-    assert template is TEMPLATES["chatml"]  # the training template, stop words included
+    assert template == TEMPLATES["chatml"]  # the training template, stop words included
     assert ours == plain_peft_replies(model_dir, adapter_dir, adapter_dir, 20)
     base_only = generate(load_for_inference(model_config)[0], tokenizer, template, QUESTIONS,
                          GenerationConfig(max_new_tokens=20))
@@ -230,7 +230,7 @@ def test_random_lora_adapter_answers_as_with_plain_peft(tmp_path):
 
 def test_adapter_without_known_base_asks_for_model(tmp_path):
     (tmp_path / "adapter_config.json").write_text("{}")
-    with pytest.raises(ConfigError, match="Cannot tell which base model .* Name it with --model"):
+    with pytest.raises(ConfigError, match="Cannot tell which base model .* Name the base model in model.name"):
         inference_model(None, tmp_path)
     with pytest.raises(ConfigError, match="does not exist"):
         inference_model(None, tmp_path / "missing")

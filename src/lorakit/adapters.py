@@ -17,8 +17,8 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lorakit.config import ModelConfig
 from lorakit.errors import ConfigError
 from lorakit.files import atomic_dir, write_text
-from lorakit.infer import adapter_base_model, find_adapter_dir, load_inference_tokenizer
-from lorakit.infer.generate import check_same_base
+from lorakit.infer import load_inference_tokenizer
+from lorakit.runs import adapter_base_model, check_same_base, find_adapter_dir
 from lorakit.templates import Template, resolve_template
 
 BASE = "base"
@@ -79,10 +79,11 @@ def check_adapter_names(specs: Sequence[AdapterSpec], base_name: str) -> None:
 
 
 def _check_adapter_dir(spec: AdapterSpec, model: PreTrainedModel, base_name: str) -> None:
-    if not (spec.path / "adapter_config.json").is_file():
-        raise ConfigError(f"{spec.path} (adapter '{spec.name}') is not a LoRA adapter folder (no "
-                          "adapter_config.json). Point at the `adapter/` folder inside a lorakit output directory.")
-    check_same_base(spec.path, model, base_name)
+    try:
+        adapter_dir = find_adapter_dir(spec.path)
+    except ConfigError as err:
+        raise ConfigError(f"Adapter '{spec.name}': {err}") from None
+    check_same_base(adapter_dir, model, base_name)
 
 
 def load_adapters(model: PreTrainedModel, specs: Sequence[AdapterSpec], base_name: str):

@@ -25,6 +25,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 QUANTIZATIONS = ("none", "4bit", "8bit")
 FINETUNING = ("lora", "freeze", "full")
+STAGES = ("sft",)
+# LLaMA-Factory's other stages: named in the error for a config that asks for one lorakit does not train yet.
+_OTHER_STAGES = ("pt", "rm", "ppo", "dpo", "kto")
 OVERLONG = ("truncate", "drop")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")
@@ -37,6 +40,17 @@ def _check_choice(key: str, value: str, choices: Sequence[str]) -> None:
         close = difflib.get_close_matches(str(value), choices, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"{key} must be one of {', '.join(choices)}; got '{value}'.{hint}")
+
+
+def _check_stage(stage: str) -> None:
+    if stage in STAGES:
+        return
+    if stage in _OTHER_STAGES:
+        raise ConfigError(f"stage is '{stage}', which lorakit does not train yet: it trains stage {', '.join(STAGES)} "
+                          "(supervised fine-tuning) only. Training this config anyway would fit the wrong objective "
+                          "(e.g. SFT on the chosen answers of preference data). Set stage: sft to fine-tune on the "
+                          "conversations, or use another tool for this stage for now.")
+    _check_choice("stage", stage, STAGES + _OTHER_STAGES)
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     output_dir: Path = Path("outputs/latest")
+    stage: str = "sft"
     finetuning: str = "lora"
     freeze_trainable_layers: int = 2
     learning_rate: float = 2e-4
@@ -148,6 +163,7 @@ class TrainConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
+        _check_stage(self.stage)
         _check_choice("finetuning", self.finetuning, FINETUNING)
         _check_choice("example_order", self.example_order, EXAMPLE_ORDERS)
         _check_choice("lr_scheduler", self.lr_scheduler, SCHEDULERS)
@@ -295,7 +311,7 @@ ALIASES: dict[str, tuple[str, Any]] = {
 }
 # LLaMA-Factory keys that carry no meaning for lorakit (it always trains, plots and overwrites its own outputs).
 IGNORED_KEYS = frozenset({
-    "stage", "do_train", "do_eval", "do_predict", "plot_loss", "overwrite_output_dir", "overwrite_cache",
+    "do_train", "do_eval", "do_predict", "plot_loss", "overwrite_output_dir", "overwrite_cache",
     "preprocessing_num_workers", "dataloader_num_workers", "ddp_timeout", "report_to", "bf16", "fp16",
     "per_device_eval_batch_size", "eval_strategy", "evaluation_strategy", "save_only_model", "packing",
     "flash_attn", "upcast_layernorm",

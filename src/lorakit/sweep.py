@@ -15,11 +15,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import yaml
-
 from lorakit.config import SuiteConfig, TrainConfig, load_config, to_dict
 from lorakit.errors import ConfigError
 from lorakit.files import save_figure, write_json, write_text
+from lorakit.runs import open_run, run_status, saved_config
 
 LOSS_METRIC = "eval_loss"
 _UNSAFE = re.compile(r"[^\w.+-]")
@@ -81,17 +80,16 @@ def _objective(config: TrainConfig, suite: SuiteConfig | None, metric: str | Non
 
 def _check_same_run(run_dir: Path, config: TrainConfig) -> None:
     """A finished run is reused only if it was trained with this very config; else the sweep would rank stale runs."""
-    saved_file = run_dir / "config.yaml"
-    saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) if saved_file.is_file() else None
-    wanted = yaml.safe_load(yaml.safe_dump(to_dict(config)))
+    saved = to_dict(saved_config(run_dir))
+    wanted = to_dict(config)
     if saved != wanted:
         differs = sorted(key for key in set(saved or {}) | set(wanted) if (saved or {}).get(key) != wanted.get(key))
         raise ConfigError(f"{run_dir} holds a run trained with other settings ({', '.join(differs)} differ). Delete "
-                          "that folder, or give the sweep another --output.")
+                          "that folder, or give the sweep another output folder.")
 
 
 def _finished(output_dir: Path) -> bool:
-    return (output_dir / "metrics.json").is_file() and (output_dir / "adapter" / "adapter_config.json").is_file()
+    return run_status(output_dir).state == "finished" and open_run(output_dir).is_adapter
 
 
 def _scores(output_dir: Path, config: TrainConfig, suite: SuiteConfig | None, label: str,

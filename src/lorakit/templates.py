@@ -36,6 +36,10 @@ class Template:
     stop_words: tuple[str, ...]
     supports_tools: bool = False
     default_system: str | None = None  # rendered by `jinja` when a conversation has no system message
+    # Rendering options a run was trained with, applied by `render()` wherever the model is prompted (see runs.py):
+    # `system` goes first when a conversation has no system message; `thinking` is the template's enable_thinking.
+    system: str | None = None
+    thinking: bool | None = None
 
 
 _QWEN_SYSTEM = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
@@ -491,7 +495,8 @@ def render(template: Template, tokenizer: PreTrainedTokenizerBase, messages: lis
            thinking: bool | None = None) -> str:
     """The text of `messages` in `template`, ending with the assistant's header when `add_generation_prompt`.
 
-    `thinking` sets the template's `enable_thinking` (None leaves the template's default). The text may hold the
+    `thinking` sets the template's `enable_thinking` (None: the template's own option, else the template's default);
+    the template's `system` goes first when `messages` has no system message. The text may hold the
     tokenizer's bos_token, so tokenize it without adding special tokens. Raises DataError for a conversation the
     template cannot show (tools without tool support, a role it lacks, turns out of order).
     """
@@ -505,6 +510,9 @@ def render(template: Template, tokenizer: PreTrainedTokenizerBase, messages: lis
         raise ConfigError(f"Template '{template.name}' ends assistant turns with the tokenizer's eos_token, but this "
                           "tokenizer has none. Set `template` in the config to one with its own end-of-turn marker "
                           "(chatml, llama3, gemma, phi3).")
+    if template.system is not None and messages[0].get("role") != "system":
+        messages = [{"role": "system", "content": template.system}, *messages]
+    thinking = template.thinking if thinking is None else thinking
     options: dict[str, Any] = {} if thinking is None else {"enable_thinking": thinking}
     try:
         return tokenizer.apply_chat_template(messages, chat_template=template.jinja, tools=tools or None,

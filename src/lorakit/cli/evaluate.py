@@ -152,10 +152,11 @@ def compare(
 
     from lorakit.config import ModelConfig
     from lorakit.eval.compare import compare_base_and_tuned, load_questions
-    from lorakit.infer import GenerationConfig, adapter_base_model, find_adapter_dir
+    from lorakit.infer import GenerationConfig
+    from lorakit.runs import adapter_base_model, find_adapter_dir
 
     asked = load_questions(questions)
-    base = base or adapter_base_model(find_adapter_dir(adapter), option="--base")
+    base = base or adapter_base_model(find_adapter_dir(adapter))
     generation = GenerationConfig(max_new_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
     console.print(f"Asking {base} with and without {adapter} {len(asked)} question(s).", highlight=False)
     rows = compare_base_and_tuned(ModelConfig(name=base, dtype=dtype, device=device), adapter, asked, output,

@@ -26,6 +26,9 @@ def datasets_cache_root() -> Path:
     return cache_root().parent / "datasets"
 
 
+_FORMAT = 2  # raised whenever what is stored changes (2: TokenizeSummary.shared_system), so old entries are not read
+
+
 def cache_key(config: DataConfig, tokenizer: Any, template_jinja: str) -> str | None:
     """A hex key for these inputs, or None when a source is not a local file (a hub dataset: nothing to hash)."""
     sources = [Path(entry.source) for entry in resolve_entries(config)]
@@ -35,7 +38,7 @@ def cache_key(config: DataConfig, tokenizer: Any, template_jinja: str) -> str | 
     settings = {name: value for name, value in to_dict(config).items() if name in _KEY_FIELDS}
     settings.pop("paths")
     digest = hashlib.sha256()
-    for part in (files, settings, template_jinja, _tokenizer_fingerprint(tokenizer)):
+    for part in (_FORMAT, files, settings, template_jinja, _tokenizer_fingerprint(tokenizer)):
         digest.update(json.dumps(part, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:24]
 

@@ -32,6 +32,9 @@ class TokenizeSummary:
     tokens: int = 0
     supervised_tokens: int = 0
     lengths: list[int] = field(default_factory=list)
+    # The system prompt every example opens with (a `system` column or data.system), None when they differ: a run
+    # saves it and inference uses it by default, so the model is prompted as it was trained.
+    shared_system: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ def tokenize_conversations(conversations: list[Conversation], tokenizer: PreTrai
         summary.tokens += len(ids)
         summary.supervised_tokens += sum(label != IGNORE_INDEX for label in labels[1:])
     summary.examples = len(rows["input_ids"])
+    summary.shared_system = _shared_system(conversations, config)
     if conversations and summary.examples == 0:
         raise DataError(
             f"All {len(conversations)} examples would train on nothing: every supervised (assistant) token falls "
@@ -105,6 +109,15 @@ def tokenize_conversations(conversations: list[Conversation], tokenizer: PreTrai
             f"{summary.dropped_overlong} dropped as too long). Raise data.max_seq_len (longest example: "
             f"{max(summary.lengths)} tokens), shorten the prompts, or set data.train_on_prompt=true.")
     return Dataset.from_dict(rows), summary
+
+
+def _shared_system(conversations: list[Conversation], config: DataConfig) -> str | None:
+    systems = {conversation.messages[0]["content"] if conversation.messages[0]["role"] == "system" else config.system
+               for conversation in conversations if conversation.messages}
+    if len(systems) != 1 or any(conversation.text is not None for conversation in conversations):
+        return None
+    system = systems.pop()
+    return system if isinstance(system, str) and system else None
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:

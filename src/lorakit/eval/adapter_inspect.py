@@ -23,6 +23,7 @@ import torch
 
 from lorakit.errors import ConfigError
 from lorakit.files import save_figure, write_json, write_text
+from lorakit.runs import find_adapter_dir, open_run
 
 ENERGY_SHARE = 0.9
 _WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -88,7 +89,7 @@ def inspect_adapter(adapter_dir: Path, output_dir: Path | None = None, top: int 
     and update_norms.png (a layers x module-types heatmap of Frobenius norms). Raises ConfigError for a folder
     that is not a LoRA adapter. A lorakit output folder holding `adapter/` is accepted too.
     """
-    adapter_dir = _adapter_folder(Path(adapter_dir))
+    adapter_dir = find_adapter_dir(Path(adapter_dir))
     config = _read_config(adapter_dir)
     tensors = _read_weights(adapter_dir)
     rank, alpha = int(config.get("r") or 8), float(config.get("lora_alpha") or 8)
@@ -110,7 +111,7 @@ def inspect_adapter(adapter_dir: Path, output_dir: Path | None = None, top: int 
     if any(module.frobenius_norm == 0 for module in modules):
         notes.append("Some updates are exactly zero (lora_B still at its zero initialisation): untrained modules.")
     lora_parameters = sum(tensor.numel() for key, tensor in tensors.items() if _LORA_KEY.match(key))
-    report = AdapterReport(adapter_dir=adapter_dir, base_model=config.get("base_model_name_or_path"), rank=rank,
+    report = AdapterReport(adapter_dir=adapter_dir, base_model=open_run(adapter_dir).base_model, rank=rank,
                            alpha=alpha, use_rslora=use_rslora, use_dora=use_dora, modules=tuple(modules),
                            saved_weights=tuple(saved), lora_parameters=lora_parameters, notes=tuple(notes))
     if output_dir is not None:
@@ -164,18 +165,6 @@ def _measure(name: str, parts: dict[str, torch.Tensor], alpha: float, use_rslora
                         spectral_norm=float(values[0]) if len(values) else 0.0,
                         singular_values=tuple(float(v) for v in values), effective_rank=effective_rank(values),
                         energy_rank=energy_rank(values), dora=dora)
-
-
-def _adapter_folder(path: Path) -> Path:
-    if not path.exists():
-        raise ConfigError(f"Adapter folder {path} does not exist. Point at a folder holding adapter_config.json "
-                          "(the `adapter/` folder inside a lorakit output directory).")
-    if (path / "adapter" / "adapter_config.json").is_file() and not (path / "adapter_config.json").is_file():
-        return path / "adapter"
-    if not path.is_dir() or not (path / "adapter_config.json").is_file():
-        raise ConfigError(f"{path} is not a LoRA adapter folder (no adapter_config.json). Point at the `adapter/` "
-                          "folder inside a lorakit output directory, or a folder written by PEFT's save_pretrained.")
-    return path
 
 
 def _read_config(adapter_dir: Path) -> dict[str, Any]:

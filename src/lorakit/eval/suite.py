@@ -36,20 +36,16 @@ class ModelSpec:
 def model_specs(base: str | None, adapters: list[str], models: list[str]) -> list[ModelSpec]:
     """The base first (the report's reference), then each adapter on it, then each merged/other model."""
     from lorakit.adapters import parse_adapter
-    from lorakit.infer import adapter_base_model, find_adapter_dir
+    from lorakit.runs import adapter_base_model, find_adapter_dir
 
     adapter_specs = []
     for text in adapters:
         spec = parse_adapter(text)
-        path = find_adapter_dir(spec.path)
-        if not (path / "adapter_config.json").is_file():
-            raise ConfigError(f"--adapter {path} is not a LoRA adapter folder (no adapter_config.json). Point at the "
-                              "`adapter/` folder inside a lorakit output directory.")
-        adapter_specs.append((spec.name, path))
+        adapter_specs.append((spec.name, find_adapter_dir(spec.path)))
     if base is None:
         if not adapter_specs:
             raise ConfigError("Nothing to evaluate: give --base MODEL, and optionally --adapter PATH or --model PATH.")
-        base = adapter_base_model(adapter_specs[0][1], option="--base")
+        base = adapter_base_model(adapter_specs[0][1])
     specs = [ModelSpec(_base_label(base), base)]
     specs += [ModelSpec(label, base, path) for label, path in adapter_specs]
     for text in models:

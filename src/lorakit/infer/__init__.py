@@ -5,12 +5,10 @@ chat.py: `Chat` and the terminal REPL `run_chat()`; predict.py: `predict()`, res
 """
 
 from lorakit.infer.chat import Chat, open_chat, run_chat
-from lorakit.infer.generate import (GenerationConfig, adapter_base_model, find_adapter_dir, generate,
-                                    inference_model, load_adapter, load_for_inference, load_inference_tokenizer,
-                                    stream_generate)
+from lorakit.infer.generate import (GenerationConfig, generate, inference_model, load_adapter, load_for_inference,
+                                    load_inference_tokenizer, stream_generate)
 from lorakit.infer.predict import PredictionRequest, PredictSummary, predict, prediction_requests, run_predict
 
-__all__ = ["Chat", "GenerationConfig", "PredictSummary", "PredictionRequest", "adapter_base_model",
-           "find_adapter_dir", "generate", "inference_model", "load_adapter", "load_for_inference",
+__all__ = ["Chat", "GenerationConfig", "PredictSummary", "PredictionRequest", "generate", "inference_model", "load_adapter", "load_for_inference",
            "load_inference_tokenizer", "open_chat", "predict", "prediction_requests", "run_chat", "run_predict",
            "stream_generate"]

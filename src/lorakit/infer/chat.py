@@ -16,8 +16,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import ModelConfig
 from lorakit.errors import LorakitError
-from lorakit.infer.generate import (GenerationConfig, find_adapter_dir, load_adapter, load_for_inference,
+from lorakit.infer.generate import (GenerationConfig, load_adapter, load_for_inference,
                                     load_inference_tokenizer, stream_generate)
+from lorakit.runs import find_adapter_dir
 from lorakit.templates import Template, render
 
 HELP = """Commands:

@@ -7,7 +7,6 @@ strings, and never contain them.
 
 from __future__ import annotations
 
-import json
 import queue
 import threading
 from collections.abc import Iterator, Sequence
@@ -18,10 +17,11 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from lorakit.config import ModelConfig, read_yaml
+from lorakit.config import ModelConfig
 from lorakit.errors import ConfigError
 from lorakit.model import load_model, load_tokenizer
-from lorakit.templates import TEMPLATES, Template, render, resolve_template
+from lorakit.runs import SETTINGS_FILE, check_same_base, find_adapter_dir, open_run
+from lorakit.templates import Template, render, resolve_template
 
 
 @dataclass(frozen=True)
@@ -58,91 +58,39 @@ class GenerationConfig:
             raise ConfigError("; ".join(problems) + ".")
 
 
-def find_adapter_dir(path: Path) -> Path:
-    """`path` when it holds adapter_config.json, else the `adapter/` folder of a lorakit output directory."""
-    if not (path / "adapter_config.json").is_file() and (path / "adapter" / "adapter_config.json").is_file():
-        return path / "adapter"
-    if not path.exists():
-        raise ConfigError(f"Adapter folder {path} does not exist. Point at a lorakit output directory or the "
-                          "`adapter/` folder inside it.")
-    return path
-
-
-def adapter_base_model(adapter_dir: Path, option: str = "--model") -> str:
-    """The base model an adapter was trained on: lorakit's config.yaml beside it, else PEFT's adapter_config.json.
-
-    `option` is the command-line option that names a base model instead, for the error message.
-    """
-    config_file = adapter_dir.parent / "config.yaml"
-    if config_file.is_file():
-        name = (read_yaml(config_file).get("model") or {}).get("name")
-        if name:
-            return str(name)
-    peft_file = adapter_dir / "adapter_config.json"
-    if peft_file.is_file():
-        name = json.loads(peft_file.read_text(encoding="utf-8")).get("base_model_name_or_path")
-        if name:
-            return str(name)
-    raise ConfigError(f"Cannot tell which base model adapter {adapter_dir} belongs to (no config.yaml beside it and "
-                      f"no base_model_name_or_path in adapter_config.json). Name it with {option}.")
-
-
 def inference_model(name: str | None, adapter: Path | None, device: str = "auto",
                     dtype: str = "auto") -> tuple[ModelConfig, Path | None]:
-    """The model to load and the adapter folder: with no `name`, the adapter's own base (or the default model)."""
-    adapter_dir = find_adapter_dir(adapter) if adapter is not None else None
+    """The model to load and the adapter folder: with no `name`, the adapter's own base (or the default model).
+
+    `adapter` may be any trained model `runs.open_run` knows; a full or freeze run's `model/` becomes the model.
+    """
+    adapter_dir = None
+    if adapter is not None:
+        run = open_run(adapter)
+        if not run.is_adapter:
+            return ModelConfig(name=str(run.weights_dir), device=device, dtype=dtype), None
+        adapter_dir = run.weights_dir
     if name is None:
-        name = adapter_base_model(adapter_dir) if adapter_dir is not None else ModelConfig().name
+        name = open_run(adapter_dir).require_base_model() if adapter_dir is not None else ModelConfig().name
     return ModelConfig(name=name, device=device, dtype=dtype), adapter_dir
 
 
 def load_adapter(model: PreTrainedModel, adapter_dir: Path, base_name: str):
-    """Put a saved PEFT adapter on `model`; refuse one whose adapter_config names another base model."""
+    """Put a saved PEFT adapter on `model`; refuse one trained on another base model."""
     from peft import PeftModel
 
-    config_file = adapter_dir / "adapter_config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"{adapter_dir} is not a LoRA adapter folder (no adapter_config.json). Point at the "
-                          "`adapter/` folder inside a lorakit output directory.")
+    adapter_dir = find_adapter_dir(adapter_dir)
     check_same_base(adapter_dir, model, base_name)
     return PeftModel.from_pretrained(model, str(adapter_dir))
-
-
-def check_same_base(adapter_dir: Path, model: PreTrainedModel, base_name: str) -> None:
-    """ConfigError when the adapter at `adapter_dir` was trained on another base model than `model`.
-
-    Shapes are the reliable signal: the same names with other sizes mean another base model."""
-    from safetensors import safe_open
-
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not weights.is_file():
-        return
-    modules = dict(model.named_modules())
-    with safe_open(str(weights), framework="pt") as handle:
-        for key in handle.keys():
-            if ".lora_A." not in key and ".lora_B." not in key:
-                continue
-            module_name = key.split(".lora_")[0].removeprefix("base_model.model.")
-            module = modules.get(module_name)
-            shape = handle.get_slice(key).get_shape()
-            expected = None
-            if isinstance(module, torch.nn.Linear):
-                expected = module.in_features if ".lora_A." in key else module.out_features
-            found = shape[1] if ".lora_A." in key else shape[0]
-            if module is None or (expected is not None and expected != found):
-                trained_on = json.loads((adapter_dir / "adapter_config.json").read_text()).get(
-                    "base_model_name_or_path") or "another model"
-                raise ConfigError(f"Adapter {adapter_dir} was trained on {trained_on}, not on {base_name}: its "
-                                  f"weight {key} does not fit this model. Load it with the base model it was "
-                                  "trained on (see the adapter's README.md).")
 
 
 def load_inference_tokenizer(model_config: ModelConfig, adapter_dir: Path | None = None,
                              template_name: str | None = None) -> tuple[PreTrainedTokenizerBase, Template]:
     """The tokenizer and template to talk to a model: an adapter's own tokenizer and training template win.
 
-    With no `template_name`, an adapter trained with a built-in template (config.yaml's data.template) gets that
-    template, stop words included, provided its tokenizer still carries the same Jinja.
+    With no `template_name`, a model lorakit trained (an adapter, or a full run's model folder) is prompted with
+    the template it was trained with, rendering options and system prompt included (see runs.py), provided its
+    tokenizer still carries the same Jinja.
     """
     tokenizer = None
     if adapter_dir is not None and (adapter_dir / "tokenizer_config.json").is_file():
@@ -153,19 +101,13 @@ def load_inference_tokenizer(model_config: ModelConfig, adapter_dir: Path | None
             tokenizer.pad_token = tokenizer.eos_token
     if tokenizer is None:
         tokenizer = load_tokenizer(model_config)
-    if template_name is None and adapter_dir is not None:
-        trained = _trained_template(adapter_dir)
-        if trained is not None and trained.jinja == getattr(tokenizer, "chat_template", None):
-            return tokenizer, trained
+    if template_name is None:
+        trained_folder = adapter_dir if adapter_dir is not None else Path(model_config.name).expanduser()
+        if adapter_dir is not None or (trained_folder / SETTINGS_FILE).is_file():
+            trained = open_run(trained_folder).template(tokenizer)
+            if trained is not None:
+                return tokenizer, trained
     return tokenizer, resolve_template(template_name, tokenizer)
-
-
-def _trained_template(adapter_dir: Path) -> Template | None:
-    config_file = adapter_dir.parent / "config.yaml"
-    if not config_file.is_file():
-        return None
-    name = (read_yaml(config_file).get("data") or {}).get("template")
-    return TEMPLATES.get(name) if isinstance(name, str) else None
 
 
 def load_for_inference(model_config: ModelConfig, adapter_dir: Path | None = None,

@@ -22,7 +22,8 @@ from lorakit.config import DataConfig, ModelConfig
 from lorakit.data import Conversation, load_conversations
 from lorakit.errors import DataError
 from lorakit.files import write_json
-from lorakit.infer.generate import GenerationConfig, find_adapter_dir, generate, load_for_inference
+from lorakit.infer.generate import GenerationConfig, generate, load_for_inference
+from lorakit.runs import find_adapter_dir
 from lorakit.templates import Template
 
 

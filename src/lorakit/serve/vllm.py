@@ -10,6 +10,7 @@ import importlib.util
 import json
 import os
 import shutil
+from pathlib import Path
 
 from lorakit.errors import ConfigError
 from lorakit.serve.app import ServeConfig
@@ -32,16 +33,18 @@ def vllm_command(config: ServeConfig, executable: str = "vllm") -> list[str]:
     if config.adapters:
         command += ["--enable-lora", "--max-loras", str(len(config.adapters)),
                     "--max-lora-rank", str(_slot_rank(max(_rank(spec.path) for spec in config.adapters))),
-                    "--lora-modules", *(f"{spec.name}={spec.path.resolve()}" for spec in config.adapters)]
+                    "--lora-modules", *(f"{spec.name}={_adapter_dir(spec.path)}" for spec in config.adapters)]
     return command
 
 
+def _adapter_dir(path) -> str:
+    from lorakit.runs import find_adapter_dir
+
+    return str(find_adapter_dir(path).resolve())
+
+
 def _rank(path) -> int:
-    config_file = path / "adapter_config.json"
-    if not config_file.is_file():
-        raise ConfigError(f"{path} is not a LoRA adapter folder (no adapter_config.json). Point at the `adapter/` "
-                          "folder inside a lorakit output directory.")
-    config = json.loads(config_file.read_text())
+    config = json.loads((Path(_adapter_dir(path)) / "adapter_config.json").read_text())
     return max([int(config.get("r", 8)), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
 
 

@@ -13,7 +13,7 @@ import importlib.util
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from lorakit.data import cache, tokenize_conversations
 from lorakit.errors import ConfigError
 from lorakit.files import atomic_dir, save_figure, sha256_file, write_json, write_text
 from lorakit.model import load_model, load_tokenizer, prepare_for_training, resolve_device
+from lorakit.runs import ADAPTER_DIR, CHECKPOINT_DIR, MODEL_DIR, model_card, write_settings
 from lorakit.templates import Template, install_template, resolve_template
 from lorakit.train.allocator import keep_freed_memory
 from lorakit.train.lora_layers import use_fast_dropout, use_fast_lora_forward
@@ -39,9 +40,6 @@ from lorakit.train.loss import ChunkedLossTrainer
 from lorakit.train.memory import available_memory, fit_micro_batch
 from lorakit.train.packing import concatenate_batch, supports_padding_free, use_varlen_attention
 
-ADAPTER_DIR = "adapter"
-MODEL_DIR = "model"
-CHECKPOINT_DIR = "checkpoints"
 
 
 @dataclass(frozen=True)
@@ -305,16 +303,18 @@ def _save_outputs(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, data: Pr
                   metrics: dict[str, Any]) -> None:
     output_dir = config.output_dir
     weights_dir = output_dir / (ADAPTER_DIR if config.finetuning == "lora" else MODEL_DIR)
+    template = replace(data.template, thinking=config.data.thinking, system=data.train_summary.shared_system)
     with atomic_dir(weights_dir) as tmp:
         trainer.model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_settings(tmp, config.model.name, config.finetuning, template)
     save_config(config, output_dir / "config.yaml")
     trainer.state.save_to_json(str(output_dir / "trainer_state.json"))
     write_json(output_dir / "metrics.json", metrics)
     manifest = _manifest(config, data, tokenizer, weights_dir)
     write_json(output_dir / "manifest.json", manifest)
     plot_loss(trainer.state.log_history, output_dir / "loss.png")
-    card = _model_card(config, data, metrics, manifest)
+    card = model_card(config, metrics, manifest, template)
     write_text(output_dir / "README.md", card)
     write_text(weights_dir / "README.md", card)
 
@@ -337,7 +337,8 @@ def _manifest(config: TrainConfig, data: PreparedData, tokenizer: PreTrainedToke
         "base_model": config.model.name,
         "data_files": {str(path): sha256_file(path) for path in data_files(config.data)},
         "template": {"name": data.template.name,
-                     "sha256": hashlib.sha256(data.template.jinja.encode()).hexdigest()},
+                     "sha256": hashlib.sha256(data.template.jinja.encode()).hexdigest(),
+                     "thinking": config.data.thinking, "system": data.train_summary.shared_system},
         "tokenizer_sha256": sha256_file(tokenizer_file) if tokenizer_file.is_file() else None,
         "data": {"records_read": data.load_summary.read, "records_used": data.load_summary.used,
                  "records_skipped": data.load_summary.skipped, "formats": data.load_summary.formats,
@@ -373,47 +374,3 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
     axes.legend()
     figure.tight_layout()
     save_figure(figure, path)
-
-
-def _model_card(config: TrainConfig, data: PreparedData, metrics: dict[str, Any], manifest: dict[str, Any]) -> str:
-    final = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
-    adapter = config.finetuning == "lora"
-    load = (f"```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\nfrom peft import PeftModel\n\n"
-            f"base = AutoModelForCausalLM.from_pretrained(\"<base model folder or hub id>\")\n"
-            f"model = PeftModel.from_pretrained(base, \"{config.output_dir / ADAPTER_DIR}\")\n"
-            f"tokenizer = AutoTokenizer.from_pretrained(\"{config.output_dir / ADAPTER_DIR}\")\n```\n") if adapter else (
-            f"```python\nfrom transformers import AutoModelForCausalLM\n"
-            f"model = AutoModelForCausalLM.from_pretrained(\"{config.output_dir / MODEL_DIR}\")\n```\n")
-    lines = [
-        f"# {config.output_dir.name}: {config.finetuning} fine-tune of {config.model.name}",
-        "",
-        f"- Base model: `{config.model.name}`"
-        + (" (weights dequantised from a quantised GGUF; see `lorakit models`)" if config.model.name in
-           ("smollm2-135m", "gemma3-270m") else ""),
-        f"- Data: {', '.join(config.data.paths)} — {data.train_summary.examples} training examples, "
-        f"{data.train_summary.supervised_tokens} supervised tokens"
-        + (f", {data.validation_summary.examples} validation examples" if data.validation_summary else ""),
-        f"- Template: `{data.template.name}`; max_seq_len {config.data.max_seq_len}",
-        f"- Method: {config.finetuning}" + (f", rank {config.lora.rank}, alpha {config.lora.alpha}, dropout "
-                                            f"{config.lora.dropout}, targets {', '.join(config.lora.targets)}"
-                                            + (", rsLoRA" if config.lora.rslora else "")
-                                            + (", DoRA" if config.lora.dora else "")
-                                            + (f", LoRA+ ratio {config.lora.loraplus_ratio}"
-                                               if config.lora.loraplus_ratio else "") if adapter else ""),
-        f"- Quantization: {config.model.quantization}",
-        f"- Optimisation: lr {config.learning_rate} ({config.lr_scheduler}), batch {config.batch_size} x "
-        f"{config.gradient_accumulation} accumulation, "
-        + (f"{config.max_steps} steps" if config.max_steps else f"{config.epochs} epochs") + f", seed {config.seed}",
-        "",
-        "## Final metrics",
-        "",
-        *[f"- {key}: {value}" for key, value in final.items()],
-        "",
-        "## Load it",
-        "",
-        load,
-        f"Trained with lorakit {manifest['lorakit_version']}, transformers {manifest['packages']['transformers']}, "
-        f"peft {manifest['packages']['peft']}, torch {manifest['packages']['torch']}.",
-        "",
-    ]
-    return "\n".join(lines)
