@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from lorakit.config import DataConfig
+from lorakit.data.formats import Conversation
+from lorakit.eval.generation import evaluate_generation
+from lorakit.eval.perplexity import evaluate_perplexity
+from lorakit.infer import GenerationConfig
 from lorakit.progress import ProgressEvent, TerminalProgress, TrainProgress, reporter, track, tracked
+from lorakit.templates import resolve_template
+
+CONVERSATIONS = [
+    Conversation("t:1", ({"role": "user", "content": "hi?"}, {"role": "assistant", "content": "hello there."})),
+    Conversation("t:2", ({"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"})),
+    Conversation("t:3", ({"role": "user", "content": "name?"}, {"role": "assistant", "content": "lumi"})),
+]
 
 
 def test_tracked_reports_start_each_item_and_a_finished_event():
@@ -55,3 +67,17 @@ def test_terminal_prints_training_log_lines_and_the_final_bar_on_stderr(capsys):
     assert captured.err.count("step 1/3") == 1  # a plain step advances the bar and prints no line
     assert "3/3" in captured.err  # not a terminal: the final bar is printed once
 
+
+def test_evaluation_stages_report_to_a_callback(tiny_model, tiny_tokenizer, tmp_path):
+    chatml = resolve_template("chatml", tiny_tokenizer)
+    events: list[ProgressEvent] = []
+
+    evaluate_perplexity(tiny_model, tiny_tokenizer, chatml, CONVERSATIONS, DataConfig(), batch_size=2,
+                        progress=events.append)
+    evaluate_generation(tiny_model, tiny_tokenizer, chatml, CONVERSATIONS, tmp_path / "predictions.jsonl",
+                        GenerationConfig(max_new_tokens=3, batch_size=2), progress=events.append)
+
+    for stage in ("perplexity", "generate"):
+        mine = [event for event in events if event.stage == stage]
+        assert [event.completed for event in mine] == [0, 2, 3, 3], stage
+        assert mine[-1].finished and mine[-1].total == 3 and mine[-1].unit == "sample"
