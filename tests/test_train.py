@@ -116,9 +116,15 @@ def test_full_and_freeze_finetuning_save_a_model(finetuning, tiny_model, tiny_to
 
 def test_progress_callback_gets_every_step_with_finite_loss(tiny_model, tiny_tokenizer, tmp_path, data_file):
     events: list[TrainProgress] = []
-    config = make_config(tmp_path, data_file, max_steps=4)
+    stop = threading.Event()
 
-    output_dir = fit(tiny_model, tiny_tokenizer, config, progress=events.append, stop=threading.Event())
+    def stop_at_the_last_step(event: TrainProgress) -> None:
+        events.append(event)
+        if event.completed == 4:
+            stop.set()
+
+    output_dir = fit(tiny_model, tiny_tokenizer, make_config(tmp_path, data_file, max_steps=4),
+                     progress=stop_at_the_last_step, stop=stop)
 
     assert all(isinstance(event, TrainProgress) and event.total == 4 for event in events)
     assert sorted({event.completed for event in events}) == [0, 1, 2, 3, 4]
@@ -128,7 +134,7 @@ def test_progress_callback_gets_every_step_with_finite_loss(tiny_model, tiny_tok
     assert all(event.tokens_per_second > 0 for event in events[1:])
     assert events[-1].finished and not events[-1].stopped and events[-1].remaining_seconds == 0.0
     metrics = json.loads((output_dir / "metrics.json").read_text())
-    assert "stopped" not in metrics  # an unset stop event changes nothing
+    assert "stopped" not in metrics  # a stop asked for at the last step changes nothing
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 4
 
 

@@ -290,7 +290,8 @@ class ProgressCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self._send(state)
-        if self.stop is not None and self.stop.is_set() and not self.stopped:
+        # A stop asked for at the last step changes nothing: the run is complete.
+        if self.stop is not None and self.stop.is_set() and not self.stopped and state.global_step < state.max_steps:
             self.stopped = True
             control.should_save = True
             control.should_training_stop = True
