@@ -1,6 +1,8 @@
 """Training: adapters saved in standard PEFT form, base weights untouched, outputs complete, resume exact."""
 
 import json
+import math
+import threading
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ from peft import PeftModel
 
 from lorakit.config import DataConfig, LoraConfig, ModelConfig, TrainConfig
 from lorakit.errors import ConfigError
+from lorakit.progress import TrainProgress
 from lorakit.train import prepare_data, train
 
 from conftest import ARCHITECTURES, make_model
@@ -32,8 +35,8 @@ def make_config(tmp_path, data_file, **overrides) -> TrainConfig:
     return TrainConfig(**settings)
 
 
-def fit(model, tokenizer, config):
-    return train(model, tokenizer, prepare_data(config, tokenizer), config)
+def fit(model, tokenizer, config, **options):
+    return train(model, tokenizer, prepare_data(config, tokenizer), config, **options)
 
 
 def test_train_writes_adapter_and_report_and_leaves_base_weights(tiny_model, tiny_tokenizer, tmp_path, data_file):
@@ -109,6 +112,51 @@ def test_full_and_freeze_finetuning_save_a_model(finetuning, tiny_model, tiny_to
     assert (output_dir / "model" / "model.safetensors").is_file()
     changed = not torch.equal(tiny_model.model.embed_tokens.weight, embedding)
     assert changed == (finetuning == "full")
+
+
+def test_progress_callback_gets_every_step_with_finite_loss(tiny_model, tiny_tokenizer, tmp_path, data_file):
+    events: list[TrainProgress] = []
+    stop = threading.Event()
+
+    def stop_at_the_last_step(event: TrainProgress) -> None:
+        events.append(event)
+        if event.completed == 4:
+            stop.set()
+
+    output_dir = fit(tiny_model, tiny_tokenizer, make_config(tmp_path, data_file, max_steps=4),
+                     progress=stop_at_the_last_step, stop=stop)
+
+    assert all(isinstance(event, TrainProgress) and event.total == 4 for event in events)
+    assert sorted({event.completed for event in events}) == [0, 1, 2, 3, 4]
+    logged = [event for event in events if event.loss is not None]
+    assert [event.completed for event in logged] == [1, 2, 3, 4]  # logging_steps=1
+    assert all(math.isfinite(event.loss) and event.learning_rate is not None for event in logged)
+    assert all(event.tokens_per_second > 0 for event in events[1:])
+    assert events[-1].finished and not events[-1].stopped and events[-1].remaining_seconds == 0.0
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert "stopped" not in metrics  # a stop asked for at the last step changes nothing
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 4
+
+
+def test_stop_event_ends_training_with_a_checkpoint_and_outputs(tiny_model, tiny_tokenizer, tmp_path, data_file):
+    stop = threading.Event()
+    events: list[TrainProgress] = []
+
+    def stop_after_first_step(event: TrainProgress) -> None:
+        events.append(event)
+        if event.completed >= 1:
+            stop.set()  # as a web UI's stop button would, from another thread
+
+    output_dir = fit(tiny_model, tiny_tokenizer, make_config(tmp_path, data_file, max_steps=8),
+                     progress=stop_after_first_step, stop=stop)
+
+    steps = json.loads((output_dir / "trainer_state.json").read_text())["global_step"]
+    assert 1 <= steps <= 2
+    assert (output_dir / "checkpoints" / f"checkpoint-{steps}" / "adapter_model.safetensors").is_file()
+    assert (output_dir / "adapter" / "adapter_model.safetensors").is_file()
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    assert metrics["stopped"] is True and math.isfinite(metrics["train_loss"])
+    assert events[-1].finished and events[-1].stopped and events[-1].completed == steps
 
 
 def test_validation_early_stopping_and_best_model(tiny_model, tiny_tokenizer, tmp_path, data_file):

@@ -18,6 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from lorakit.data.tokenize import bos_prefix, pad_token_id
 from lorakit.errors import ConfigError, DataError
 from lorakit.eval.benchmarks import LETTERS, SCORINGS, SUBJECT_NAMES_ZH, Benchmark, Question
+from lorakit.progress import ProgressTarget, tracked
 
 @dataclass
 class ChoiceResult:
@@ -110,14 +111,15 @@ class _Prepared:
 
 @torch.inference_mode()
 def evaluate_choice(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, benchmark: Benchmark,
-                    shots: int = 5, batch_size: int = 8, scoring: str = "letter", progress: bool = True,
+                    shots: int = 5, batch_size: int = 8, scoring: str = "letter", progress: ProgressTarget = True,
                     max_length: int | None = None) -> ChoiceResult:
     """Score every question of `benchmark.test` k-shot and return accuracies and one record per question.
 
     `scoring="letter"` compares the log-probabilities of the answer letters after the prompt; "content" compares
     the summed log-probability of each option's text (the few-shot examples then show answers as text too).
     `batch_size` counts sequences per forward pass. Prompts longer than `max_length` tokens (default: the model's
-    max_position_embeddings) lose few-shot examples from the left, then tokens from the left.
+    max_position_embeddings) lose few-shot examples from the left, then tokens from the left. `progress` counts
+    batches (see lorakit.progress).
     """
     if scoring not in SCORINGS:
         raise ConfigError(f"scoring must be one of {', '.join(SCORINGS)}; got '{scoring}'.")
@@ -195,7 +197,7 @@ def _requests(group: int, question: int, context: list[int], continuations: list
             for option, ids in enumerate(continuations)]
 
 
-def _score(model: PreTrainedModel, requests: list[_Request], batch_size: int, pad_id: int, progress: bool,
+def _score(model: PreTrainedModel, requests: list[_Request], batch_size: int, pad_id: int, progress: ProgressTarget,
            label: str) -> dict[tuple[int, int], float]:
     """Summed continuation log-probabilities, keyed by (question, option).
 
@@ -212,7 +214,7 @@ def _score(model: PreTrainedModel, requests: list[_Request], batch_size: int, pa
         plan += [(shared, members[start:start + batch_size]) for start in range(0, len(members), batch_size)]
     scores: dict[tuple[int, int], float] = {}
     cached: tuple[tuple[int, ...], object] | None = None
-    for shared, batch in _progress(plan, progress, label):
+    for shared, batch in tracked(plan, label, progress):
         rows = [requests[index] for index in batch]
         prefix = rows[0].tokens[:shared]
         if cached is None or cached[0] != prefix:
@@ -309,14 +311,6 @@ def _accepts_logits_to_keep(model: PreTrainedModel) -> bool:
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-def _progress(items: list, enabled: bool, label: str):
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=label, unit="batch")
 
 
 def _summarise(benchmark: Benchmark, shots: int, scoring: str, records: list[dict]) -> ChoiceResult:

@@ -19,6 +19,7 @@ from lorakit.errors import DataError
 from lorakit.eval.metrics import corpus_scores, text_scores
 from lorakit.files import write_text
 from lorakit.infer import GenerationConfig, generate
+from lorakit.progress import ProgressTarget, track
 from lorakit.templates import Template
 
 
@@ -46,7 +47,7 @@ def split_reference(conversation: Conversation, system: str | None = None) -> tu
 
 def evaluate_generation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template,
                         conversations: list[Conversation], predictions_file: Path,
-                        generation: GenerationConfig = GenerationConfig(), progress: bool = True,
+                        generation: GenerationConfig = GenerationConfig(), progress: ProgressTarget = True,
                         system: str | None = None, chinese: str = "words") -> dict[str, float]:
     """Answer every conversation's prompt, write the predictions file, and return the corpus scores.
 
@@ -54,7 +55,7 @@ def evaluate_generation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     plus `samples`, the number answered; without any reference only `samples` and `count` (0). `predictions_file`
     is written once at the end, whole (an interrupted run leaves a previous file as it was), one JSON line per
     sample: index, origin, prompt (the last prompt message), messages (the whole prompt), prediction, reference,
-    and scores (`text_scores()`, empty without a reference).
+    and scores (`text_scores()`, empty without a reference). `progress` counts samples (see lorakit.progress).
     """
     if not conversations:
         raise DataError("No conversations to evaluate: the generation task's dataset is empty (check data.paths "
@@ -77,29 +78,25 @@ def evaluate_generation(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
 
 
 def _generate_all(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template,
-                  prompts: list[list[dict[str, Any]]], generation: GenerationConfig, progress: bool) -> list[str]:
+                  prompts: list[list[dict[str, Any]]], generation: GenerationConfig,
+                  progress: ProgressTarget) -> list[str]:
     """`generate()` chunk by chunk, to move a progress bar; replies come back in the order of `prompts`.
 
     Prompts of similar length share a batch (less left padding); a seed is set once, as for a single call.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     order = sorted(range(len(prompts)), key=lambda i: -sum(len(str(m.get("content") or "")) for m in prompts[i]))
     replies: dict[int, str] = {}
     was_training = model.training
     model.eval()
-    bar = Progress(TextColumn("[bold]generate[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   disable=not progress, transient=True)
     try:
-        with bar:
-            task = bar.add_task("generate", total=len(prompts))
+        with track("generate", len(prompts), progress, unit="sample") as advance:
             for start in range(0, len(order), generation.batch_size):
                 chunk = order[start:start + generation.batch_size]
                 answers = generate(model, tokenizer, template, [prompts[i] for i in chunk], generation)
                 replies.update(zip(chunk, answers))
                 if getattr(generation, "seed", None) is not None:
                     generation = dataclasses.replace(generation, seed=None)
-                bar.advance(task, len(chunk))
+                advance(len(chunk))
     finally:
         model.train(was_training)
     return [replies[i] for i in range(len(prompts))]

@@ -20,6 +20,7 @@ from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerB
 from lorakit.data.tokenize import bos_prefix, left_pad, pad_token_id
 from lorakit.errors import ConfigError, DataError
 from lorakit.infer.generate import StopOnText, trim_reply
+from lorakit.progress import ProgressTarget, tracked
 
 # Wei et al. 2022, "Chain-of-thought prompting elicits reasoning in large language models", Table 20.
 WEI_EXEMPLARS = (
@@ -155,7 +156,7 @@ def format_prompt(question: str, exemplars: Sequence[tuple[str, str]]) -> str:
 @torch.inference_mode()
 def evaluate_gsm8k(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, problems: Sequence[GsmProblem],
                    shots: int = 8, train_problems: Sequence[GsmProblem] | None = None, max_new_tokens: int = 256,
-                   batch_size: int = 8, progress: bool = True, stop: Sequence[str] = STOP_STRINGS,
+                   batch_size: int = 8, progress: ProgressTarget = True, stop: Sequence[str] = STOP_STRINGS,
                    max_length: int | None = None) -> GsmResult:
     """Generate greedily for every problem and score the extracted final number against the reference.
 
@@ -212,7 +213,7 @@ def _fit(tokenizer: PreTrainedTokenizerBase, prefix: list[int], question: str,
 
 
 def _generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
-              max_new_tokens: int, batch_size: int, stop: Sequence[str], progress: bool) -> list[str]:
+              max_new_tokens: int, batch_size: int, stop: Sequence[str], progress: ProgressTarget) -> list[str]:
     device = next(model.parameters()).device
     pad_id = pad_token_id(tokenizer)
     eos = {tokenizer.eos_token_id} - {None}
@@ -223,12 +224,8 @@ def _generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompt
     # Longest first: similar lengths share a batch, so less padding.
     order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index]))
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    if progress:
-        from tqdm.auto import tqdm
-
-        batches = tqdm(batches, desc="gsm8k", unit="batch")
     texts: dict[int, str] = {}
-    for batch in batches:
+    for batch in tracked(batches, "gsm8k", progress):
         padded = left_pad([prompts[index] for index in batch], pad_id)  # new tokens start at column `width`
         width = padded["input_ids"].shape[1]
         stopping = StopOnText(tokenizer, tuple(stop), width, after_text=True)

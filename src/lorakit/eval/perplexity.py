@@ -15,18 +15,20 @@ from lorakit.config import DataConfig
 from lorakit.data.formats import Conversation
 from lorakit.data.tokenize import IGNORE_INDEX, pad_batch, pad_token_id, tokenize_conversations
 from lorakit.errors import ConfigError, DataError
+from lorakit.progress import ProgressTarget, track
 from lorakit.templates import Template
 from lorakit.train.loss import chunked_lm_loss
 
 
 def evaluate_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template,
                         conversations: list[Conversation], data_config: DataConfig, batch_size: int = 8,
-                        progress: bool = True) -> dict[str, float]:
+                        progress: ProgressTarget = True) -> dict[str, float]:
     """Mean negative log-likelihood per supervised token (`loss`, nats) and `perplexity` = exp(loss).
 
     The loss is summed over every supervised token and divided by their number (`tokens`), so long answers weigh
     more than short ones and the batch size does not change the result. Also returns `samples` (examples scored),
-    `truncated` and `dropped` (too long, or no supervised token left) as the data stage counts them.
+    `truncated` and `dropped` (too long, or no supervised token left) as the data stage counts them. `progress`
+    counts samples (see lorakit.progress).
     """
     if batch_size <= 0:
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size}.")
@@ -45,10 +47,8 @@ def evaluate_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
 
 
 def _summed_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, features: list[dict[str, list[int]]],
-                 batch_size: int, progress: bool) -> tuple[float, int]:
+                 batch_size: int, progress: ProgressTarget) -> tuple[float, int]:
     """Summed next-token NLL (float32 logits, chunked as in training) and the number of supervised tokens."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = causal_lm.get_output_embeddings()
     softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
@@ -58,11 +58,8 @@ def _summed_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fea
     total, count = 0.0, 0
     was_training = model.training
     model.eval()
-    bar = Progress(TextColumn("[bold]perplexity[/]"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   disable=not progress, transient=True)
     try:
-        with bar, torch.inference_mode():
-            task = bar.add_task("perplexity", total=len(features))
+        with track("perplexity", len(features), progress, unit="sample") as advance, torch.inference_mode():
             for start in range(0, len(features), batch_size):
                 chunk = features[start:start + batch_size]
                 batch = {name: tensor.to(device) for name, tensor in pad_batch(chunk, pad_id).items()}
@@ -71,7 +68,7 @@ def _summed_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, fea
                 # num_items=1 turns the mean into the sum, so batches add up exactly.
                 total += chunked_lm_loss(outputs.hidden_states[-1], labels, head, softcap=softcap, num_items=1).item()
                 count += int((labels[:, 1:] != IGNORE_INDEX).sum())
-                bar.advance(task, len(chunk))
+                advance(len(chunk))
     finally:
         model.train(was_training)
     return total, count

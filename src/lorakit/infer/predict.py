@@ -7,11 +7,10 @@ rerun skips the records already written (a half-written last line is dropped and
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from lorakit.data import Conversation, load_conversations
 from lorakit.errors import DataError
 from lorakit.files import write_json
 from lorakit.infer.generate import GenerationConfig, generate, load_for_inference
+from lorakit.progress import ProgressTarget, track
 from lorakit.runs import find_adapter_dir
 from lorakit.templates import Template
 
@@ -72,18 +72,19 @@ def prediction_requests(conversations: Sequence[Conversation], system: str | Non
 
 def predict(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template,
             requests: Sequence[PredictionRequest], output: Path, config: GenerationConfig = GenerationConfig(),
-            show_progress: bool = True) -> PredictSummary:
+            show_progress: ProgressTarget = True) -> PredictSummary:
     """Append a prediction for every request not yet in `output` (JSONL); return what was done.
 
     Each line is {"index", "prompt", "prediction", "reference" (when the record has one), "tools" (when it has
     function schemas)}. Records already in the file are skipped, so an interrupted run continues where it stopped;
-    the file must come from the same dataset.
+    the file must come from the same dataset. `show_progress` counts records, those already done included (see
+    lorakit.progress).
     """
     done, dropped = _completed(output, requests)
     pending = [request for request in requests if request.index not in done]
     output.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-    with _progress(show_progress, len(requests), len(done)) as advance, output.open("ab") as handle:
+    with track("predict", len(requests), show_progress, "sample", len(done)) as advance, output.open("ab") as handle:
         for start in range(0, len(pending), config.batch_size):
             batch = pending[start:start + config.batch_size]
             replies = generate(model, tokenizer, template, [request.prompt for request in batch], config,
@@ -150,24 +151,9 @@ def _parse(line: bytes) -> dict[str, Any] | None:
     return record
 
 
-@contextlib.contextmanager
-def _progress(show: bool, total: int, completed: int) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr (or none); yields the function that advances it."""
-    if not show:
-        yield lambda count: None
-        return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True)) as bar:
-        task = bar.add_task("predict", total=total, completed=completed)
-        yield lambda count: bar.advance(task, count)
-
-
 def run_predict(data: DataConfig, model_config: ModelConfig, output: Path,
                 config: GenerationConfig = GenerationConfig(), adapter: Path | None = None,
-                template_name: str | None = None, show_progress: bool = True) -> PredictSummary:
+                template_name: str | None = None, show_progress: ProgressTarget = True) -> PredictSummary:
     """Read the dataset (before loading any model, so data errors come first), load the model, predict to `output`."""
     conversations, _ = load_conversations(data)
     requests = prediction_requests(conversations, data.system)

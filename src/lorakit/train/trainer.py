@@ -12,6 +12,7 @@ import importlib.metadata
 import importlib.util
 import math
 import platform
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,7 +33,8 @@ from lorakit.data import cache, tokenize_conversations
 from lorakit.errors import ConfigError
 from lorakit.files import atomic_dir, save_figure, sha256_file, write_json, write_text
 from lorakit.model import load_model, load_tokenizer, prepare_for_training, resolve_device
-from lorakit.runs import ADAPTER_DIR, CHECKPOINT_DIR, MODEL_DIR, model_card, write_settings
+from lorakit.progress import OnProgress, ProgressTarget, TrainProgress, remaining_seconds, reporter
+from lorakit.runs import ADAPTER_DIR, CHECKPOINT_DIR, MODEL_DIR, model_card, track_status, write_settings
 from lorakit.templates import Template, install_template, resolve_template
 from lorakit.train.allocator import keep_freed_memory
 from lorakit.train.lora_layers import use_fast_dropout, use_fast_lora_forward
@@ -83,13 +85,17 @@ def _tokenize_from_scratch(config: TrainConfig, tokenizer: PreTrainedTokenizerBa
     return PreparedData(train_set, validation_set, template, load_summary, train_summary, validation_summary)
 
 
-def run_training(config: TrainConfig) -> Path:
-    """Train from a config alone (data and model loaded by name) and return the output folder."""
+def run_training(config: TrainConfig, *, progress: ProgressTarget = True,
+                 stop: threading.Event | None = None) -> Path:
+    """Train from a config alone (data and model loaded by name) and return the output folder.
+
+    `progress` and `stop` are passed to `train()`.
+    """
     tokenizer = load_tokenizer(config.model)
     data = prepare_data(config, tokenizer)
     _check_precision(config)
     model = load_model(config.model)
-    return train(model, tokenizer, data, config)
+    return train(model, tokenizer, data, config, progress=progress, stop=stop)
 
 
 def _check_precision(config: TrainConfig) -> None:
@@ -102,14 +108,22 @@ def _check_precision(config: TrainConfig) -> None:
 
 
 def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
-          config: TrainConfig) -> Path:
+          config: TrainConfig, *, progress: ProgressTarget = True, stop: threading.Event | None = None) -> Path:
     """Fit the model to `data.train` and write everything under `config.output_dir`; return that folder.
 
     The base model's weights are left unchanged for LoRA. With `config.resume`, training continues from the
-    latest checkpoint in `output_dir/checkpoints`.
+    latest checkpoint in `output_dir/checkpoints`. `progress` gets a `TrainProgress` per optimizer step and per
+    logging step (True: a bar on the terminal). Setting `stop` ends training after the current optimizer step with
+    a checkpoint saved; the outputs are then written as usual, from that step, and metrics.json holds
+    `"stopped": true`. status.json says whether the run is running, finished, interrupted or failed (runs.py).
     """
+    with track_status(config.output_dir):
+        return _train(model, tokenizer, data, config, progress, stop)
+
+
+def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData, config: TrainConfig,
+           progress: ProgressTarget, stop: threading.Event | None) -> Path:
     output_dir = config.output_dir
-    output_dir.mkdir(parents=True, exist_ok=True)
     resume_from = _checkpoint_to_resume(config)
     torch.manual_seed(config.seed)
     model = prepare_for_training(model, config)
@@ -129,10 +143,13 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Prep
         speedups.callback(use_fast_lora_forward(model))
         if on_cpu:
             speedups.enter_context(keep_freed_memory())
-        trainer = _build_trainer(model, tokenizer, data, config, padding_free)
+        watcher = ProgressCallback(reporter(progress), stop)
+        trainer = _build_trainer(model, tokenizer, data, config, padding_free, watcher)
         started = time.time()
         result = trainer.train(resume_from_checkpoint=resume_from)
         metrics = dict(result.metrics)
+        if watcher.stopped:
+            metrics["stopped"] = True
         if data.validation is not None:
             metrics.update(trainer.evaluate())
         if isinstance(trainer, ChunkedLossTrainer):
@@ -229,10 +246,10 @@ def _total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
 
 
 def _build_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
-                   config: TrainConfig, padding_free: bool) -> Trainer:
+                   config: TrainConfig, padding_free: bool, watcher: ProgressCallback) -> Trainer:
     steps_per_epoch = max(1, math.ceil(len(data.train) / (config.batch_size * config.gradient_accumulation)))
     args = _training_arguments(config, data.validation is not None, steps_per_epoch, _computes_in_bf16(model))
-    callbacks: list[TrainerCallback] = [ProgressCallback(_total_steps(config, steps_per_epoch))]
+    callbacks: list[TrainerCallback] = [watcher]
     if config.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -241,7 +258,7 @@ def _build_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, d
     trainer = trainer_class(model=model, args=args, train_dataset=data.train, eval_dataset=data.validation,
                             data_collator=collate, processing_class=tokenizer, callbacks=callbacks,
                             optimizers=(_loraplus_optimizer(model, config), None))
-    trainer.remove_callback(PrinterCallback)  # ProgressCallback below prints the same logs, readably
+    trainer.remove_callback(PrinterCallback)  # ProgressCallback reports the same logs, readably
     return trainer
 
 
@@ -256,47 +273,50 @@ def _loraplus_optimizer(model: PreTrainedModel, config: TrainConfig) -> torch.op
 
 
 class ProgressCallback(TrainerCallback):
-    """A live progress bar (loss, tokens/s, time left) and one printed line per logging step."""
+    """Turns the Trainer's hooks into `TrainProgress` events for `report`, and ends training once `stop` is set."""
 
-    def __init__(self, total_steps: int) -> None:
-        self.total_steps = total_steps
-        self.progress = None
-        self.task = None
+    def __init__(self, report: OnProgress | None, stop: threading.Event | None = None) -> None:
+        self.report = report
+        self.stop = stop
+        self.stopped = False
+        self.running = False
         self.started = 0.0
+        self.steps_at_start = 0
         self.tokens_at_start = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                                 TimeRemainingColumn(), transient=False)
-        self.progress.start()
-        self.task = self.progress.add_task("train", total=state.max_steps or self.total_steps,
-                                           completed=state.global_step, stats="")
+        self.running = True
         self.started = time.time()
+        self.steps_at_start = state.global_step
         self.tokens_at_start = state.num_input_tokens_seen
+        self._send(state)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.progress is not None:
-            self.progress.update(self.task, completed=state.global_step)
+        self._send(state)
+        # A stop asked for at the last step changes nothing: the run is complete.
+        if self.stop is not None and self.stop.is_set() and not self.stopped and state.global_step < state.max_steps:
+            self.stopped = True
+            control.should_save = True
+            control.should_training_stop = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if self.progress is None or not logs:
+        if logs:
+            self._send(state, loss=logs.get("loss"), eval_loss=logs.get("eval_loss"),
+                       learning_rate=logs.get("learning_rate"))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._send(state, finished=True, stopped=self.stopped)
+        self.running = False
+
+    def _send(self, state, **fields: Any) -> None:
+        # The evaluation train() runs after the Trainer's own end is not a training event.
+        if self.report is None or not self.running:
             return
         elapsed = max(time.time() - self.started, 1e-6)
         speed = (state.num_input_tokens_seen - self.tokens_at_start) / elapsed
-        parts = [f"loss {logs['loss']:.4f}" if "loss" in logs else "",
-                 f"eval {logs['eval_loss']:.4f}" if "eval_loss" in logs else "",
-                 f"lr {logs['learning_rate']:.2e}" if "learning_rate" in logs else "", f"{speed:,.0f} tok/s"]
-        stats = "  ".join(p for p in parts if p)
-        self.progress.update(self.task, stats=stats)
-        self.progress.console.print(f"step {state.global_step}/{state.max_steps}  {stats}", highlight=False)
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        left = remaining_seconds(elapsed, state.global_step - self.steps_at_start, state.max_steps - state.global_step)
+        self.report(TrainProgress("train", state.global_step, state.max_steps, "step", elapsed, left,
+                                  tokens_per_second=speed, **fields))
 
 
 def _save_outputs(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, data: PreparedData, config: TrainConfig,
