@@ -11,51 +11,16 @@ import json
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from lorakit.config import ModelConfig, read_yaml
+from lorakit.config import GenerationConfig, ModelConfig, read_yaml
 from lorakit.errors import ConfigError
 from lorakit.model import load_model, load_tokenizer
 from lorakit.templates import TEMPLATES, Template, render, resolve_template
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    """Sampling settings; temperature 0 means greedy decoding. `stop` strings end a reply and are cut from it."""
-
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    batch_size: int = 8
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
-        problems = []
-        if self.max_new_tokens <= 0:
-            problems.append(f"max_new_tokens must be a positive integer, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            problems.append(f"temperature must be 0 (greedy) or positive, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            problems.append(f"top_k must be 0 (off) or a positive integer, got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            problems.append(f"repetition_penalty must be positive (1.0 is off), got {self.repetition_penalty}")
-        if self.batch_size <= 0:
-            problems.append(f"batch_size must be a positive integer, got {self.batch_size}")
-        if any(not word for word in self.stop):
-            problems.append("stop strings must not be empty")
-        if problems:
-            raise ConfigError("; ".join(problems) + ".")
 
 
 def find_adapter_dir(path: Path) -> Path:
