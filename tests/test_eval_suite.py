@@ -110,7 +110,7 @@ def test_adapter_of_another_base_is_refused(tiny_model_dir, suite_file, tmp_path
 
 
 def test_eval_without_anything_to_run_says_what_to_do(tiny_model_dir, tmp_path):
-    with pytest.raises(ConfigError, match="--suite"):
+    with pytest.raises(ConfigError, match="Say what to evaluate on: set suite"):
         CliRunner().invoke(app, ["eval", "--base", str(tiny_model_dir)], catch_exceptions=False)
     with pytest.raises(ConfigError, match="Nothing to evaluate"):
         model_specs(None, [], [])
