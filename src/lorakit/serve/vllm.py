@@ -11,8 +11,8 @@ import json
 import os
 import shutil
 
-from lorakit.errors import ConfigError
 from lorakit.config import ServeConfig
+from lorakit.errors import ConfigError
 
 # vLLM allocates LoRA slots of these ranks; --max-lora-rank must be one of them.
 _VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
