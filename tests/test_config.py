@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from lorakit.config import SuiteConfig, TrainConfig, load_config, save_config
+from lorakit.config import (AdapterSpec, EndpointConfig, EvalRunConfig, GenerationConfig, ServeConfig, SuiteConfig,
+                            TrainConfig, load_config, save_config)
 from lorakit.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
@@ -123,3 +124,70 @@ def test_suite_task_errors_name_the_task(tmp_path):
     path = write(tmp_path, "tasks:\n  - {kind: gsm8k, source: a.jsonl}\n  - {kind: gsm8k, source: b.jsonl}\n")
     with pytest.raises(ConfigError, match="several tasks named gsm8k"):
         load_config(path, cls=SuiteConfig)
+
+
+@pytest.mark.parametrize("cls, text, overrides, expected", [
+    (GenerationConfig, "max_new_tokens: 64\nstop: ['###']\n", ["temperature=0.7", "seed=3"],
+     dict(max_new_tokens=64, stop=("###",), temperature=0.7, seed=3)),
+    (ServeConfig, "model:\n  name: tiny\nadapters:\n  - {name: tuned, path: runs/a/adapter}\n  - zh=runs/b\n",
+     ["port=9000", "engine=vllm"],
+     dict(port=9000, engine="vllm", adapters=(AdapterSpec("tuned", Path("runs/a/adapter")),
+                                             AdapterSpec("zh", Path("runs/b"))))),
+    (EndpointConfig, "base_url: http://localhost:8000/v1\nmodel: judge\n", ["concurrency=2", "timeout=30"],
+     dict(base_url="http://localhost:8000/v1", model="judge", concurrency=2, timeout=30.0)),
+    (EvalRunConfig, "suite: configs/eval-forgetting.yaml\nadapters: [tuned=runs/a]\n", ["limit=5", "use_cache=false"],
+     dict(suite=Path("configs/eval-forgetting.yaml"), adapters=(AdapterSpec("tuned", Path("runs/a")),), limit=5,
+          use_cache=False)),
+])
+def test_inference_and_eval_configs_load_from_yaml_and_overrides(tmp_path, cls, text, overrides, expected):
+    config = load_config(write(tmp_path, text), overrides, cls)
+
+    assert isinstance(config, cls)
+    assert {key: getattr(config, key) for key in expected} == expected
+
+
+def test_inference_and_eval_configs_load_from_overrides_alone():
+    assert load_config(None, ["max_new_tokens=32", "stop=[END]"], GenerationConfig) == GenerationConfig(
+        max_new_tokens=32, stop=("END",))
+    serve = load_config(None, ["model.name=tiny", "adapters=[tuned=runs/a]", "api_key=k"], ServeConfig)
+    assert serve.model.name == "tiny" and serve.adapters == (AdapterSpec("tuned", Path("runs/a")),)
+    assert load_config(None, ["base_url=https://api.test/v1", "model=m"], EndpointConfig).api_key == "EMPTY"
+    run = load_config(None, ["data=[a.jsonl, b.jsonl]", "base=tiny", "output_dir=out"], EvalRunConfig)
+    assert (run.data, run.base, run.output_dir) == (("a.jsonl", "b.jsonl"), "tiny", Path("out"))
+
+
+@pytest.mark.parametrize("cls, typo, closest", [
+    (GenerationConfig, "max_new_token", "max_new_tokens"), (ServeConfig, "engin", "engine"),
+    (EndpointConfig, "base_ur", "base_url"), (EvalRunConfig, "adapter", "adapters"),
+])
+def test_unknown_key_of_each_config_suggests_the_closest(cls, typo, closest):
+    with pytest.raises(ConfigError, match=rf"Unknown config key '{typo}'. Did you mean '{closest}'\?"):
+        load_config(None, [f"{typo}=1"], cls)
+
+
+def test_only_training_configs_translate_llamafactory_keys():
+    assert load_config(None, ["template=qwen"]).data.template == "qwen"
+    with pytest.raises(ConfigError, match="Unknown config key 'template'"):
+        load_config(None, ["template=qwen"], GenerationConfig)
+
+
+def test_a_missing_required_key_is_named():
+    with pytest.raises(ConfigError, match="Config key 'model' must be set"):
+        load_config(None, ["base_url=http://localhost:8000/v1"], EndpointConfig)
+
+
+def test_config_errors_name_keys_not_flags():
+    with pytest.raises(ConfigError, match="^engine must be one of transformers, vllm; got 'vlm'. Did you mean 'vllm'"):
+        ServeConfig(engine="vlm")
+    with pytest.raises(ConfigError, match="^max_batch_size must be at least 1"):
+        load_config(None, ["max_batch_size=0"], ServeConfig)
+
+
+def test_old_import_locations_still_work():
+    from lorakit.adapters import AdapterSpec as FromAdapters
+    from lorakit.eval.judge import EndpointConfig as FromJudge
+    from lorakit.infer import GenerationConfig as FromInfer
+    from lorakit.serve import ServeConfig as FromServe
+
+    assert (FromAdapters, FromJudge, FromInfer, FromServe) == (AdapterSpec, EndpointConfig, GenerationConfig,
+                                                               ServeConfig)

@@ -10,7 +10,7 @@ import pytest
 
 from lorakit.config import ModelConfig
 from lorakit.errors import ConfigError, DataError
-from lorakit.eval.judge import (DEFAULT_RUBRIC, EndpointConfig, OpenAIJudge, first_json_object,
+from lorakit.eval.judge import (DEFAULT_RUBRIC, EndpointConfig, OpenAIJudge, choose_judge, first_json_object,
                                 judge_comparison, judge_pairwise, load_rubric, local_judge, parse_scores,
                                 parse_winner, score_answers)
 from lorakit.infer import GenerationConfig
@@ -191,3 +191,12 @@ def test_local_model_judge_runs_and_records_failures(tmp_path, tiny_model_dir):
     assert all(order["error"] for record in records for order in record["orders"])
     assert judge.name == f"local {tiny_model_dir}"
     assert json.loads((tmp_path / "judge_summary.json").read_text())["judge"] == judge.name
+
+
+def test_choose_judge_wants_exactly_one_judge():
+    endpoint = EndpointConfig(base_url="http://judge.test/v1", model="m")
+    assert isinstance(choose_judge(endpoint), OpenAIJudge)
+    with pytest.raises(ConfigError, match="Choose one judge"):
+        choose_judge()
+    with pytest.raises(ConfigError, match="Choose one judge"):
+        choose_judge(endpoint, ModelConfig(name="tiny"))

@@ -10,9 +10,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from typer.testing import CliRunner
 
 from lorakit.cli import app
-from lorakit.config import ModelConfig, SuiteConfig, load_config
+from lorakit.config import EvalRunConfig, ModelConfig, SuiteConfig, load_config
 from lorakit.errors import ConfigError
-from lorakit.eval.suite import model_specs, run_eval
+from lorakit.eval.suite import build_suite, model_specs, run_eval
 
 from conftest import make_tokenizer
 
@@ -110,9 +110,20 @@ def test_adapter_of_another_base_is_refused(tiny_model_dir, suite_file, tmp_path
 
 
 def test_eval_without_anything_to_run_says_what_to_do(tiny_model_dir, tmp_path):
-    with pytest.raises(ConfigError, match="--suite"):
+    with pytest.raises(ConfigError, match="Say what to evaluate on: set suite"):
         CliRunner().invoke(app, ["eval", "--base", str(tiny_model_dir)], catch_exceptions=False)
     with pytest.raises(ConfigError, match="Nothing to evaluate"):
         model_specs(None, [], [])
     with pytest.raises(ConfigError, match="not a LoRA adapter folder"):
         model_specs(str(tiny_model_dir), [str(tmp_path)], [])
+
+
+def test_build_suite_adds_quick_tasks_and_caps_every_task(suite_file):
+    run = EvalRunConfig(suite=suite_file, data=("data/zh.jsonl",), limit=3)
+
+    suite = build_suite(run, ["noise_sigmas=3"])
+
+    labels = [task.label for task in suite.tasks]
+    assert labels[-2:] == ["zh-perplexity", "zh-generation"] and len(labels) > 2
+    assert all(task.limit == 3 for task in suite.tasks) and suite.noise_sigmas == 3
+    assert build_suite(EvalRunConfig(data=("a.jsonl",))).name == "quick"

@@ -157,14 +157,29 @@ def test_closing_the_stream_stops_generation(lively):
     assert 1 <= len(steps) < 100, len(steps)
 
 
-def test_left_padding_leaves_the_shared_tokenizer_alone():
-    from lorakit.infer.generate import _left_padded
+def test_left_padding_leaves_the_shared_tokenizer_alone(monkeypatch):
+    from lorakit.infer.generate import generate_batch
 
     tokenizer = make_tokenizer()
-    side = tokenizer.padding_side
-    batch = _left_padded(tokenizer, ["ab", "abcd"])
+    model = lively_model(tokenizer)
+    side, masks, original = tokenizer.padding_side, [], model.generate
+
+    def recording(**kwargs):
+        masks.append(kwargs["attention_mask"].tolist())
+        return original(**kwargs)
+
+    monkeypatch.setattr(model, "generate", recording)
+    new_tokens = generate_batch(model, [[5, 6], [5, 6, 7, 8]], tokenizer.pad_token_id, max_new_tokens=2)
     assert tokenizer.padding_side == side
-    assert batch["attention_mask"].tolist() == [[0, 0, 1, 1], [1, 1, 1, 1]]
+    assert masks == [[[0, 0, 1, 1], [1, 1, 1, 1]]] and new_tokens.shape[0] == 2
+
+
+def test_stop_string_tails_are_held_back_while_streaming():
+    from lorakit.infer.generate import held_back
+
+    assert held_back("hello <|e", ("<|end|>",)) == 3
+    assert held_back("caf\ufffd", ("###",)) == 1
+    assert held_back("done.", ("###",)) == 0
 
 
 def test_generation_config_errors_name_every_problem():

@@ -365,7 +365,7 @@ def test_engine_vllm_execs_vllm_when_ready_and_refuses_otherwise(monkeypatch, ti
     monkeypatch.setattr("lorakit.serve.vllm.missing_for_vllm", lambda: ["a CUDA GPU (none is visible)"])
     result = CliRunner().invoke(cli_app, ["serve", "--model", str(tiny_model_dir), "--engine", "vllm"])
     assert isinstance(result.exception, ConfigError)
-    assert "--engine vllm needs" in str(result.exception) and "CUDA" in str(result.exception)
+    assert "engine 'vllm' needs" in str(result.exception) and "CUDA" in str(result.exception)
     assert execs == []
 
     monkeypatch.setattr("lorakit.serve.vllm.missing_for_vllm", lambda: [])
@@ -390,7 +390,7 @@ def test_cli_serve_reads_the_key_from_the_environment(monkeypatch, tiny_model_di
     assert seen[0].api_key == "from-env" and seen[0].max_batch_size == 4
     assert seen[0].adapters == (AdapterSpec("tuned", tiny_model_dir),)
 
-    with pytest.raises(ConfigError, match="--engine must be one of"):
+    with pytest.raises(ConfigError, match="engine must be one of"):
         ServeConfig(engine="tgi")
 
 

@@ -6,50 +6,20 @@ adapter folder. `mix()` is the whole road behind `lorakit adapters mix`.
 from __future__ import annotations
 
 import contextlib
-import re
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lorakit.config import ModelConfig
+from lorakit.config import BASE, AdapterSpec, ModelConfig, check_adapter_names, parse_adapter  # noqa: F401
 from lorakit.errors import ConfigError
 from lorakit.files import atomic_dir, write_text
 from lorakit.infer import load_inference_tokenizer
 from lorakit.runs import adapter_base_model, check_same_base, find_adapter_dir
 from lorakit.templates import Template, resolve_template
 
-BASE = "base"
 COMBINATIONS = ("linear", "cat", "svd")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
-
-
-@dataclass(frozen=True)
-class AdapterSpec:
-    """An adapter folder and the name it is served and selected by."""
-
-    name: str
-    path: Path
-
-
-def parse_adapter(text: str) -> AdapterSpec:
-    """`name=PATH`, or a bare `PATH` named after its folder (the run's folder for lorakit's `.../adapter`).
-
-    A path may hold '=' (`runs/lr=1e-4/adapter`): the text is split only when it is not an existing path and what
-    comes before the first '=' is no path (holds no '/').
-    """
-    name, sep, path_text = text.partition("=")
-    if not sep or Path(text).expanduser().exists() or "/" in name or "\\" in name:
-        path = Path(text).expanduser()
-        folder = path.resolve().parent.name if path.name == "adapter" else path.name
-        name = re.sub(r"[^A-Za-z0-9_\-]", "-", folder).lstrip("-_") or "adapter"
-        return AdapterSpec(name, path)
-    if not _NAME.match(name):
-        raise ConfigError(f"Adapter name '{name}' (in '{text}') must be letters, digits, '-' or '_', starting with a "
-                          "letter or digit; write --adapter NAME=PATH.")
-    return AdapterSpec(name, Path(path_text).expanduser())
 
 
 def parse_weights(text: str, count: int) -> list[float]:
@@ -60,22 +30,6 @@ def parse_weights(text: str, count: int) -> list[float]:
         return [float(part) for part in text.split(",")]
     except ValueError:
         raise ConfigError(f"--weights must be numbers separated by commas (e.g. 0.7,0.3); got '{text}'.") from None
-
-
-def check_adapter_names(specs: Sequence[AdapterSpec], base_name: str) -> None:
-    """Raise ConfigError for a duplicate name, or one that hides the base model ('base' or its own name)."""
-    seen: dict[str, Path] = {}
-    for spec in specs:
-        if spec.name in (BASE, base_name):
-            raise ConfigError(f"Adapter name '{spec.name}' ({spec.path}) is reserved for the base model; choose "
-                              "another with --adapter NAME=PATH.")
-        if spec.name in "lora_":  # PEFT warns that such names may reinitialise adapter weights on load
-            raise ConfigError(f"Adapter name '{spec.name}' ({spec.path}) is part of PEFT's parameter prefix 'lora_'; "
-                              "choose a longer name with --adapter NAME=PATH.")
-        if spec.name in seen:
-            raise ConfigError(f"Two adapters are called '{spec.name}' ({seen[spec.name]} and {spec.path}); give "
-                              "each its own name with --adapter NAME=PATH.")
-        seen[spec.name] = spec.path
 
 
 def _check_adapter_dir(spec: AdapterSpec, model: PreTrainedModel, base_name: str) -> None:

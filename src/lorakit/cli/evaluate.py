@@ -15,28 +15,6 @@ Models = Annotated[Optional[list[str]], typer.Option(
     "--model", help="Another model (e.g. a merged one) to evaluate, as PATH or NAME=PATH; repeat for several.")]
 
 
-def _suite(suite: Path | None, data: list[str], limit: int | None, overrides: list[str]):
-    """The suite from its YAML, or a quick one (perplexity + generation) on each --data file; --limit caps tasks."""
-    from dataclasses import replace
-
-    from lorakit.config import DataConfig, EvalTaskConfig, SuiteConfig, load_config
-    from lorakit.errors import ConfigError
-
-    if suite is None and not data:
-        raise ConfigError("Say what to evaluate on: --suite SUITE.yaml (see configs/eval-forgetting.yaml) or "
-                          "--data FILE for perplexity and generation metrics on a dataset.")
-    config = load_config(suite, overrides, SuiteConfig) if suite is not None else SuiteConfig(name="quick")
-    quick = []
-    for path in data:
-        stem = Path(path).stem
-        quick += [EvalTaskConfig(kind="perplexity", name=f"{stem}-perplexity", data=DataConfig(paths=(path,))),
-                  EvalTaskConfig(kind="generation", name=f"{stem}-generation", data=DataConfig(paths=(path,)))]
-    tasks = tuple(config.tasks) + tuple(quick)
-    if limit is not None:
-        tasks = tuple(replace(task, limit=limit) for task in tasks)
-    return replace(config, tasks=tasks)
-
-
 @app.command("eval")
 def evaluate(
     suite: Annotated[Optional[Path], typer.Option(help="Suite YAML: the tasks to run on every model.")] = None,
@@ -60,15 +38,15 @@ def evaluate(
 
     `lorakit eval --base smollm2-135m --adapter outputs/zh-instruct/adapter --suite configs/eval-forgetting.yaml`
     """
-    from lorakit.config import ModelConfig
-    from lorakit.eval.suite import model_specs, run_eval
+    from lorakit.config import EvalRunConfig, parse_adapter
+    from lorakit.eval.suite import evaluate_run
 
-    specs = model_specs(base, list(adapter or []), list(model or []))
-    config = _suite(suite, list(data or []), limit, list(overrides or []))
-    console.print(f"Evaluating {', '.join(spec.label for spec in specs)} on {len(config.tasks)} task(s) of "
-                  f"'{config.name}'.")
-    report = run_eval(config, specs, output, ModelConfig(name=specs[0].base, dtype=dtype, device=device),
-                      use_cache=not no_cache, log=lambda line: console.print(line, highlight=False, markup=False))
+    run = EvalRunConfig(suite=suite, data=tuple(data or ()), base=base,
+                        adapters=tuple(parse_adapter(text) for text in adapter or ()),
+                        models=tuple(parse_adapter(text) for text in model or ()), output_dir=output, limit=limit,
+                        use_cache=not no_cache, device=device, dtype=dtype)
+    report = evaluate_run(run, list(overrides or []),
+                          log=lambda line: console.print(line, highlight=False, markup=False))
     for label, rows in report["changes"].items():
         dropped = [row["key"] for row in rows if row["verdict"] == "dropped"]
         improved = [row["key"] for row in rows if row["verdict"] == "improved"]
@@ -196,25 +174,25 @@ def judge(
 
     `lorakit judge outputs/compare/answers.jsonl --judge-url http://localhost:8000/v1 --judge-model qwen2.5-7b`
     """
-    from lorakit.config import ModelConfig
+    from lorakit.config import EndpointConfig, ModelConfig
     from lorakit.errors import ConfigError
     from lorakit.eval.compare import read_comparison
-    from lorakit.eval.judge import (DEFAULT_RUBRIC, EndpointConfig, OpenAIJudge, format_judge_summary,
-                                    judge_comparison, load_rubric, local_judge)
+    from lorakit.eval.judge import DEFAULT_RUBRIC, choose_judge, format_judge_summary, judge_comparison, load_rubric
 
-    if (judge_url is None) == (local is None):
-        raise ConfigError("Choose one judge: --judge-url URL --judge-model NAME (an OpenAI-compatible endpoint), "
-                          "or --local MODEL (a model run here).")
     rows = read_comparison(answers)
     chosen_rubric = load_rubric(rubric) if rubric is not None else DEFAULT_RUBRIC
-    if local is not None:
-        the_judge = local_judge(ModelConfig(name=local))
-    else:
-        the_judge = OpenAIJudge(EndpointConfig(base_url=judge_url, model=judge_model or "", api_key=judge_api_key,
-                                               max_retries=max_retries, concurrency=concurrency))
     output = output or answers.parent
-    summary = judge_comparison(the_judge, rows, output, chosen_rubric,
-                               pair=(candidate, baseline) if pairwise else None, score=scores)
+    try:
+        endpoint = (EndpointConfig(base_url=judge_url, model=judge_model or "", api_key=judge_api_key,
+                                   max_retries=max_retries, concurrency=concurrency) if judge_url is not None else None)
+        the_judge = choose_judge(endpoint, ModelConfig(name=local) if local is not None else None)
+        summary = judge_comparison(the_judge, rows, output, chosen_rubric,
+                                   pair=(candidate, baseline) if pairwise else None, score=scores)
+    except ConfigError as err:
+        if "judge" not in str(err):
+            raise
+        raise ConfigError(f"{err} (On the command line: base_url is --judge-url, model --judge-model, api_key "
+                          "--judge-api-key; a local model is --local MODEL.)") from None
     console.print(format_judge_summary(summary))
     console.print(f"[green]wrote[/]: {output / 'judge_summary.json'}, judge_scores.jsonl, judge_pairwise.jsonl",
                   highlight=False)

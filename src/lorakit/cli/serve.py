@@ -30,18 +30,23 @@ def serve(model: Annotated[Optional[str], typer.Option(
           dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
           device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto"):
     """OpenAI-compatible API: the base model under its name, each adapter under its own (`--adapter tuned=PATH`)."""
-    from lorakit.adapters import parse_adapter
+    from lorakit.config import ServeConfig, parse_adapter
+    from lorakit.errors import ConfigError
     from lorakit.infer import inference_model
-    from lorakit.serve import ServeConfig, serve as run_server
+    from lorakit.serve import serve as run_server
 
-    specs = tuple(parse_adapter(text) for text in adapter or [])
-    model_config, _ = inference_model(model, specs[0].path if specs else None, device, dtype)
-    config = ServeConfig(model=model_config, adapters=specs, host=host, port=port, api_key=api_key or None,
-                         max_batch_size=max_batch_size, engine=engine)
-    names = ", ".join([model_config.name, *(spec.name for spec in config.adapters)])
-    console.print(f"Serving {names} at http://{host}:{port}/v1" + (" (API key required)" if api_key else ""),
-                  markup=False)
-    run_server(config)
+    try:
+        specs = tuple(parse_adapter(text) for text in adapter or [])
+        model_config, _ = inference_model(model, specs[0].path if specs else None, device, dtype)
+        config = ServeConfig(model=model_config, adapters=specs, host=host, port=port, api_key=api_key or None,
+                             max_batch_size=max_batch_size, engine=engine)
+        names = ", ".join([model_config.name, *(spec.name for spec in config.adapters)])
+        console.print(f"Serving {names} at http://{host}:{port}/v1" + (" (API key required)" if api_key else ""),
+                      markup=False)
+        run_server(config)
+    except ConfigError as err:
+        raise ConfigError(f"{err} (On the command line each key is a flag: engine is --engine, port --port, "
+                          "max_batch_size --max-batch-size, an adapter --adapter NAME=PATH.)") from None
 
 
 @adapters_app.command("mix")

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lorakit.data.tokenize import bos_prefix, left_pad, pad_token_id
+from lorakit.config import GenerationConfig
+from lorakit.data.tokenize import bos_prefix
 from lorakit.errors import ConfigError, DataError
-from lorakit.infer.generate import StopOnText, trim_reply
+from lorakit.infer.generate import generate_replies
 from lorakit.progress import ProgressTarget, tracked
 
 # Wei et al. 2022, "Chain-of-thought prompting elicits reasoning in large language models", Table 20.
@@ -214,24 +215,12 @@ def _fit(tokenizer: PreTrainedTokenizerBase, prefix: list[int], question: str,
 
 def _generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[list[int]],
               max_new_tokens: int, batch_size: int, stop: Sequence[str], progress: ProgressTarget) -> list[str]:
-    device = next(model.parameters()).device
-    pad_id = pad_token_id(tokenizer)
     eos = {tokenizer.eos_token_id} - {None}
     model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     eos |= set(model_eos if isinstance(model_eos, list) else [model_eos]) - {None}
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
-                              eos_token_id=sorted(eos) or None)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=batch_size)  # greedy
     # Longest first: similar lengths share a batch, so less padding.
     order = sorted(range(len(prompts)), key=lambda index: -len(prompts[index]))
     batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
-    texts: dict[int, str] = {}
-    for batch in tracked(batches, "gsm8k", progress):
-        padded = left_pad([prompts[index] for index in batch], pad_id)  # new tokens start at column `width`
-        width = padded["input_ids"].shape[1]
-        stopping = StopOnText(tokenizer, tuple(stop), width, after_text=True)
-        output = model.generate(**{name: tensor.to(device) for name, tensor in padded.items()},
-                                generation_config=config, stopping_criteria=[stopping])
-        for row, index in enumerate(batch):
-            texts[index] = trim_reply(tokenizer.decode(output[row, width:], skip_special_tokens=True).lstrip(),
-                                      tuple(stop))
-    return [texts[index] for index in range(len(prompts))]
+    return generate_replies(model, tokenizer, prompts, config, tuple(stop), sorted(eos), after_text=True,
+                            batches=tracked(batches, "gsm8k", progress))

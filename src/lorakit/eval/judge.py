@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from lorakit.config import EndpointConfig, ModelConfig
 from lorakit.errors import ConfigError, DataError
 from lorakit.files import write_json, write_text
 
@@ -209,28 +210,6 @@ class Judge(Protocol):
         """One reply per conversation, in order."""
 
 
-@dataclass(frozen=True)
-class EndpointConfig:
-    """An OpenAI-compatible chat endpoint to judge with; decoding is greedy (temperature 0)."""
-
-    base_url: str
-    model: str
-    api_key: str = "EMPTY"
-    max_retries: int = 3  # with exponential backoff, by the openai client (connection errors, 408, 429, 5xx)
-    timeout: float = 120.0  # seconds per request
-    max_tokens: int = 512
-    concurrency: int = 4  # requests in flight at once
-
-    def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"judge base_url must start with http:// or https://, got '{self.base_url}' "
-                              "(e.g. http://localhost:8000/v1).")
-        if not self.model:
-            raise ConfigError("The judge needs a model name on the endpoint (e.g. --judge-model gpt-4o-mini).")
-        if self.concurrency < 1 or self.max_retries < 0:
-            raise ConfigError("judge concurrency must be >= 1 and max_retries >= 0.")
-
-
 class OpenAIJudge:
     """A judge behind an OpenAI-compatible /v1/chat/completions endpoint.
 
@@ -263,13 +242,13 @@ class OpenAIJudge:
             return Completion("", f"timed out after {self.config.max_retries} retries: {err}")
         except openai.APIConnectionError as err:
             raise ConfigError(f"Cannot reach the judge at {self.config.base_url} ({err}). Start the server, or "
-                              "check --judge-url (it usually ends in /v1).") from None
+                              "check the judge's base_url (it usually ends in /v1).") from None
         except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
             raise ConfigError(f"The judge at {self.config.base_url} refused the API key ({err.status_code}). Set "
-                              "OPENAI_API_KEY or --judge-api-key.") from None
+                              "the judge's api_key.") from None
         except openai.NotFoundError as err:
             raise ConfigError(f"The judge at {self.config.base_url} has no model '{self.config.model}' or no chat "
-                              f"endpoint ({err.message}). Check --judge-model and --judge-url.") from None
+                              f"endpoint ({err.message}). Check the judge's model and base_url.") from None
         except openai.APIError as err:
             return Completion("", f"{type(err).__name__}: {err}")
         if not response.choices:
@@ -301,6 +280,14 @@ def local_judge(model_config, template_name: str | None = None, generation=None)
 
     model, tokenizer, template = load_for_inference(model_config, None, template_name)
     return LocalJudge(model, tokenizer, template, generation, name=f"local {model_config.name}")
+
+
+def choose_judge(endpoint: EndpointConfig | None = None, local: ModelConfig | None = None) -> Judge:
+    """The judge to ask: an OpenAI-compatible `endpoint`, or a `local` model loaded here; exactly one of them."""
+    if (endpoint is None) == (local is None):
+        raise ConfigError("Choose one judge: an OpenAI-compatible endpoint (base_url and model), or a local model "
+                          "run here.")
+    return OpenAIJudge(endpoint) if endpoint is not None else local_judge(local)
 
 
 # ---------------------------------------------------------------- prompts and verdicts

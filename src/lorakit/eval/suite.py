@@ -1,5 +1,8 @@
 """Run one evaluation suite on several models (a base, its adapters, merged models) and report before/after.
 
+`evaluate_run(EvalRunConfig)` is the whole `lorakit eval` road: `model_specs()` names the models, `build_suite()`
+makes the suite (a YAML, plus quick tasks on dataset files), `run_eval()` evaluates and writes the report.
+
 Each (model, task) result is cached under the lorakit cache, keyed by the model's weights, the task's settings and
 its data files, so re-running a report recomputes only what changed.
 """
@@ -10,12 +13,14 @@ import hashlib
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from lorakit.bundled import cache_root
-from lorakit.config import EvalTaskConfig, ModelConfig, SuiteConfig, to_dict
+from lorakit.config import (AdapterSpec, DataConfig, EvalRunConfig, EvalTaskConfig, ModelConfig, SuiteConfig,
+                            load_config, parse_adapter, to_dict)
 from lorakit.errors import ConfigError
 from lorakit.eval.report import binomial_stderr, build_report, write_report
 from lorakit.files import atomic_dir, sha256_file, write_json
@@ -33,29 +38,67 @@ class ModelSpec:
     adapter: Path | None = None
 
 
-def model_specs(base: str | None, adapters: list[str], models: list[str]) -> list[ModelSpec]:
-    """The base first (the report's reference), then each adapter on it, then each merged/other model."""
-    from lorakit.adapters import parse_adapter
+def model_specs(base: str | None, adapters: Sequence[AdapterSpec | str],
+                models: Sequence[AdapterSpec | str]) -> list[ModelSpec]:
+    """The base first (the report's reference), then each adapter on it, then each merged/other model.
+
+    Adapters and models are AdapterSpecs or their text, PATH or NAME=PATH; without `base`, the base model is the
+    one the first adapter was trained on.
+    """
     from lorakit.runs import adapter_base_model, find_adapter_dir
 
     adapter_specs = []
-    for text in adapters:
-        spec = parse_adapter(text)
+    for entry in adapters:
+        spec = parse_adapter(entry) if isinstance(entry, str) else entry
         adapter_specs.append((spec.name, find_adapter_dir(spec.path)))
     if base is None:
         if not adapter_specs:
-            raise ConfigError("Nothing to evaluate: give --base MODEL, and optionally --adapter PATH or --model PATH.")
+            raise ConfigError("Nothing to evaluate: set base (a model), and optionally adapters or models (paths).")
         base = adapter_base_model(adapter_specs[0][1])
     specs = [ModelSpec(_base_label(base), base)]
     specs += [ModelSpec(label, base, path) for label, path in adapter_specs]
-    for text in models:
-        spec = parse_adapter(text)  # the same NAME=PATH rule; a bare path is named after its folder
+    for entry in models:
+        spec = parse_adapter(entry) if isinstance(entry, str) else entry  # a bare path is named after its folder
         specs.append(ModelSpec(spec.name, str(spec.path)))
     labels = [spec.label for spec in specs]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
-        raise ConfigError(f"Several models are called {', '.join(repeated)}; name them with --adapter NAME=PATH.")
+        raise ConfigError(f"Several models are called {', '.join(repeated)}; name them, writing each as NAME=PATH.")
     return specs
+
+
+def build_suite(run: EvalRunConfig, overrides: Sequence[str] = ()) -> SuiteConfig:
+    """The suite of an eval run: `run.suite`'s YAML with `overrides`, plus a quick perplexity and generation task
+    on each of `run.data`; `run.limit` caps every task."""
+    if run.suite is None and not run.data:
+        raise ConfigError("Say what to evaluate on: set suite (a suite YAML, see configs/eval-forgetting.yaml) or "
+                          "data (dataset files for perplexity and generation metrics).")
+    config = load_config(run.suite, overrides, SuiteConfig) if run.suite is not None else SuiteConfig(name="quick")
+    tasks = (*config.tasks, *quick_tasks(run.data))
+    if run.limit is not None:
+        tasks = tuple(replace(task, limit=run.limit) for task in tasks)
+    return replace(config, tasks=tuple(tasks))
+
+
+def quick_tasks(paths: Sequence[str]) -> tuple[EvalTaskConfig, ...]:
+    """A perplexity and a generation task on each dataset file, named after it."""
+    tasks: list[EvalTaskConfig] = []
+    for path in paths:
+        stem = Path(path).stem
+        tasks += [EvalTaskConfig(kind="perplexity", name=f"{stem}-perplexity", data=DataConfig(paths=(path,))),
+                  EvalTaskConfig(kind="generation", name=f"{stem}-generation", data=DataConfig(paths=(path,)))]
+    return tuple(tasks)
+
+
+def evaluate_run(run: EvalRunConfig, suite_overrides: Sequence[str] = (),
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The whole `lorakit eval` road: resolve the models, build the suite, evaluate, write the report under
+    `run.output_dir`; returns the report."""
+    specs = model_specs(run.base, run.adapters, run.models)
+    suite = build_suite(run, suite_overrides)
+    log(f"Evaluating {', '.join(spec.label for spec in specs)} on {len(suite.tasks)} task(s) of '{suite.name}'.")
+    model_config = ModelConfig(name=specs[0].base, dtype=run.dtype, device=run.device)
+    return run_eval(suite, specs, run.output_dir, model_config, use_cache=run.use_cache, log=log)
 
 
 def _base_label(base: str) -> str:

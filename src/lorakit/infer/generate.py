@@ -9,53 +9,20 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from lorakit.config import ModelConfig
-from lorakit.errors import ConfigError
+from lorakit.config import GenerationConfig, ModelConfig
+from lorakit.data.tokenize import left_pad, pad_token_id
 from lorakit.model import load_model, load_tokenizer
 from lorakit.runs import SETTINGS_FILE, check_same_base, find_adapter_dir, open_run
 from lorakit.templates import Template, render, resolve_template
 
 
-@dataclass(frozen=True)
-class GenerationConfig:
-    """Sampling settings; temperature 0 means greedy decoding. `stop` strings end a reply and are cut from it."""
-
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    repetition_penalty: float = 1.0
-    batch_size: int = 8
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str) else tuple(self.stop))
-        problems = []
-        if self.max_new_tokens <= 0:
-            problems.append(f"max_new_tokens must be a positive integer, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            problems.append(f"temperature must be 0 (greedy) or positive, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            problems.append(f"top_k must be 0 (off) or a positive integer, got {self.top_k}")
-        if self.repetition_penalty <= 0:
-            problems.append(f"repetition_penalty must be positive (1.0 is off), got {self.repetition_penalty}")
-        if self.batch_size <= 0:
-            problems.append(f"batch_size must be a positive integer, got {self.batch_size}")
-        if any(not word for word in self.stop):
-            problems.append("stop strings must not be empty")
-        if problems:
-            raise ConfigError("; ".join(problems) + ".")
 
 
 def inference_model(name: str | None, adapter: Path | None, device: str = "auto",
@@ -129,22 +96,57 @@ def generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, templat
 
     `tools`, when given, holds each conversation's function schemas (or None), shown to the model by the template.
     """
-    replies: list[str] = []
-    device = next(model.parameters()).device
-    stops = _stop_strings(template, config)
     tools = list(tools) if tools is not None else [None] * len(conversations)
+    prompts = [render(template, tokenizer, messages, tools=schemas, add_generation_prompt=True)
+               for messages, schemas in zip(conversations, tools)]
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"] if prompts else []
+    return generate_replies(model, tokenizer, prompt_ids, config, _stop_strings(template, config),
+                            stop_token_ids(tokenizer, template))
+
+
+@torch.inference_mode()
+def generate_replies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[Sequence[int]],
+                     config: GenerationConfig, stops: tuple[str, ...] = (), eos_ids: Sequence[int] | None = None,
+                     after_text: bool = False, batches: Iterable[Sequence[int]] | None = None) -> list[str]:
+    """The batched generation loop: a reply to each token-id prompt, in the order of `prompts`.
+
+    Prompts go `config.batch_size` at a time in their order, or as the index lists of `batches` (a caller may sort
+    them by length or wrap them in a progress bar). Sampling is seeded once with `config.seed`. A row ends at a
+    token of `eos_ids` (default: the tokenizer's eos), `config.max_new_tokens` or a stop string of `stops`; its
+    reply is cut at its first stop string and stripped. With `after_text`, a stop string before the reply's first
+    non-blank character does not count (GSM8K's answers may open with a blank line).
+    """
+    if batches is None:
+        batches = [range(start, min(start + config.batch_size, len(prompts)))
+                   for start in range(0, len(prompts), config.batch_size)]
+    if eos_ids is None:
+        eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    options = _sampling_options(config)
     if config.seed is not None:
         torch.manual_seed(config.seed)
-    for start in range(0, len(conversations), config.batch_size):
-        end = start + config.batch_size
-        prompts = [render(template, tokenizer, messages, tools=schemas, add_generation_prompt=True)
-                   for messages, schemas in zip(conversations[start:end], tools[start:end])]
-        batch = _left_padded(tokenizer, prompts).to(device)
-        prompt_length = batch["input_ids"].shape[1]
-        output = model.generate(**batch, **_generate_options(tokenizer, template, config, stops, prompt_length))
-        for row in output[:, prompt_length:]:
-            replies.append(trim_reply(_decode(tokenizer, row.tolist()), stops))
-    return replies
+    replies: dict[int, str] = {}
+    for batch in batches:
+        rows = [prompts[index] for index in batch]
+        stopping = [StopOnText(tokenizer, stops, max(map(len, rows)), after_text=after_text)] if stops else []
+        new_tokens = generate_batch(model, rows, pad_token_id(tokenizer), max_new_tokens=config.max_new_tokens,
+                                    eos_token_id=list(eos_ids) or None, stopping_criteria=stopping, **options)
+        for index, row in zip(batch, new_tokens):
+            text = _decode(tokenizer, row.tolist())
+            replies[index] = trim_reply(text.lstrip() if after_text else text, stops)
+    return [replies[index] for index in range(len(prompts))]
+
+
+def generate_batch(model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_id: int, **options) -> torch.Tensor:
+    """One `model.generate` call on token-id prompts, left-padded here (the tokenizer is left as it is: the
+    server's threads share it); returns the new tokens only, a row per prompt. `options` go to `generate`, with
+    `stopping_criteria` as a list."""
+    padded = left_pad([list(row) for row in prompts], pad_id)
+    device = next(model.parameters()).device
+    if "stopping_criteria" in options:
+        options["stopping_criteria"] = StoppingCriteriaList(options["stopping_criteria"])
+    output = model.generate(**{name: tensor.to(device) for name, tensor in padded.items()}, pad_token_id=pad_id,
+                            **options)
+    return output[:, padded["input_ids"].shape[1]:]
 
 
 def stream_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template,
@@ -257,21 +259,20 @@ class StopOnText(StoppingCriteria):
         return any(word in reply for word in self.stops)
 
 
-def _generate_options(tokenizer: PreTrainedTokenizerBase, template: Template, config: GenerationConfig,
-                      stops: tuple[str, ...], prompt_length: int, cancel: threading.Event | None = None) -> dict:
-    options = dict(max_new_tokens=config.max_new_tokens, eos_token_id=stop_token_ids(tokenizer, template),
-                   pad_token_id=tokenizer.pad_token_id, repetition_penalty=config.repetition_penalty,
-                   do_sample=config.temperature > 0)
+def _sampling_options(config: GenerationConfig) -> dict:
+    options = dict(repetition_penalty=config.repetition_penalty, do_sample=config.temperature > 0)
     if config.temperature > 0:
         options.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
-    if stops or cancel is not None:
-        options["stopping_criteria"] = StoppingCriteriaList([StopOnText(tokenizer, stops, prompt_length, cancel)])
     return options
 
 
-def _left_padded(tokenizer: PreTrainedTokenizerBase, prompts: list[str]):
-    """Left padding per call: the tokenizer itself is left as it is, since the server's threads share it."""
-    return tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+def _generate_options(tokenizer: PreTrainedTokenizerBase, template: Template, config: GenerationConfig,
+                      stops: tuple[str, ...], prompt_length: int, cancel: threading.Event | None = None) -> dict:
+    options = dict(max_new_tokens=config.max_new_tokens, eos_token_id=stop_token_ids(tokenizer, template),
+                   pad_token_id=tokenizer.pad_token_id, **_sampling_options(config))
+    if stops or cancel is not None:
+        options["stopping_criteria"] = StoppingCriteriaList([StopOnText(tokenizer, stops, prompt_length, cancel)])
+    return options
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase, template: Template) -> list[int]:
@@ -303,8 +304,19 @@ def trim_reply(text: str, stops: tuple[str, ...]) -> str:
 
 
 def _safe_prefix(text: str, stops: tuple[str, ...]) -> str:
-    """The part of a growing reply that later tokens cannot change: without a tail that may begin a stop string,
-    an unfinished multi-byte character, or trailing whitespace (the final reply is stripped)."""
+    """The part of a growing reply that later tokens cannot change, without trailing whitespace (the final reply
+    is stripped)."""
     text = _cut(text, stops)
-    held = max((size for word in stops for size in range(1, len(word)) if text.endswith(word[:size])), default=0)
-    return text[:len(text) - held].rstrip("\ufffd").strip()
+    return text[:len(text) - held_back(text, stops)].strip()
+
+
+def held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters of a growing reply to hold back: an unfinished multi-byte character (U+FFFD)
+    or a tail that may begin a stop string. Streaming (here and in the server) shows only what comes before."""
+    held = len(text) - len(text.rstrip("\ufffd"))
+    for stop in stops:
+        for size in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:size]):
+                held = max(held, size)
+                break
+    return held

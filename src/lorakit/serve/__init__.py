@@ -1,7 +1,7 @@
 """Serving stage: `serve(config)` answers OpenAI API requests with the base model and its adapters, batched.
 
 app.py holds the HTTP API, engine.py the batching engine, protocol.py the request and response bodies, vllm.py the
-`--engine vllm` road.
+road of engine 'vllm'.
 """
 
 from lorakit.serve.app import ServeConfig, create_app, endpoints_for, load_endpoints, serve

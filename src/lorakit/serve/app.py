@@ -12,7 +12,6 @@ import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -20,44 +19,15 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lorakit.adapters import (BASE, AdapterSpec, adapter_tokenizer, check_adapter_names, load_adapters,
-                              resolve_adapter_dirs)
-from lorakit.config import ModelConfig
-from lorakit.errors import ConfigError, LorakitError
+from lorakit.adapters import adapter_tokenizer, load_adapters, resolve_adapter_dirs
+from lorakit.config import BASE, AdapterSpec, ServeConfig
+from lorakit.errors import LorakitError
 from lorakit.infer.generate import stop_token_ids
 from lorakit.serve.engine import (GREEDY_BELOW, Endpoint, Engine, EngineUnavailable, ErrorEvent, FinishEvent, Job,
                                   Sampling, TextEvent)
 from lorakit.serve.protocol import (ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, chat_chunk,
                                     chat_completion, error_body, new_id, text_completion, usage)
 from lorakit.templates import Template, render, resolve_template
-
-ENGINES = ("transformers", "vllm")
-
-
-@dataclass(frozen=True)
-class ServeConfig:
-    """What `lorakit serve` loads and where it listens."""
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    adapters: tuple[AdapterSpec, ...] = ()
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key: str | None = None
-    max_batch_size: int = 8
-    engine: str = "transformers"
-    default_max_tokens: int = 256
-
-    def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ConfigError(f"--engine must be one of {', '.join(ENGINES)}; got '{self.engine}'.")
-        if self.max_batch_size < 1:
-            raise ConfigError(f"--max-batch-size must be at least 1, got {self.max_batch_size}.")
-        if not 0 <= self.port < 65536:
-            raise ConfigError(f"--port must be between 0 and 65535, got {self.port}.")
-        if self.default_max_tokens < 1:
-            raise ConfigError(f"default_max_tokens must be at least 1, got {self.default_max_tokens}.")
-        check_adapter_names(self.adapters, self.model.name)
-
 
 class APIError(Exception):
     """A request the server refuses, answered with OpenAI's error body and `status`."""

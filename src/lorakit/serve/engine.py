@@ -22,10 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria
 
-from lorakit.adapters import BASE, use_adapter
-from lorakit.data.tokenize import left_pad, pad_token_id
+from lorakit.adapters import use_adapter
+from lorakit.config import BASE
+from lorakit.data.tokenize import pad_token_id
+from lorakit.infer.generate import generate_batch, held_back
 from lorakit.templates import Template
 
 _PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -132,7 +134,6 @@ class Engine:
         configs = getattr(model, "peft_config", {}) or {}
         # PEFT's mixed-adapter batches do not support DoRA; with a DoRA adapter loaded, batches hold one adapter.
         self._mixed_batches = not any(getattr(config, "use_dora", False) for config in configs.values())
-        self._device = next(model.parameters()).device
 
     @property
     def alive(self) -> bool:
@@ -232,21 +233,19 @@ class Engine:
         router = _Router(jobs)
         try:
             # Padding from token ids, not the tokenizer: each adapter may bring its own, but rows share one batch.
-            padded = left_pad([job.prompt_ids for job in jobs], pad_token_id(jobs[0].endpoint.tokenizer))
-            inputs = {name: tensor.to(self._device) for name, tensor in padded.items()}
+            prompts, pad_id = [job.prompt_ids for job in jobs], pad_token_id(jobs[0].endpoint.tokenizer)
             sampling = jobs[0].sampling
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
-            kwargs = dict(**inputs, max_new_tokens=max(job.max_tokens for job in jobs),
-                          stopping_criteria=StoppingCriteriaList([router]), eos_token_id=None,
-                          pad_token_id=pad_token_id(jobs[0].endpoint.tokenizer), **sampling.generate_kwargs())
+            kwargs = dict(max_new_tokens=max(job.max_tokens for job in jobs), stopping_criteria=[router],
+                          eos_token_id=None, **sampling.generate_kwargs())
             adapters = {job.endpoint.adapter for job in jobs}
             if len(adapters) == 1:
                 with use_adapter(self.model, adapters.pop()):
-                    self.model.generate(**kwargs)
+                    generate_batch(self.model, prompts, pad_id, **kwargs)
             else:
                 names = [_PEFT_BASE if job.endpoint.adapter == BASE else job.endpoint.adapter for job in jobs]
-                self.model.generate(**kwargs, adapter_names=names)
+                generate_batch(self.model, prompts, pad_id, **kwargs, adapter_names=names)
             router.finish_all("length")
         except Exception as err:  # a failed batch must not kill the engine thread; its requests get the error
             router.fail(f"Generation failed: {type(err).__name__}: {err}")
@@ -316,7 +315,7 @@ class _Row:
             self._send(text.rstrip("\ufffd"))  # a character cut off by max_tokens is dropped, not sent broken
             self._finish_event("length")
             return
-        self._send(text[: len(text) - _held_back(text, self.stops)])
+        self._send(text[: len(text) - held_back(text, self.stops)])
 
     def finish(self, reason: str) -> None:
         """End the row, sending any text held back (a stop string's start that never completed)."""
@@ -331,15 +330,3 @@ class _Row:
     def _finish_event(self, reason: str) -> None:
         self.done = True
         self.job.send(FinishEvent(reason, len(self.job.prompt_ids), self.count))
-
-
-def _held_back(text: str, stops: tuple[str, ...]) -> int:
-    """How many trailing characters to keep back: an incomplete character, or what may begin a stop string."""
-    held = len(text) - len(text.rstrip("\ufffd"))
-    for stop in stops:
-        for size in range(min(len(stop) - 1, len(text)), 0, -1):
-            if text.endswith(stop[:size]):
-                held = max(held, size)
-                break
-    return held
-

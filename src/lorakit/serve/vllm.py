@@ -1,4 +1,4 @@
-"""`lorakit serve --engine vllm`: the same model names through vLLM's OpenAI server, for a CUDA GPU.
+"""Serving with engine 'vllm': the same model names through vLLM's OpenAI server, for a CUDA GPU.
 
 `vllm_command()` builds the `vllm serve` command line (base model under its lorakit name, each adapter as a LoRA
 module); `run_vllm()` checks that vLLM and CUDA are there and replaces this process with vLLM's server.
@@ -12,8 +12,8 @@ import os
 import shutil
 from pathlib import Path
 
+from lorakit.config import ServeConfig
 from lorakit.errors import ConfigError
-from lorakit.serve.app import ServeConfig
 
 # vLLM allocates LoRA slots of these ranks; --max-lora-rank must be one of them.
 _VLLM_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
@@ -52,12 +52,12 @@ def _slot_rank(rank: int) -> int:
     for slot in _VLLM_RANKS:
         if rank <= slot:
             return slot
-    raise ConfigError(f"An adapter has rank {rank}; vLLM serves LoRA ranks up to {_VLLM_RANKS[-1]}. Use "
-                      "--engine transformers, or retrain with a smaller lora.rank.")
+    raise ConfigError(f"An adapter has rank {rank}; vLLM serves LoRA ranks up to {_VLLM_RANKS[-1]}. Set engine "
+                      "to transformers, or retrain with a smaller lora.rank.")
 
 
 def missing_for_vllm() -> list[str]:
-    """What `--engine vllm` lacks here: the vllm package, a CUDA GPU, or both (empty when ready)."""
+    """What engine 'vllm' lacks here: the vllm package, a CUDA GPU, or both (empty when ready)."""
     import torch
 
     missing = []
@@ -75,8 +75,8 @@ def run_vllm(config: ServeConfig) -> None:
     if not missing and executable is None:
         missing.append("the `vllm` command on PATH (reinstall vllm in this environment)")
     if missing:
-        raise ConfigError(f"--engine vllm needs {' and '.join(missing)}. Use --engine transformers (the default) "
-                          "to serve on this machine.")
+        raise ConfigError(f"engine 'vllm' needs {' and '.join(missing)}. Set engine to transformers (the "
+                          "default) to serve on this machine.")
     env = dict(os.environ)
     if config.api_key:
         env["VLLM_API_KEY"] = config.api_key  # not on the command line, where `ps` would show it

@@ -1,0 +1,251 @@
+"""Training configs: the model, the data, the adapter and the optimisation schedule of `lorakit train`.
+
+LLaMA-Factory's flat keys (`lora_rank`, `cutoff_len`, ...) are translated by the alias table below, at load time, so
+no other module knows they exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorakit.config.core import DEVICES, DTYPES, check_choice, set_dotted
+from lorakit.errors import ConfigError
+
+QUANTIZATIONS = ("none", "4bit", "8bit")
+FINETUNING = ("lora", "freeze", "full")
+STAGES = ("sft",)
+# LLaMA-Factory's other stages: named in the error for a config that asks for one lorakit does not train yet.
+_OTHER_STAGES = ("pt", "rm", "ppo", "dpo", "kto")
+OVERLONG = ("truncate", "drop")
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")
+EXAMPLE_ORDERS = ("random", "sequential", "by_length")
+FORMATS = ("auto", "alpaca", "sharegpt", "openai", "qa", "prompt_completion", "text")
+
+
+def _check_stage(stage: str) -> None:
+    if stage in STAGES:
+        return
+    if stage in _OTHER_STAGES:
+        raise ConfigError(f"stage is '{stage}', which lorakit does not train yet: it trains stage {', '.join(STAGES)} "
+                          "(supervised fine-tuning) only. Training this config anyway would fit the wrong objective "
+                          "(e.g. SFT on the chosen answers of preference data). Set stage: sft to fine-tune on the "
+                          "conversations, or use another tool for this stage for now.")
+    check_choice("stage", stage, STAGES + _OTHER_STAGES)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which model to load and how: a bundled name, a local folder, a .gguf file or a hub id."""
+
+    name: str = "smollm2-135m"
+    device: str = "auto"
+    dtype: str = "auto"
+    quantization: str = "none"
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("model.device", self.device, DEVICES)
+        check_choice("model.dtype", self.dtype, DTYPES)
+        check_choice("model.quantization", self.quantization, QUANTIZATIONS)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the examples come from and how they become tokens."""
+
+    paths: tuple[str, ...] = ()
+    dataset_dir: Path | None = None
+    format: str = "auto"
+    columns: dict[str, str] = field(default_factory=dict)
+    mix_ratios: tuple[float, ...] = ()
+    replace: dict[str, str] = field(default_factory=dict)
+    template: str = "auto"
+    system: str | None = None
+    thinking: bool | None = None
+    max_seq_len: int = 1024
+    overlong: str = "truncate"
+    train_on_prompt: bool = False
+    max_samples: int | None = None
+    val_size: float = 0.0
+    skip_bad: bool = False
+    seed: int = 42
+    cache_tokens: bool = True
+
+    def __post_init__(self) -> None:
+        check_choice("data.format", self.format, FORMATS)
+        check_choice("data.overlong", self.overlong, OVERLONG)
+        if self.max_seq_len < 8:
+            raise ConfigError(f"data.max_seq_len must be at least 8 tokens, got {self.max_seq_len}.")
+        if self.val_size < 0:
+            raise ConfigError(f"data.val_size must be a fraction in [0, 1) or a record count, got {self.val_size}.")
+        if self.mix_ratios and len(self.mix_ratios) != len(self.paths):
+            raise ConfigError(f"data.mix_ratios has {len(self.mix_ratios)} values but data.paths names "
+                              f"{len(self.paths)} datasets; give one ratio per dataset.")
+        if any(r <= 0 for r in self.mix_ratios):
+            raise ConfigError(f"data.mix_ratios must all be positive, got {list(self.mix_ratios)}.")
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """The adapter: PEFT's LoraConfig in lorakit's words."""
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    targets: tuple[str, ...] = ("all-linear",)
+    rslora: bool = False
+    dora: bool = False
+    loraplus_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.rank <= 0:
+            raise ConfigError(f"lora.rank must be a positive integer, got {self.rank}.")
+        if self.alpha <= 0:
+            raise ConfigError(f"lora.alpha must be positive, got {self.alpha}.")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}.")
+        if not self.targets:
+            raise ConfigError("lora.targets is empty; use 'all-linear' or name modules such as q_proj,v_proj.")
+        if self.loraplus_ratio is not None and self.loraplus_ratio <= 0:
+            raise ConfigError(f"lora.loraplus_ratio must be positive (16 is typical), got {self.loraplus_ratio}.")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One supervised fine-tuning run: model, data, adapter and the optimisation schedule."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    output_dir: Path = Path("outputs/latest")
+    stage: str = "sft"
+    finetuning: str = "lora"
+    freeze_trainable_layers: int = 2
+    learning_rate: float = 2e-4
+    epochs: float = 3.0
+    max_steps: int | None = None
+    batch_size: int = 4
+    gradient_accumulation: int = 1
+    lr_scheduler: str = "cosine"
+    warmup_ratio: float = 0.0
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    logging_steps: int = 10
+    eval_steps: int | None = None
+    save_steps: int | None = None
+    save_total_limit: int = 2
+    early_stopping_patience: int | None = None
+    gradient_checkpointing: bool = False
+    padding_free: bool = True
+    chunked_loss: bool = True
+    example_order: str = "random"
+    seed: int = 42
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        _check_stage(self.stage)
+        check_choice("finetuning", self.finetuning, FINETUNING)
+        check_choice("example_order", self.example_order, EXAMPLE_ORDERS)
+        check_choice("lr_scheduler", self.lr_scheduler, SCHEDULERS)
+        problems = []
+        if self.learning_rate <= 0:
+            problems.append(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.batch_size <= 0:
+            problems.append(f"batch_size must be a positive integer, got {self.batch_size}")
+        if self.gradient_accumulation <= 0:
+            problems.append(f"gradient_accumulation must be a positive integer, got {self.gradient_accumulation}")
+        if self.max_steps is not None and self.max_steps <= 0:
+            problems.append(f"max_steps must be positive (or left out to train by epochs), got {self.max_steps}")
+        if self.max_steps is None and self.epochs <= 0:
+            problems.append(f"epochs must be positive, got {self.epochs}")
+        if not 0 <= self.warmup_ratio < 1:
+            problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.early_stopping_patience is not None and self.data.val_size == 0:
+            problems.append("early_stopping_patience needs a validation set; set data.val_size (e.g. 0.1)")
+        if problems:
+            raise ConfigError("; ".join(problems) + ".")
+
+
+def _split(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return list(value)
+
+
+def _lora_target(value: Any) -> list[str]:
+    names = _split(value)
+    return ["all-linear"] if names in (["all"], ["all-linear"]) else names
+
+
+def _quantization_bits(value: Any) -> str:
+    return {None: "none", 4: "4bit", 8: "8bit"}.get(None if value in (None, "none") else int(value), str(value))
+
+
+# LLaMA-Factory's flat keys -> (our dotted key, value converter).
+ALIASES: dict[str, tuple[str, Any]] = {
+    "model_name_or_path": ("model.name", str),
+    "trust_remote_code": ("model.trust_remote_code", None),
+    "quantization_bit": ("model.quantization", _quantization_bits),
+    "dataset": ("data.paths", _split),
+    "dataset_dir": ("data.dataset_dir", None),
+    "template": ("data.template", None),
+    "cutoff_len": ("data.max_seq_len", None),
+    "max_samples": ("data.max_samples", None),
+    "val_size": ("data.val_size", None),
+    "train_on_prompt": ("data.train_on_prompt", None),
+    "default_system": ("data.system", None),
+    "enable_thinking": ("data.thinking", None),
+    "interleave_probs": ("data.mix_ratios", lambda v: [float(x) for x in _split(str(v))]),
+    "finetuning_type": ("finetuning", None),
+    "freeze_trainable_layers": ("freeze_trainable_layers", None),
+    "lora_rank": ("lora.rank", None),
+    "lora_alpha": ("lora.alpha", None),
+    "lora_dropout": ("lora.dropout", None),
+    "lora_target": ("lora.targets", _lora_target),
+    "use_rslora": ("lora.rslora", None),
+    "use_dora": ("lora.dora", None),
+    "loraplus_lr_ratio": ("lora.loraplus_ratio", None),
+    "per_device_train_batch_size": ("batch_size", None),
+    "gradient_accumulation_steps": ("gradient_accumulation", None),
+    "num_train_epochs": ("epochs", None),
+    "lr_scheduler_type": ("lr_scheduler", None),
+    "max_grad_norm": ("max_grad_norm", None),
+    "save_steps": ("save_steps", None),
+    "save_total_limit": ("save_total_limit", None),
+    "eval_steps": ("eval_steps", None),
+    "resume_from_checkpoint": ("resume", lambda v: bool(v)),
+    "gradient_checkpointing": ("gradient_checkpointing", None),
+    "neat_packing": ("padding_free", None),
+}
+# LLaMA-Factory keys that carry no meaning for lorakit (it always trains, plots and overwrites its own outputs).
+IGNORED_KEYS = frozenset({
+    "do_train", "do_eval", "do_predict", "plot_loss", "overwrite_output_dir", "overwrite_cache",
+    "preprocessing_num_workers", "dataloader_num_workers", "ddp_timeout", "report_to", "bf16", "fp16",
+    "per_device_eval_batch_size", "eval_strategy", "evaluation_strategy", "save_only_model", "packing",
+    "flash_attn", "upcast_layernorm",
+})
+
+
+def apply_aliases(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Translate flat LLaMA-Factory keys into lorakit's nested ones; lorakit's own keys pass through."""
+    nested: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in IGNORED_KEYS:
+            continue
+        if key in ALIASES and key not in _top_level_fields():
+            target, convert = ALIASES[key]
+            set_dotted(nested, target, convert(value) if convert and value is not None else value)
+        else:
+            set_dotted(nested, key, value)
+    return nested
+
+
+def _top_level_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(TrainConfig)}
+
+
