@@ -112,7 +112,7 @@ def test_parse_adapter_and_weights(tmp_path, monkeypatch):
     assert parse_adapter("lr=1e-4") == AdapterSpec("lr-1e-4", Path("lr=1e-4"))
     assert parse_weights("0.7, 0.3", 2) == [0.7, 0.3]
     assert parse_weights("", 4) == [0.25] * 4
-    with pytest.raises(ConfigError, match="--weights must be numbers"):
+    with pytest.raises(ConfigError, match="weights must be numbers"):
         parse_weights("0.7;0.3", 2)
 
 
@@ -150,7 +150,7 @@ def test_mix_violations_are_config_errors(tmp_path, two_adapters, tiny_tokenizer
     model = load_adapters(make_model("llama", len(tiny_tokenizer)), [*two_adapters, wider], "tiny")
     with pytest.raises(ConfigError, match="linear needs adapters of equal rank; got first r=4, wide r=8"):
         mix_adapters(model, ["first", "wide"], [0.5, 0.5], "linear", "mixed")
-    with pytest.raises(ConfigError, match="--weights has 1 values but 2 adapters"):
+    with pytest.raises(ConfigError, match="weights has 1 values but 2 adapters"):
         mix_adapters(model, ["first", "second"], [1.0], "cat", "mixed")
     with pytest.raises(ConfigError, match="one of linear, cat, svd; got 'ties'"):
         mix_adapters(model, ["first", "second"], [0.5, 0.5], "ties", "mixed")
@@ -177,7 +177,7 @@ def test_mix_checks_its_arguments_before_loading_a_model(tmp_path, monkeypatch):
     two = AdapterSpec("two", tmp_path / "absent-two")
     with pytest.raises(ConfigError, match="at least two adapters"):
         mix(None, [one], [1.0], "cat", tmp_path / "out")
-    with pytest.raises(ConfigError, match="--weights has 1 values but 2 adapters"):
+    with pytest.raises(ConfigError, match="weights has 1 values but 2 adapters"):
         mix(None, [one, two], [1.0], "cat", tmp_path / "out")
     with pytest.raises(ConfigError, match="got 'ties'"):
         mix(None, [one, two], [0.5, 0.5], "ties", tmp_path / "out")
@@ -197,5 +197,5 @@ def test_cli_adapters_mix(tmp_path, tiny_model_dir):
 
     bad = CliRunner().invoke(app, ["adapters", "mix", str(tmp_path / "bad"), "--adapter", f"first={first}",
                                    "--adapter", f"second={second}", "--weights", "1", "--model", str(tiny_model_dir)])
-    assert isinstance(bad.exception, ConfigError) and "--weights has 1 values" in str(bad.exception)
+    assert isinstance(bad.exception, ConfigError) and "weights has 1 values" in str(bad.exception)
     assert not (tmp_path / "bad").exists()

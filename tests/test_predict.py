@@ -178,7 +178,7 @@ def test_output_of_another_dataset_is_refused(lively, data_file, tmp_path):
     other = tmp_path / "other.json"
     other.write_text(json.dumps([{"instruction": "something else", "output": "x"}]))
     with pytest.raises(DataError, match=r"predictions.jsonl, line 1: the prediction for record 0 was made for "
-                                        r"another prompt.*Choose another --output"):
+                                        r"another prompt.*Choose another output file"):
         predict(*lively, requests_of(other), output, config, show_progress=False)
 
 
@@ -203,7 +203,7 @@ def test_damaged_output_line_is_an_error(lively, data_file, tmp_path):
     first = output.read_text()
     output.write_text(first + "not json\n" + first)
     with pytest.raises(DataError, match=r"predictions.jsonl, line 2: not a prediction record.*delete it or choose "
-                                        r"another --output"):
+                                        r"another output file"):
         predict(*lively, requests, output, GenerationConfig(), show_progress=False)
 
 

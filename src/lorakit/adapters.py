@@ -29,7 +29,7 @@ def parse_weights(text: str, count: int) -> list[float]:
     try:
         return [float(part) for part in text.split(",")]
     except ValueError:
-        raise ConfigError(f"--weights must be numbers separated by commas (e.g. 0.7,0.3); got '{text}'.") from None
+        raise ConfigError(f"weights must be numbers separated by commas (e.g. 0.7,0.3); got '{text}'.") from None
 
 
 def _check_adapter_dir(spec: AdapterSpec, model: PreTrainedModel, base_name: str) -> None:
@@ -113,12 +113,12 @@ def mix_adapters(model, names: Sequence[str], weights: Sequence[float], combinat
 def check_mix_arguments(count: int, weights: Sequence[float], combination: str) -> None:
     """What can be checked before any model is loaded: the combination, two or more adapters, one weight each."""
     if combination not in COMBINATIONS:
-        raise ConfigError(f"--combination must be one of {', '.join(COMBINATIONS)}; got '{combination}'.")
+        raise ConfigError(f"combination must be one of {', '.join(COMBINATIONS)}; got '{combination}'.")
     if count < 2:
-        raise ConfigError(f"Mixing needs at least two adapters; got {count}. Add more with --adapter NAME=PATH.")
+        raise ConfigError(f"Mixing needs at least two adapters; got {count}. Add more adapters (NAME=PATH).")
     if len(weights) != count:
-        raise ConfigError(f"--weights has {len(weights)} values but {count} adapters are given; give one weight "
-                          "per adapter, in the order of --adapter (e.g. --weights 0.7,0.3).")
+        raise ConfigError(f"weights has {len(weights)} values but {count} adapters are given; give one weight "
+                          "per adapter, in the order of the adapters (e.g. weights 0.7,0.3).")
 
 
 def _check_mix(model, names: Sequence[str], weights: Sequence[float], combination: str, new_name: str) -> None:
@@ -136,7 +136,7 @@ def _check_mix(model, names: Sequence[str], weights: Sequence[float], combinatio
     ranks = {name: configs[name].r for name in names}
     if combination == "linear" and len(set(ranks.values())) > 1:
         listed = ", ".join(f"{name} r={rank}" for name, rank in ranks.items())
-        raise ConfigError(f"combination=linear needs adapters of equal rank; got {listed}. Use --combination cat "
+        raise ConfigError(f"combination=linear needs adapters of equal rank; got {listed}. Use combination cat "
                           "(rank = their sum) or svd (rank = the largest), or retrain with one lora.rank.")
     if len({type(configs[name].target_modules) for name in names}) > 1:
         raise ConfigError(f"Adapters {', '.join(names)} name their target modules in different forms (a list in "
@@ -177,7 +177,7 @@ def mix(model_config: ModelConfig | None, specs: Sequence[AdapterSpec], weights:
     from lorakit.model import load_model
 
     if not specs:
-        raise ConfigError("Nothing to mix: give at least two adapters with --adapter NAME=PATH.")
+        raise ConfigError("Nothing to mix: give at least two adapters (NAME=PATH).")
     check_mix_arguments(len(specs), weights, combination)
     check_adapter_names(specs, model_config.name if model_config is not None else BASE)
     specs = resolve_adapter_dirs(specs)

@@ -39,12 +39,12 @@ def parse_grid(items: list[str]) -> dict[str, list[str]]:
         key, sep, values = item.partition("=")
         choices = [value.strip() for value in values.split(",") if value.strip()]
         if not sep or not key.strip() or not choices:
-            raise ConfigError(f"--grid '{item}' is not of the form key=v1,v2,... (e.g. lora.rank=4,8,16).")
+            raise ConfigError(f"grid entry '{item}' is not of the form key=v1,v2,... (e.g. lora.rank=4,8,16).")
         if key.strip() in grid:
-            raise ConfigError(f"--grid names {key.strip()} twice; give all its values in one --grid.")
+            raise ConfigError(f"grid names {key.strip()} twice; give all its values in one entry (key=v1,v2).")
         grid[key.strip()] = choices
     if not grid:
-        raise ConfigError("A sweep needs at least one --grid key=v1,v2 (e.g. --grid lora.rank=4,8,16).")
+        raise ConfigError("A sweep needs at least one grid entry key=v1,v2 (e.g. lora.rank=4,8,16).")
     return grid
 
 
@@ -64,10 +64,10 @@ def run_name(point: dict[str, str]) -> str:
 def _objective(config: TrainConfig, suite: SuiteConfig | None, metric: str | None) -> Objective:
     if suite is None:
         if metric not in (None, LOSS_METRIC):
-            raise ConfigError(f"--metric {metric} needs --suite; without a suite a sweep ranks by {LOSS_METRIC}.")
+            raise ConfigError(f"metric {metric} needs a suite; without a suite a sweep ranks by {LOSS_METRIC}.")
         if config.data.val_size == 0:
-            raise ConfigError("Without --suite a sweep ranks runs by held-out loss, so it needs a validation split: "
-                              "set data.val_size (e.g. data.val_size=0.1) or pass --suite SUITE.yaml.")
+            raise ConfigError("Without a suite a sweep ranks runs by held-out loss, so it needs a validation split: "
+                              "set data.val_size (e.g. data.val_size=0.1) or give a suite (SUITE.yaml).")
         return Objective(LOSS_METRIC, higher_is_better=False)
     if metric is None:
         if not suite.tasks:

@@ -122,11 +122,11 @@ def _completed(output: Path, requests: Sequence[PredictionRequest]) -> tuple[set
             if last:
                 break  # written when the run was killed: redone below
             raise DataError(f"{output}, line {number}: not a prediction record. The file is damaged or is not "
-                            "lorakit predict output; delete it or choose another --output.")
+                            "lorakit predict output; delete it or choose another output file.")
         index = record["index"]
         if index not in by_index or record.get("prompt") != _as_json(by_index[index].prompt):
             raise DataError(f"{output}, line {number}: the prediction for record {index} was made for another prompt, "
-                            "so this file belongs to another dataset or settings. Choose another --output, or delete "
+                            "so this file belongs to another dataset or settings. Choose another output file, or delete "
                             "the file to start over.")
         done.add(index)
         kept += len(line)
@@ -180,5 +180,5 @@ def _check_settings(output: Path, settings: dict[str, Any]) -> None:
         if differs:
             details = "; ".join(f"{key}: {saved.get(key)!r} then, {settings[key]!r} now" for key in differs)
             raise DataError(f"{output} holds predictions made with other settings ({details}). Rerun with the same "
-                            "settings to continue it, or choose another --output.")
+                            "settings to continue it, or choose another output file.")
     write_json(sidecar, settings)

@@ -183,7 +183,7 @@ def _checkpoint_to_resume(config: TrainConfig) -> str | None:
     last = get_last_checkpoint(str(checkpoints)) if checkpoints.is_dir() else None
     if last is None:
         raise ConfigError(f"resume is set but {checkpoints} holds no checkpoint-N folder. Train once with "
-                          "save_steps set (checkpoints are also saved each epoch), or drop --resume.")
+                          "save_steps set (checkpoints are also saved each epoch), or set resume=false.")
     return last
 
 
