@@ -59,6 +59,14 @@ def test_bad_data_line_is_reported_by_data_check(tmp_path):
     assert "Read 2 records: 1 used, 1 skipped." in skipped.stdout
 
 
+@pytest.mark.parametrize("args", [["bench"], ["eval", "--nosuch"], ["data", "check", "--nosuch"]])
+def test_usage_mistake_shows_usage_and_exits_2(args):
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert "Usage: " in result.stderr and "Traceback" not in result.stderr
+    assert ("No such command 'bench'" if args == ["bench"] else "No such option: --nosuch") in result.stderr
+
+
 def test_data_preview_and_stats(tiny_model_dir, data_file, tmp_path):
     runner = CliRunner()
     preview = runner.invoke(app, ["data", "preview", str(data_file), f"model.name={tiny_model_dir}",
