@@ -18,6 +18,9 @@ from lorakit.cli import train, data, evaluate, infer, serve  # noqa: F401,I001
 from lorakit.cli.app import app
 from lorakit.errors import LorakitError
 
+# Settings a flag also makes: library messages name the config key, the command line adds its flag.
+_FLAGS = {"data.skip_bad=true": "--skip-bad"}
+
 
 def main() -> None:
     """Entry point: run the CLI, turning user mistakes into a one-line message and exit status 2."""
@@ -26,8 +29,8 @@ def main() -> None:
     except LorakitError as err:
         from rich.markup import escape
 
-        Console(stderr=True).print(f"[bold red]{type(err).__name__}[/]: {escape(str(err))}", highlight=False,
-                                   soft_wrap=True)
+        Console(stderr=True).print(f"[bold red]{type(err).__name__}[/]: {escape(_with_flags(str(err)))}",
+                                   highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
@@ -37,6 +40,12 @@ def main() -> None:
     # Outside standalone mode, click returns the code of a `typer.Exit(code)` instead of exiting with it.
     if isinstance(status, int) and not isinstance(status, bool):
         sys.exit(status)
+
+
+def _with_flags(message: str) -> str:
+    for setting, flag in _FLAGS.items():
+        message = message.replace(setting, f"{setting} (or {flag})")
+    return message
 
 
 def _click_exceptions() -> tuple[type[Exception], ...]:
