@@ -33,7 +33,6 @@ from lorakit.errors import ConfigError
 from lorakit.files import atomic_dir, save_figure, sha256_file, write_json, write_text
 from lorakit.model import load_model, load_tokenizer, prepare_for_training, resolve_device
 from lorakit.templates import Template, install_template, resolve_template
-from lorakit.train.allocator import keep_freed_memory
 from lorakit.train.lora_layers import use_fast_dropout, use_fast_lora_forward
 from lorakit.train.loss import ChunkedLossTrainer
 from lorakit.train.memory import available_memory, fit_micro_batch
@@ -129,8 +128,6 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Prep
         if padding_free:
             speedups.callback(model.set_attn_implementation, use_varlen_attention(model))
         speedups.callback(use_fast_lora_forward(model))
-        if on_cpu:
-            speedups.enter_context(keep_freed_memory())
         trainer = _build_trainer(model, tokenizer, data, config, padding_free)
         started = time.time()
         result = trainer.train(resume_from_checkpoint=resume_from)
