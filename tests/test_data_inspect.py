@@ -101,8 +101,8 @@ def test_check_reports_a_dataset_without_usable_records_and_keeps_going(tmp_path
 def test_check_reports_an_impossible_validation_split(chats):
     report = check_data(DataConfig(paths=(str(chats),), val_size=5))
 
-    assert report.problems == ["data.val_size=5 holds out 5 of 5 records; it must leave at least one record on each "
-                               "side. Use a fraction such as 0.1 or a smaller count."]
+    assert report.problems == [("data.val_size=5 holds out 5 of 5 records; it must leave at least one record on "
+                                "each side. Use a fraction such as 0.1 or a smaller count.")]
 
 
 def test_check_of_a_clean_file_lists_no_problems(chats):
