@@ -48,15 +48,41 @@ def test_user_mistake_is_one_line_and_status_2(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_bad_data_line_is_reported_by_data_check(tmp_path):
+def test_data_check_lists_every_bad_line_and_exits_1(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "q", "completion": "a"}\n{"prompt": "q"\n{"prompt": "q2", "completion": ""}\n')
+    result = run_cli("data", "check", str(path))
+    assert result.returncode == 1, result.stderr
+    assert "Read 3 records: 1 used, 2 skipped." in result.stdout
+    assert f"{path}, line 2: not valid JSON" in result.stdout
+    assert f"{path}, line 3: field 'completion' is empty" in result.stdout
+    assert "Traceback" not in result.stderr
+    skipped = CliRunner().invoke(app, ["data", "check", str(path), "--skip-bad"])
+    assert skipped.exit_code == 1, skipped.output
+    assert "Training skips the 2 bad records (data.skip_bad is true)." in skipped.output
+
+
+def test_data_check_of_a_clean_file_exits_0(data_file):
+    result = CliRunner().invoke(app, ["data", "check", str(data_file)])
+    assert result.exit_code == 0, result.output
+    assert "Read 6 records: 6 used, 0 skipped." in result.output
+
+
+def test_bad_record_error_names_the_config_key_and_the_flag(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text('{"prompt": "q", "completion": "a"}\n{"prompt": "q"\n')
-    result = run_cli("data", "check", str(path))
+    result = run_cli("data", "stats", str(path))
     assert result.returncode == 2
     assert f"DataError: {path}, line 2: not valid JSON" in result.stderr
-    skipped = run_cli("data", "check", str(path), "--skip-bad")
-    assert skipped.returncode == 0, skipped.stderr
-    assert "Read 2 records: 1 used, 1 skipped." in skipped.stdout
+    assert "set data.skip_bad=true (or --skip-bad) to skip it" in " ".join(result.stderr.split())
+
+
+@pytest.mark.parametrize("args", [["bench"], ["eval", "--nosuch"], ["data", "check", "--nosuch"]])
+def test_usage_mistake_shows_usage_and_exits_2(args):
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert "Usage: " in result.stderr and "Traceback" not in result.stderr
+    assert ("No such command 'bench'" if args == ["bench"] else "No such option: --nosuch") in result.stderr
 
 
 def test_data_preview_and_stats(tiny_model_dir, data_file, tmp_path):

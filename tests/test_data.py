@@ -123,7 +123,7 @@ def test_mixing_by_ratio_and_split_are_reproducible(tmp_path):
 
 def test_broken_jsonl_line_names_file_and_line(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "q", "completion": "a"}, '{"prompt": "q", "completion"'])
-    with pytest.raises(DataError, match=r"bad.jsonl, line 2: not valid JSON .* use --skip-bad"):
+    with pytest.raises(DataError, match=r"bad.jsonl, line 2: not valid JSON .* set data.skip_bad=true to skip it"):
         load(path)
 
 

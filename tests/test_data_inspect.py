@@ -14,8 +14,8 @@ import pytest
 
 from lorakit.config import DataConfig
 from lorakit.data import load_conversations
-from lorakit.data.inspect import (check_data, convert, dataset_stats, format_check, format_stats,
-                                  plot_length_histogram, preview)
+from lorakit.data.inspect import (check_data, convert, data_config_and_overrides, dataset_stats, format_check,
+                                  format_stats, plot_length_histogram, preview, problem_kinds)
 from lorakit.errors import ConfigError, DataError
 from lorakit.templates import resolve_template
 
@@ -66,12 +66,77 @@ def test_check_counts_records_sources_formats_and_problems(tmp_path, chats):
     text = format_check(report, shown=1)
     assert "Read 9 records: 7 used, 2 skipped." in text
     assert "... and 1 more." in text
+    assert "Training skips the 2 bad records (data.skip_bad is true)." in text
 
 
-def test_check_raises_on_the_first_bad_record_without_skip_bad(tmp_path):
-    bad = write_jsonl(tmp_path / "bad.jsonl", [chat("q", "a"), {"messages": [{"role": "user", "content": "q"}]}])
-    with pytest.raises(DataError, match=r"bad.jsonl, line 2: the last turn is from 'user'"):
-        check_data(DataConfig(paths=(str(bad),)))
+def test_check_lists_every_bad_record_without_skip_bad(tmp_path):
+    user_only = {"messages": [{"role": "user", "content": "q"}]}
+    bad = write_jsonl(tmp_path / "bad.jsonl", [chat("q", "a"), user_only, "{oops", user_only, chat("q2", "a2"),
+                                               {"messages": [{"role": "user", "content": "q"},
+                                                             {"role": "assistant", "content": " "}]}])
+
+    report = check_data(DataConfig(paths=(str(bad),)))
+
+    assert (report.read, report.used, report.skipped) == (6, 2, 4)
+    assert [problem.split(":")[0] for problem in report.problems] == [f"{bad}, line {n}" for n in (2, 3, 4, 6)]
+    assert "line 2: the last turn is from 'user'" in report.problems[0]
+    text = format_check(report, shown=2)
+    assert f"{bad}, line 3: not valid JSON" in text and f"{bad}, line 4" not in text
+    assert "... and 2 more." in text
+    assert "By kind:\n  2  the last turn is from 'user', so there is no answer to learn\n" in text
+    assert "  1  not valid JSON\n" in text and "  1  messages[N] is empty\n" in text
+    assert "set data.skip_bad=true" in text and "--skip-bad" not in text
+
+
+def test_check_reports_a_dataset_without_usable_records_and_keeps_going(tmp_path, chats):
+    bad = write_jsonl(tmp_path / "bad.jsonl", ["{oops", "[1]"])
+
+    report = check_data(DataConfig(paths=(str(bad), str(chats)), mix_ratios=(1, 1)))
+
+    assert (report.read, report.used, report.skipped) == (7, 5, 2)
+    assert report.per_source == {str(bad): 0, str(chats): 5}
+    assert report.problems[-1] == f"{bad}: no usable records: every record in it is bad (listed above)."
+
+
+def test_check_reports_an_impossible_validation_split(chats):
+    report = check_data(DataConfig(paths=(str(chats),), val_size=5))
+
+    assert report.problems == [("data.val_size=5 holds out 5 of 5 records; it must leave at least one record on "
+                                "each side. Use a fraction such as 0.1 or a smaller count.")]
+
+
+def test_check_of_a_clean_file_lists_no_problems(chats):
+    report = check_data(DataConfig(paths=(str(chats),)))
+
+    assert report.problems == []
+    assert "Problems" not in format_check(report) and "skip_bad" not in format_check(report)
+
+
+def test_check_still_raises_when_a_file_cannot_be_read(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        check_data(DataConfig(paths=(str(tmp_path / "missing.jsonl"),)))
+
+
+def test_problem_kinds_drop_origin_and_numbers():
+    kinds = problem_kinds(["a.jsonl, line 2: not valid JSON (Expecting value at column 1). Each line ...",
+                           "a.json, record 3 (line 9): turn messages[3] is empty. Fill it in",
+                           "a.json, record 4 (line 12): turn messages[1] is empty. Fill it in",
+                           "x.parquet, row 7: missing field 'output'. A alpaca record needs"])
+
+    assert kinds == {"turn messages[N] is empty": 2, "not valid JSON": 1, "missing field 'output'": 1}
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["train.jsonl"], (None, ["data.paths=['train.jsonl']"])),
+    (["train.jsonl", "data.template=chatml"], (None, ["data.template=chatml", "data.paths=['train.jsonl']"])),
+    (["alpaca_en_demo", "run.yaml", "seed=1"], (Path("run.yaml"), ["seed=1", "data.paths=['alpaca_en_demo']"])),
+    (["run.yaml", "seed=1"], (Path("run.yaml"), ["seed=1"])),
+    (["outputs/x/config.yml"], (Path("outputs/x/config.yml"), [])),
+    (["data.paths=[a.json]", "seed=1"], (None, ["data.paths=[a.json]", "seed=1"])),
+    ([], (None, [])),
+])
+def test_data_arguments_tell_a_dataset_from_a_config(args, expected):
+    assert data_config_and_overrides(args) == expected
 
 
 def test_stats_count_lengths_truncation_loss_share_and_duplicates(chats, tiny_tokenizer, chatml):

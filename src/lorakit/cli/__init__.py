@@ -1,11 +1,13 @@
 """The `lorakit` command: `lorakit <stage> [config.yaml] [key=value ...]`. The only package that reads argv.
 
 One module per group of commands (train.py, data.py, infer.py, serve.py, evaluate.py), all registered on `app.app`.
-User mistakes (LorakitError) print on one line without a traceback and exit with status 2.
+User mistakes (LorakitError) print on one line without a traceback and exit with status 2; so do usage mistakes
+(an unknown command or option), after click's usage message.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import typer
@@ -16,26 +18,49 @@ from lorakit.cli import train, runs, data, evaluate, infer, serve  # noqa: F401,
 from lorakit.cli.app import app
 from lorakit.errors import LorakitError
 
+# Settings a flag also makes: library messages name the config key, the command line adds its flag.
+_FLAGS = {"data.skip_bad=true": "--skip-bad"}
+
 
 def main() -> None:
     """Entry point: run the CLI, turning user mistakes into a one-line message and exit status 2."""
     try:
-        app(standalone_mode=False)
+        status = app(standalone_mode=False)
     except LorakitError as err:
         from rich.markup import escape
 
-        Console(stderr=True).print(f"[bold red]{type(err).__name__}[/]: {escape(str(err))}", highlight=False,
-                                   soft_wrap=True)
+        Console(stderr=True).print(f"[bold red]{type(err).__name__}[/]: {escape(_with_flags(str(err)))}",
+                                   highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
-    except Exception as err:
-        import click
+    except _click_exceptions() as err:
+        err.show()
+        sys.exit(err.exit_code)
+    # Outside standalone mode, click returns the code of a `typer.Exit(code)` instead of exiting with it.
+    if isinstance(status, int) and not isinstance(status, bool):
+        sys.exit(status)
 
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
+
+def _with_flags(message: str) -> str:
+    for setting, flag in _FLAGS.items():
+        message = message.replace(setting, f"{setting} (or {flag})")
+    return message
+
+
+def _click_exceptions() -> tuple[type[Exception], ...]:
+    """ClickException of click and of the copy of click that typer ships from 0.2x on (`typer._click`).
+
+    Typer raises the one it was built on, so both are caught: whichever typer is installed, a usage mistake
+    shows its usage message and exits with status 2 (click's code for usage errors).
+    """
+    found = []
+    for module in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            found.append(importlib.import_module(module).ClickException)
+        except (ImportError, AttributeError):
+            continue
+    return tuple(found)
 
 
 __all__ = ["app", "main"]

@@ -15,23 +15,28 @@ app.add_typer(data_app, name="data")
 
 def _data_config(args: list[str] | None, skip_bad: bool):
     """`lorakit data X file.jsonl` or `lorakit data X config.yaml key=value`: a TrainConfig either way."""
-    args = list(args or [])
-    extra = ["data.skip_bad=true"] if skip_bad else []
-    if args and "=" not in args[0] and not args[0].endswith((".yaml", ".yml")):
-        return load_train_config(args[1:], [f"data.paths=[{args[0]!r}]", *extra])
-    return load_train_config(args, extra)
+    from lorakit.config import TrainConfig, load_config
+    from lorakit.data.inspect import data_config_and_overrides
+
+    path, overrides = data_config_and_overrides(args or [])
+    return load_config(path, [*overrides, *(["data.skip_bad=true"] if skip_bad else [])], TrainConfig)
 
 
 SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip malformed records instead of stopping, counted.")]
 
 
 @data_app.command("check")
-def data_check(args: ConfigArgs = None, skip_bad: SkipBad = False):
-    """Validate a dataset without loading any model; report records read / used / skipped."""
+def data_check(args: ConfigArgs = None, skip_bad: Annotated[bool, typer.Option(
+        "--skip-bad", help="Say that training will skip the bad records (data.skip_bad); they are listed anyway.")]
+        = False):
+    """Validate a dataset without loading any model: list every bad record; exit status 1 if there is any."""
     from lorakit.data.inspect import check_data, format_check
 
     config = _data_config(args, skip_bad)
-    console.print(format_check(check_data(config.data), shown=20), markup=False, highlight=False)
+    report = check_data(config.data)
+    console.print(format_check(report, shown=20), markup=False, highlight=False, soft_wrap=True)
+    if report.problems:
+        raise typer.Exit(1)
 
 
 def _tokenized_view(config):

@@ -152,7 +152,7 @@ class _Fields:
             raise self.fail(f"field '{self.name(canonical)}' must be a string, found {type(value).__name__}")
         if required and not value.strip():
             raise self.fail(f"field '{self.name(canonical)}' is empty",
-                            "Fill it in, or use --skip-bad to skip such records")
+                            "Fill it in, or set data.skip_bad=true to skip such records")
         return self.fill(value)
 
     def fill(self, value: str) -> str:
@@ -270,7 +270,7 @@ def _content(reader: _Fields, content: Any, where: str, required: bool = True) -
     if content is None or not isinstance(content, str):
         raise reader.fail(f"{where} has no text content (found {type(content).__name__})")
     if required and not content.strip():
-        raise reader.fail(f"{where} is empty", "Fill it in, or use --skip-bad to skip such records")
+        raise reader.fail(f"{where} is empty", "Fill it in, or set data.skip_bad=true to skip such records")
     return reader.fill(content)
 
 

@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lorakit.config import DataConfig
 from lorakit.data.formats import Conversation
-from lorakit.data.load import load_conversations, split_validation
+from lorakit.data.load import split_validation, validate_conversations
 from lorakit.data.tokenize import IGNORE_INDEX, encode
 from lorakit.errors import ConfigError, DataError
 from lorakit.files import save_figure, write_json, write_text
@@ -34,7 +34,7 @@ _DUPLICATES_SHOWN = 5
 
 @dataclass
 class CheckReport:
-    """What `lorakit data check` found: every record read is counted as used or skipped."""
+    """What `lorakit data check` found: every record read is counted as used or skipped, every problem listed."""
 
     read: int
     used: int
@@ -45,34 +45,90 @@ class CheckReport:
     train: int
     validation: int
     conversations: list[Conversation] = field(default_factory=list, repr=False)
+    skip_bad: bool = False
 
 
 def check_data(config: DataConfig) -> CheckReport:
-    """Read and validate every dataset in `config.paths` and split off the validation set, as training would.
+    """Read and validate every record in `config.paths` and split off the validation set, as training would.
 
-    Raises DataError on the first bad record, unless `config.skip_bad` (then each is listed in `problems`).
+    Does not stop at a bad record, whatever `data.skip_bad` says: each one (and a validation split that cannot be
+    made) is listed in `problems`, so a file is fixed in one round. Counts and the split are those of a training
+    run with `data.skip_bad` on. Raises DataError only where a dataset cannot be read at all (e.g. a missing file).
     """
-    conversations, summary = load_conversations(config)
-    splits = split_validation(conversations, config.val_size, config.seed)
+    conversations, summary = validate_conversations(config)
+    problems = list(summary.problems)
+    train, validation = len(conversations), 0
+    if conversations:
+        try:
+            splits = split_validation(conversations, config.val_size, config.seed)
+            train, validation = len(splits.train), len(splits.validation)
+        except DataError as err:
+            problems.append(str(err))
     return CheckReport(read=summary.read, used=summary.used, skipped=summary.skipped,
-                       per_source=dict(summary.per_source), formats=dict(summary.formats),
-                       problems=list(summary.problems), train=len(splits.train), validation=len(splits.validation),
-                       conversations=conversations)
+                       per_source=dict(summary.per_source), formats=dict(summary.formats), problems=problems,
+                       train=train, validation=validation, conversations=conversations, skip_bad=config.skip_bad)
 
 
 def format_check(report: CheckReport, shown: int = 10) -> str:
-    """The check report as text, listing the first `shown` problems."""
+    """The check report as text: counts, the first `shown` problems in full, then every problem counted by kind."""
     lines = [f"Read {report.read} records: {report.used} used, {report.skipped} skipped."]
     for source, count in report.per_source.items():
         lines.append(f"  {source}: {count} records ({report.formats.get(source, 'unknown')} format)")
     if report.validation:
         lines.append(f"Split: {report.train} for training, {report.validation} for validation.")
-    if report.problems:
-        lines.append(f"Problems ({len(report.problems)}):")
-        lines += [f"  {problem}" for problem in report.problems[:shown]]
-        if len(report.problems) > shown:
-            lines.append(f"  ... and {len(report.problems) - shown} more.")
+    if not report.problems:
+        return "\n".join(lines)
+    lines.append(f"Problems ({len(report.problems)}):")
+    lines += [f"  {problem}" for problem in report.problems[:shown]]
+    if len(report.problems) > shown:
+        lines.append(f"  ... and {len(report.problems) - shown} more.")
+    kinds = problem_kinds(report.problems)
+    if len(report.problems) > 1:
+        lines.append("By kind:")
+        width = len(str(max(kinds.values())))
+        lines += [f"  {count:>{width}}  {kind}" for kind, count in kinds.items()]
+    if report.skip_bad:
+        lines.append(f"Training skips the {report.skipped} bad records (data.skip_bad is true).")
+    else:
+        lines.append("Training stops at the first bad record: fix them in the file, or set data.skip_bad=true to "
+                     "skip (and count) them.")
     return "\n".join(lines)
+
+
+# "data/train.jsonl, line 17: ", "data/train.json, record 3 (line 9): ", "x.parquet, row 2: " at a problem's start.
+_ORIGIN = re.compile(r"^.*?, (?:line|record|row) \d+(?: \(line \d+\))?: ")
+
+
+def problem_kinds(problems: Sequence[str]) -> dict[str, int]:
+    """How many problems of each kind, most frequent first: a problem's first sentence, without file and line,
+    with positions and counts written as N (so 'turn messages[3] is empty' and '...[5]...' are one kind)."""
+    counts: dict[str, int] = {}
+    for problem in problems:
+        text = _ORIGIN.sub("", problem, count=1)
+        kind = re.split(r"\. | \(", text, maxsplit=1)[0].rstrip(".")
+        kind = re.sub(r"\d+", "N", kind)
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda item: -item[1]))
+
+
+def data_config_and_overrides(args: Sequence[str]) -> tuple[Path | None, list[str]]:
+    """The YAML config (or None) and the key=value overrides in the arguments of a data command.
+
+    The first argument is a YAML config when it ends in .yaml/.yml, an override when it holds '=', and otherwise a
+    dataset (a file or a registry name), which becomes the override `data.paths=[<it>]` after the others; a YAML
+    config may then follow it (`data check train.jsonl run.yaml`).
+    """
+    args = list(args)
+    if args and "=" not in args[0] and not args[0].endswith((".yaml", ".yml")):
+        config, overrides = _config_and_overrides(args[1:])
+        return config, [*overrides, f"data.paths=[{args[0]!r}]"]
+    return _config_and_overrides(args)
+
+
+def _config_and_overrides(args: list[str]) -> tuple[Path | None, list[str]]:
+    if args and "=" not in args[0]:
+        return Path(args[0]), args[1:]
+    return None, args
 
 
 @dataclass

@@ -65,15 +65,54 @@ def load_conversations(config: DataConfig) -> tuple[list[Conversation], LoadSumm
     for entry in resolve_entries(config):
         conversations = _load_entry(entry, config, summary)
         if not conversations:
-            raise DataError(f"{entry.source}: no usable records ({summary.skipped} skipped). "
-                            + (summary.problems[-1] if summary.problems else "The file is empty."))
+            raise DataError(_no_usable_records(entry, summary))
         per_dataset.append(conversations)
         summary.per_source[entry.name] = len(conversations)
+    conversations = _combine(per_dataset, config)
+    summary.used = len(conversations)
+    return conversations, summary
+
+
+def validate_conversations(config: DataConfig) -> tuple[list[Conversation], LoadSummary]:
+    """Like `load_conversations`, but read every record of every dataset to the end, whatever `data.skip_bad` says.
+
+    Never stops at a bad record: each one is listed in `summary.problems` (a full message naming file and line), and
+    a dataset with no usable record is one more problem. The returned conversations are those training would use
+    with `data.skip_bad` on; `mix_ratios` apply only when every dataset has records. Still raises DataError where
+    nothing can be read at all (a missing file, an unsupported type, a .json file that is not JSON).
+    """
+    config = replace(config, skip_bad=True)
+    summary = LoadSummary()
+    per_dataset, empty = [], []
+    for entry in resolve_entries(config):
+        problems_before = len(summary.problems)
+        conversations = _load_entry(entry, config, summary)
+        summary.per_source[entry.name] = len(conversations)
+        per_dataset.append(conversations)
+        if not conversations:
+            bad = len(summary.problems) - problems_before
+            empty.append(f"{entry.source}: no usable records"
+                         + (": every record in it is bad (listed above)." if bad else ": the file is empty."))
+    summary.problems += empty  # after the loop: `skipped` counts records, not these
+    usable = [conversations for conversations in per_dataset if conversations]
+    conversations = _combine(usable, config if len(usable) == len(per_dataset) else replace(config, mix_ratios=()))
+    summary.used = len(conversations)
+    return conversations, summary
+
+
+def _no_usable_records(entry: DatasetEntry, summary: LoadSummary) -> str:
+    return (f"{entry.source}: no usable records ({summary.skipped} skipped). "
+            + (summary.problems[-1] if summary.problems else "The file is empty."))
+
+
+def _combine(per_dataset: list[list[Conversation]], config: DataConfig) -> list[Conversation]:
+    """One list from the datasets' conversations: mixed by `mix_ratios`, then cut at `max_samples`."""
+    if not per_dataset:
+        return []
     conversations = _mix(per_dataset, config) if len(per_dataset) > 1 else per_dataset[0]
     if config.max_samples is not None:
         conversations = conversations[: config.max_samples]
-    summary.used = len(conversations)
-    return conversations, summary
+    return conversations
 
 
 def _load_entry(entry: DatasetEntry, config: DataConfig, summary: LoadSummary) -> list[Conversation]:
@@ -145,4 +184,4 @@ def data_files(config: DataConfig) -> list[Path]:
 
 
 __all__ = ["LoadSummary", "Splits", "Tags", "data_files", "load_conversations", "resolve_entries",
-           "split_validation"]
+           "split_validation", "validate_conversations"]

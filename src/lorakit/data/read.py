@@ -64,8 +64,8 @@ def _decode(path: Path, raw: bytes, first_line: int = 1) -> str:
         line = first_line + raw[: err.start].count(b"\n")
         column = err.start - (raw.rfind(b"\n", 0, err.start) + 1) + 1
         raise DataError(f"{path}, line {line}: not valid UTF-8 (byte 0x{raw[err.start]:02x} at column {column}). "
-                        "Re-save the file as UTF-8 (e.g. `iconv -f GBK -t UTF-8`), or use --skip-bad to skip "
-                        "such lines in a .jsonl file.") from None
+                        "Re-save the file as UTF-8 (e.g. `iconv -f GBK -t UTF-8`), or set data.skip_bad=true to "
+                        "skip such lines in a .jsonl file.") from None
 
 
 def _read_jsonl(path: Path, skip_bad: bool, problems: list[str]) -> Iterator[Record]:
@@ -83,7 +83,7 @@ def _read_jsonl(path: Path, skip_bad: bool, problems: list[str]) -> Iterator[Rec
                 continue
             except json.JSONDecodeError as err:
                 message = (f"{origin}: not valid JSON ({err.msg} at column {err.colno}). Each line of a .jsonl file "
-                           "must be one complete JSON object; fix the line or use --skip-bad to skip it.")
+                           "must be one complete JSON object; fix the line, or set data.skip_bad=true to skip it.")
                 if not skip_bad:
                     raise DataError(message) from None
                 problems.append(message)

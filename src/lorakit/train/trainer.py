@@ -36,7 +36,6 @@ from lorakit.model import load_model, load_tokenizer, prepare_for_training, reso
 from lorakit.progress import OnProgress, ProgressTarget, TrainProgress, remaining_seconds, reporter
 from lorakit.runs import ADAPTER_DIR, CHECKPOINT_DIR, MODEL_DIR, model_card, track_status, write_settings
 from lorakit.templates import Template, install_template, resolve_template
-from lorakit.train.allocator import keep_freed_memory
 from lorakit.train.lora_layers import use_fast_dropout, use_fast_lora_forward
 from lorakit.train.loss import ChunkedLossTrainer
 from lorakit.train.memory import available_memory, fit_micro_batch
@@ -141,8 +140,6 @@ def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Pre
         if padding_free:
             speedups.callback(model.set_attn_implementation, use_varlen_attention(model))
         speedups.callback(use_fast_lora_forward(model))
-        if on_cpu:
-            speedups.enter_context(keep_freed_memory())
         watcher = ProgressCallback(reporter(progress), stop)
         trainer = _build_trainer(model, tokenizer, data, config, padding_free, watcher)
         started = time.time()
