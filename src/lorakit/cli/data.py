@@ -23,12 +23,12 @@ def _data_config(args: list[str] | None, skip_bad: bool):
 
 
 SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip malformed records instead of stopping, counted.")]
+CheckSkipBad = Annotated[bool, typer.Option(
+    "--skip-bad", help="Say that training will skip the bad records (data.skip_bad); they are listed anyway.")]
 
 
 @data_app.command("check")
-def data_check(args: ConfigArgs = None, skip_bad: Annotated[bool, typer.Option(
-        "--skip-bad", help="Say that training will skip the bad records (data.skip_bad); they are listed anyway.")]
-        = False):
+def data_check(args: ConfigArgs = None, skip_bad: CheckSkipBad = False):
     """Validate a dataset without loading any model: list every bad record; exit status 1 if there is any."""
     from lorakit.data.inspect import check_data, format_check
 
