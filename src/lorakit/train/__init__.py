@@ -2,7 +2,7 @@
 
 trainer.py holds the stage itself; packing.py removes padding (examples concatenated, attention kept per example);
 loss.py computes the loss without materialising the full logits; memory.py estimates memory before a run;
-lora_layers.py makes PEFT's LoRA layers cheaper on CPU; allocator.py keeps freed memory for reuse while training.
+lora_layers.py makes PEFT's LoRA layers cheaper on CPU.
 """
 
 from lorakit.train.trainer import PreparedData, ProgressCallback, plot_loss, prepare_data, run_training, train
