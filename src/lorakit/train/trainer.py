@@ -123,6 +123,7 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Prep
 def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData, config: TrainConfig,
            progress: ProgressTarget, stop: threading.Event | None) -> Path:
     output_dir = config.output_dir
+    save_config(config, output_dir / "config.yaml")  # now, so an interrupted or failed run still says what it was
     resume_from = _checkpoint_to_resume(config)
     torch.manual_seed(config.seed)
     model = prepare_for_training(model, config)
