@@ -23,14 +23,16 @@ ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "lorakit.js
 
 
 def _run_folder(tmp_path: Path, base: str = "smollm2-135m") -> Path:
-    """A finished LoRA run as training leaves it, written by hand: weights, config, metrics, a checkpoint."""
+    """A finished LoRA run as training leaves it, written by hand: weights, config, metrics, a checkpoint.
+
+    PEFT records the folder the base was loaded from: for a bundled model, lorakit's cache."""
     run = tmp_path / "outputs" / "lumi"
     adapter = run / "adapter"
     adapter.mkdir(parents=True)
     save_file({"base_model.model.layers.0.q_proj.lora_A.weight": torch.zeros(2, 16)},
               str(adapter / "adapter_model.safetensors"))
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2,
-                                                             "base_model_name_or_path": base}))
+                                                             "base_model_name_or_path": str(_loaded_from(tmp_path, base))}))
     (adapter / "tokenizer_config.json").write_text("{}")
     (adapter / "README.md").write_text(f"trained from {tmp_path}/train.jsonl")
     (adapter / ".README.md.tmp").write_text("half written")
@@ -49,6 +51,10 @@ def _run_folder(tmp_path: Path, base: str = "smollm2-135m") -> Path:
     (checkpoint / "optimizer.pt").write_bytes(b"state")
     (checkpoint / "adapter_model.safetensors").write_bytes(b"weights")
     return run
+
+
+def _loaded_from(tmp_path: Path, base: str) -> Path:
+    return Path(base) if Path(base).is_absolute() else tmp_path / "cache" / base
 
 
 def _tree_hash(folder: Path) -> str:
@@ -110,12 +116,16 @@ def test_dry_run_of_a_run_lists_the_adapter_and_a_card_with_no_local_path(tmp_pa
     assert _tree_hash(tmp_path) == before
 
 
-def test_a_run_from_a_local_base_names_no_folder(tmp_path):
+def test_a_run_from_a_local_base_names_no_folder(tmp_path, online):
     base = tmp_path / "tiny-base"
     base.mkdir()
-    card = upload_to_hub(HubConfig(source=_run_folder(tmp_path, base=str(base)), repo_id=REPO, dry_run=True)).card
-    assert str(tmp_path) not in card and "<the base model: tiny-base>" in card
-    assert "base_model:" not in card  # a local folder is no Hub id
+    upload = upload_to_hub(HubConfig(source=_run_folder(tmp_path, base=str(base)), repo_id=REPO))
+    assert str(tmp_path) not in upload.card and "<the base model: tiny-base>" in upload.card
+    assert "base_model:" not in upload.card  # a local folder is no Hub id
+    sent = online.calls[1][2]
+    assert str(tmp_path).encode() not in b"".join(sent.values())
+    assert json.loads(sent["adapter_config.json"])["base_model_name_or_path"] == "tiny-base"
+    assert json.loads(sent["lorakit.json"])["base_model"] == "tiny-base"
 
 
 def test_a_merged_model_folder_uploads_whole_with_a_transformers_card(tmp_path):
@@ -149,7 +159,7 @@ def test_dry_run_of_gguf_file_and_ollama_folder(tmp_path):
     ollama.mkdir()
     for quant in ("Q4_K_M", "Q8_0"):
         (ollama / f"lumi-{quant}.gguf").write_bytes(b"GGUF")
-    (ollama / "Modelfile").write_text("FROM ./lumi-Q4_K_M.gguf\n")
+    (ollama / "Modelfile").write_text(f"FROM {ollama}/lumi-Q4_K_M.gguf\nPARAMETER stop <|im_end|>\n")
     (ollama / "README.md").write_text("ollama create lumi")
     write_settings(ollama, "gemma3-270m", "lora", TEMPLATES["chatml"])
     upload = upload_to_hub(HubConfig(source=ollama, repo_id=REPO, dry_run=True))
@@ -157,6 +167,8 @@ def test_dry_run_of_gguf_file_and_ollama_folder(tmp_path):
                                                      "lorakit.json", "README.md"}
     assert f"ollama run hf.co/{REPO}:Q8_0" in upload.card and f"llama-cli -hf {REPO}:Q4_K_M" in upload.card
     assert "base_model: google/gemma-3-270m" in upload.card and "license: gemma" in upload.card
+    assert dict((file.path, file.size) for file in upload.files)["Modelfile"] == len(
+        "FROM ./lumi-Q4_K_M.gguf\nPARAMETER stop <|im_end|>\n")  # no local path goes up
 
 
 def test_sources_it_cannot_upload_say_what_is_accepted(tmp_path):
@@ -188,8 +200,16 @@ def test_upload_sends_exactly_the_planned_files_in_one_commit(tmp_path, online):
     assert set(sent) == {file.path for file in upload.files}
     assert sent["README.md"].decode() == upload.card
     assert sent["adapter_model.safetensors"] == (run / "adapter" / "adapter_model.safetensors").read_bytes()
-    assert b"hf_test_token" not in b"".join(sent.values())
+    assert b"hf_test_token" not in b"".join(sent.values()) and str(tmp_path).encode() not in b"".join(sent.values())
+    # PEFT's local cache path became the Hub id, so AutoPeftModel finds the base from the Hub
+    peft_config = json.loads(sent["adapter_config.json"])
+    assert peft_config == {"peft_type": "LORA", "r": 2, "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+    assert sizes_match(upload, sent)
     assert _tree_hash(tmp_path) == before
+
+
+def sizes_match(upload, sent) -> bool:
+    return {file.path: file.size for file in upload.files} == {path: len(data) for path, data in sent.items()}
 
 
 def test_offline_says_nothing_was_uploaded(tmp_path, online, monkeypatch):

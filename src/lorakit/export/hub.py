@@ -59,7 +59,7 @@ class HubUpload:
 
 @dataclass(frozen=True)
 class _Plan:
-    sources: dict[str, Path]  # path in the repository -> local file
+    sources: dict[str, Path | bytes]  # path in the repository -> local file, or the bytes to send instead
     card: str
 
 
@@ -71,11 +71,15 @@ def upload_to_hub(config: HubConfig) -> HubUpload:
     or refuses the token, ConfigError for a source it cannot upload; the source is never modified.
     """
     plan = _plan(config.source, config.repo_id)
-    files = [HubFile(name, path.stat().st_size) for name, path in plan.sources.items()]
+    files = [HubFile(name, _size(source)) for name, source in plan.sources.items()]
     files.append(HubFile(README, len(plan.card.encode("utf-8"))))
     files.sort(key=lambda file: file.path)
     url = None if config.dry_run else _upload(plan, config)
     return HubUpload(config.repo_id, tuple(files), plan.card, url)
+
+
+def _size(source: Path | bytes) -> int:
+    return len(source) if isinstance(source, bytes) else source.stat().st_size
 
 
 # --- what to upload -----------------------------------------------------------------------------------------------
@@ -96,8 +100,8 @@ def _plan(source: Path, repo_id: str) -> _Plan:
     try:
         run = open_run(source)
     except ConfigError:
-        hint = " It holds checkpoints only: the run did not finish; resume it with resume=true." \
-            if (source / CHECKPOINT_DIR).is_dir() else ""
+        checkpoints_only = (source / CHECKPOINT_DIR).is_dir()
+        hint = " It holds checkpoints only: the run did not finish; resume it with resume=true." if checkpoints_only else ""
         raise ConfigError(f"{source} holds nothing to upload (no adapter_config.json, config.json, {ADAPTER_DIR}/, "
                           f"{MODEL_DIR}/ or .gguf file). Upload {ACCEPTED}.{hint}") from None
     return _run_plan(run, repo_id)
@@ -109,7 +113,8 @@ def _holds_hf_weights(folder: Path) -> bool:
 
 
 def _run_plan(run: Run, repo_id: str) -> _Plan:
-    sources = {path.relative_to(run.weights_dir).as_posix(): path for path in _weights_files(run.weights_dir)}
+    sources: dict[str, Path | bytes] = {path.relative_to(run.weights_dir).as_posix(): path
+                                        for path in _weights_files(run.weights_dir)}
     weights = ("adapter_model.safetensors", "adapter_model.bin") if run.is_adapter else ("*.safetensors", "*.bin")
     if not any(any(run.weights_dir.glob(pattern)) for pattern in weights):
         kind = "an adapter" if run.is_adapter else "a model"
@@ -119,7 +124,24 @@ def _run_plan(run: Run, repo_id: str) -> _Plan:
         for name in RUN_EXTRAS:
             if (run.folder / name).is_file():
                 sources.setdefault(name, run.folder / name)
+    for name, key in (("adapter_config.json", "base_model_name_or_path"), (SETTINGS_FILE, "base_model")):
+        if name in sources:
+            sources[name] = _without_local_base(run.weights_dir / name, key, _hub_id(run.base_model))
     return _Plan(sources, _run_card(run, repo_id))
+
+
+def _without_local_base(path: Path, key: str, hub_id: str | None) -> Path | bytes:
+    """The JSON file at `path`, or its bytes with a local base model path at `key` replaced by the base's `hub_id`
+    (or the folder's bare name where lorakit knows none).
+
+    PEFT records the folder the base model was loaded from (for bundled models, lorakit's cache); on the Hub that
+    path would name this machine's folders and break AutoPeftModel, while the Hub id loads anywhere.
+    """
+    data = _read_json(path)
+    value = data.get(key)
+    if not isinstance(value, str) or not _is_local(value):
+        return path
+    return (json.dumps({**data, key: hub_id or Path(value).name}, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def _weights_files(folder: Path) -> list[Path]:
@@ -127,25 +149,37 @@ def _weights_files(folder: Path) -> list[Path]:
     found = []
     for path in sorted(folder.rglob("*")):
         relative = path.relative_to(folder)
-        if not path.is_file() or path.is_symlink() or relative.as_posix() == README or _left_out(relative):
+        if not path.is_file() or relative.as_posix() == README or _left_out(relative):
             continue
         found.append(path)
     return found
 
 
 def _left_out(relative: Path) -> bool:
-    for part in relative.parts:
-        if part.startswith(".") or part == CHECKPOINT_DIR or part.startswith("checkpoint-") or part == "__pycache__" \
-                or ".tmp" in part or ".old-" in part:
-            return True
+    if any(part.startswith((".", "checkpoint-")) or part in (CHECKPOINT_DIR, "__pycache__") or ".tmp" in part
+           for part in relative.parts):
+        return True  # hidden and temporary files (atomic writes), checkpoints
     name = relative.name
-    return name in _NEVER_UPLOADED or name.startswith("rng_state") or name.endswith((".tmp", ".lock"))
+    return name in _NEVER_UPLOADED or name.startswith("rng_state") or name.endswith(".lock")
 
 
 def _gguf_plan(ggufs: list[Path], extras: dict[str, Path], repo_id: str) -> _Plan:
     settings = _read_json(extras[SETTINGS_FILE]) if SETTINGS_FILE in extras else {}
-    sources = {path.name: path for path in ggufs} | extras
+    sources: dict[str, Path | bytes] = {path.name: path for path in ggufs}
+    if "Modelfile" in extras:
+        sources["Modelfile"] = _modelfile_without_local_paths(extras["Modelfile"])
+    if SETTINGS_FILE in extras:
+        sources[SETTINGS_FILE] = _without_local_base(extras[SETTINGS_FILE], "base_model",
+                                                     _hub_id(settings.get("base_model")))
     return _Plan(sources, _gguf_card(ggufs, settings, repo_id))
+
+
+def _modelfile_without_local_paths(path: Path) -> Path | bytes:
+    """The Modelfile at `path`, or its bytes with FROM/ADAPTER lines that name an absolute path cut to `./NAME`."""
+    text = path.read_text(encoding="utf-8")
+    fixed = re.sub(r"(?im)^(FROM|ADAPTER)([ \t]+)([/~]\S*)[ \t]*$",
+                   lambda match: f"{match[1]}{match[2]}./{Path(match[3]).name}", text)
+    return path if fixed == text else fixed.encode("utf-8")
 
 
 # --- the model card -----------------------------------------------------------------------------------------------
@@ -289,7 +323,8 @@ def _upload(plan: _Plan, config: HubConfig) -> str:
                            "https://huggingface.co/settings/tokens, then run `hf auth login` or set HF_TOKEN.")
     # One commit, not upload_folder + upload_file: the card comes from memory and the files from two folders (the
     # weights and the run around them), and a failed upload leaves the repository as it was.
-    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=path) for name, path in plan.sources.items()]
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=source)
+                  for name, source in plan.sources.items()]
     operations.append(CommitOperationAdd(path_in_repo=README, path_or_fileobj=plan.card.encode("utf-8")))
     api = HfApi(token=token)
     try:
