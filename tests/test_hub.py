@@ -31,8 +31,9 @@ def _run_folder(tmp_path: Path, base: str = "smollm2-135m") -> Path:
     adapter.mkdir(parents=True)
     save_file({"base_model.model.layers.0.q_proj.lora_A.weight": torch.zeros(2, 16)},
               str(adapter / "adapter_model.safetensors"))
+    loaded_from = Path(base) if Path(base).is_absolute() else tmp_path / "cache" / base
     (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2,
-                                                             "base_model_name_or_path": str(_loaded_from(tmp_path, base))}))
+                                                             "base_model_name_or_path": str(loaded_from)}))
     (adapter / "tokenizer_config.json").write_text("{}")
     (adapter / "README.md").write_text(f"trained from {tmp_path}/train.jsonl")
     (adapter / ".README.md.tmp").write_text("half written")
@@ -51,10 +52,6 @@ def _run_folder(tmp_path: Path, base: str = "smollm2-135m") -> Path:
     (checkpoint / "optimizer.pt").write_bytes(b"state")
     (checkpoint / "adapter_model.safetensors").write_bytes(b"weights")
     return run
-
-
-def _loaded_from(tmp_path: Path, base: str) -> Path:
-    return Path(base) if Path(base).is_absolute() else tmp_path / "cache" / base
 
 
 def _tree_hash(folder: Path) -> str:
@@ -203,7 +200,8 @@ def test_upload_sends_exactly_the_planned_files_in_one_commit(tmp_path, online):
     assert b"hf_test_token" not in b"".join(sent.values()) and str(tmp_path).encode() not in b"".join(sent.values())
     # PEFT's local cache path became the Hub id, so AutoPeftModel finds the base from the Hub
     peft_config = json.loads(sent["adapter_config.json"])
-    assert peft_config == {"peft_type": "LORA", "r": 2, "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+    assert peft_config == {"peft_type": "LORA", "r": 2,
+                           "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct"}
     assert sizes_match(upload, sent)
     assert _tree_hash(tmp_path) == before
 
@@ -284,3 +282,12 @@ def test_cli_offline_is_one_line_naming_the_flag(tmp_path, monkeypatch, capsys):
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith("LorakitError: The Hugging Face Hub cannot be reached") and "(or --dry-run)" in error
+
+
+def test_the_real_client_blocked_offline_is_the_same_clear_error(tmp_path, monkeypatch):
+    """huggingface_hub's own offline guard (it refuses every request before sending it) ends in lorakit's message."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "is_offline_mode", lambda: True)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    with pytest.raises(LorakitError, match=r"cannot be reached \(OfflineModeIsEnabled"):
+        upload_to_hub(HubConfig(source=_run_folder(tmp_path), repo_id=REPO))

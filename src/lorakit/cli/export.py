@@ -22,7 +22,7 @@ def hub(source: Annotated[Path, typer.Argument(
         repo_id: Annotated[str, typer.Option("--repo-id", help="The Hub repository, OWNER/NAME.")],
         private: Annotated[bool, typer.Option("--private", help="Create the repository as private.")] = False,
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the files and card; upload nothing.")] = False,
-        commit_message: Annotated[Optional[str], typer.Option("--commit-message", help="The commit's message.")] = None):
+        commit_message: Annotated[Optional[str], typer.Option(help="The commit's message.")] = None):
     """Upload a trained model to the Hugging Face Hub with a model card (README.md)."""
     from lorakit.config import HubConfig
     from lorakit.export.hub import upload_to_hub

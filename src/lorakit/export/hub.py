@@ -100,8 +100,8 @@ def _plan(source: Path, repo_id: str) -> _Plan:
     try:
         run = open_run(source)
     except ConfigError:
-        checkpoints_only = (source / CHECKPOINT_DIR).is_dir()
-        hint = " It holds checkpoints only: the run did not finish; resume it with resume=true." if checkpoints_only else ""
+        hint = (" It holds checkpoints only: the run did not finish; resume it with resume=true."
+                if (source / CHECKPOINT_DIR).is_dir() else "")
         raise ConfigError(f"{source} holds nothing to upload (no adapter_config.json, config.json, {ADAPTER_DIR}/, "
                           f"{MODEL_DIR}/ or .gguf file). Upload {ACCEPTED}.{hint}") from None
     return _run_plan(run, repo_id)
