@@ -114,9 +114,10 @@ class OllamaConfig:
 
 @dataclass(frozen=True)
 class HubConfig:
-    """An adapter, merged folder or GGUF -> a Hugging Face Hub model repository, with a model card.
+    """A run, adapter, merged model folder or GGUF -> a Hugging Face Hub model repository, with a model card.
 
-    The token comes from the environment (HF_TOKEN) or `huggingface-cli login`; it is never saved in a config.
+    `dry_run` builds the file list and the card without any network. The token comes from the environment
+    (HF_TOKEN) or `hf auth login`; it is never saved in a config. `private` applies when the repository is created.
     """
 
     source: Path
