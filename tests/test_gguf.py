@@ -1,0 +1,252 @@
+"""GGUF export through llama.cpp's converter and quantizer, checked with llama.cpp itself (llama-cpp-python).
+
+The fast tests use small random models that carry real tokenizers (the converter recognises a tokenizer by its
+pre-tokenizer, so the character tokenizer of conftest.py will not do); the slow ones export the bundled models.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import importlib.util
+import json
+from pathlib import Path
+
+import jinja2
+import jinja2.sandbox
+import pytest
+import torch
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from lorakit.config import GGUFConfig
+from lorakit.errors import ConfigError, LorakitError
+from lorakit.export import gguf as gguf_export
+from lorakit.export.gguf import export_gguf, load_gguf, read_metadata, standalone_jinja
+from lorakit.runs import write_settings
+from lorakit.templates import TEMPLATES, render
+
+
+def _converter_missing() -> str | None:
+    try:
+        gguf_export.converter_dir()
+    except ConfigError:
+        return "llama.cpp's converter scripts are not installed (run `make install-export`)"
+    if importlib.util.find_spec("llama_cpp") is None:
+        return "llama-cpp-python is not installed (run `make install-export`; it compiles llama.cpp)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_converter_missing() is not None, reason=_converter_missing() or "")
+
+CONVERSATION = [
+    {"role": "system", "content": "You answer in one short sentence."},
+    {"role": "user", "content": "What is the capital of France?"},
+    {"role": "assistant", "content": "Paris is the capital of France."},
+    {"role": "user", "content": "And of Italy? 你好"},
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2_tokenizer_dir() -> Path:
+    from lorakit.bundled import bundled_path
+
+    return bundled_path("smollm2-135m")
+
+
+def _small_llama(folder: Path, tokenizer_dir: Path, template_name: str = "chatml", system: str | None = None,
+                 thinking: bool | None = None) -> Path:
+    """A random 2-layer llama with SmolLM2's real tokenizer and a lorakit template, saved as a model folder."""
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=True, initializer_range=0.3)
+    model = LlamaForCausalLM(config)
+    template = dataclasses.replace(TEMPLATES[template_name], system=system, thinking=thinking)
+    tokenizer.chat_template = template.jinja
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    write_settings(folder, "smollm2-135m", "merged", template)
+    return folder
+
+
+def _gguf_prompt_ids(llm, metadata: dict, messages: list[dict]) -> list[int]:
+    """The prompt as llama.cpp builds it: the GGUF's own chat template, its tokenizer, its add_bos_token."""
+    environment = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    vocab = llm.tokenizer()
+    text = environment.from_string(metadata["tokenizer.chat_template"]).render(
+        messages=messages, add_generation_prompt=True,
+        bos_token=vocab.decode([llm.token_bos()]), eos_token=vocab.decode([llm.token_eos()]))
+    return llm.tokenize(text.encode("utf-8"), add_bos=bool(metadata.get("tokenizer.ggml.add_bos_token")), special=True)
+
+
+def _greedy_gguf(llm, prompt: list[int], count: int) -> list[int]:
+    llm.reset()
+    llm.eval(prompt)
+    produced = []
+    for _ in range(count):
+        token = int(llm.scores[llm.n_tokens - 1].argmax())
+        produced.append(token)
+        llm.eval([token])
+    return produced
+
+
+def _greedy_hf(model_dir: Path, prompt: list[int], count: int) -> list[int]:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    output = model.generate(torch.tensor([prompt]), max_new_tokens=count, do_sample=False, min_new_tokens=count)
+    return output[0, len(prompt):].tolist()
+
+
+def test_f32_export_prompts_and_answers_as_the_hf_model(tmp_path, smollm2_tokenizer_dir):
+    model_dir = _small_llama(tmp_path / "merged", smollm2_tokenizer_dir, system="Be brief.")
+    result = export_gguf(GGUFConfig(source=model_dir, output=tmp_path / "out" / "model.gguf", outtype="f32"))
+
+    assert result.path.is_file() and result.report_path.is_file()
+    assert [p.name for p in result.path.parent.iterdir()] == sorted(["model.gguf", "model.gguf.json"]) or \
+        sorted(p.name for p in result.path.parent.iterdir()) == ["model.gguf", "model.gguf.json"]
+    metadata = read_metadata(result.path)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    assert metadata["tokenizer.chat_template"] == standalone_jinja(
+        dataclasses.replace(TEMPLATES["chatml"], system="Be brief."), tokenizer)[0]
+    assert metadata["tokenizer.ggml.eos_token_id"] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert metadata["llama.context_length"] == 512 == result.context_length
+    assert metadata["general.name"] == "merged"
+
+    llm = load_gguf(result.path, logits_all=True)
+    trained = dataclasses.replace(TEMPLATES["chatml"], system="Be brief.")
+    for messages in (CONVERSATION, CONVERSATION[1:]):  # with a system prompt, and with the run's own
+        hf_ids = tokenizer(render(trained, tokenizer, messages, add_generation_prompt=True),
+                           add_special_tokens=False)["input_ids"]
+        gguf_ids = _gguf_prompt_ids(llm, metadata, messages)
+        assert len(gguf_ids) == len(hf_ids)
+        assert gguf_ids == hf_ids
+    assert _greedy_gguf(llm, hf_ids, 20) == _greedy_hf(model_dir, hf_ids, 20)
+
+
+def test_template_keeps_its_bos_unless_the_tokenizer_adds_one(smollm2_tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(str(smollm2_tokenizer_dir))
+    gemma = TEMPLATES["gemma"]
+    assert "bos_token" in gemma.jinja
+    kept, stripped = standalone_jinja(gemma, tokenizer)  # SmolLM2's tokenizer adds no BOS
+    assert not stripped and kept == gemma.jinja
+    tokenizer.add_bos_token = True
+    without, stripped = standalone_jinja(gemma, tokenizer)
+    assert stripped and "bos_token" not in without
+    messages = CONVERSATION[1:]
+    assert render(dataclasses.replace(gemma, jinja=without), tokenizer, messages) == \
+        render(gemma, tokenizer, messages).removeprefix(tokenizer.bos_token)
+    llama2 = TEMPLATES["llama2"]  # BOS opens every turn: nothing can be stripped without changing later turns
+    assert standalone_jinja(llama2, tokenizer) == (llama2.jinja, False)
+
+
+def test_thinking_and_system_options_are_baked_into_the_template(smollm2_tokenizer_dir):
+    tokenizer = AutoTokenizer.from_pretrained(str(smollm2_tokenizer_dir))
+    trained = dataclasses.replace(TEMPLATES["qwen3"], thinking=False, system="Answer as a pirate.")
+    jinja, _ = standalone_jinja(trained, tokenizer)
+    plain = dataclasses.replace(trained, jinja=jinja, thinking=None, system=None)
+    messages = CONVERSATION[1:]
+    assert render(plain, tokenizer, messages, add_generation_prompt=True) == \
+        render(trained, tokenizer, messages, add_generation_prompt=True)
+    assert "<think>\n\n</think>" in render(plain, tokenizer, messages, add_generation_prompt=True)
+
+
+def test_existing_output_is_refused_unless_forced(tmp_path, smollm2_tokenizer_dir):
+    model_dir = _small_llama(tmp_path / "merged", smollm2_tokenizer_dir)
+    output = tmp_path / "model.gguf"
+    output.write_bytes(b"someone's file")
+    with pytest.raises(ConfigError, match="already exists.*force"):
+        export_gguf(GGUFConfig(source=model_dir, output=output, outtype="f16"))
+    assert output.read_bytes() == b"someone's file"
+    export_gguf(GGUFConfig(source=model_dir, output=output, outtype="f16", force=True))
+    assert read_metadata(output)["general.file_type"] == 1  # MOSTLY_F16
+
+
+def test_bad_requests_name_what_to_fix(tmp_path, smollm2_tokenizer_dir):
+    with pytest.raises(ConfigError, match="outtype must be one of"):
+        GGUFConfig(source=tmp_path, output=tmp_path / "x.gguf", outtype="q4_k_z")
+    with pytest.raises(ConfigError, match="adapter-only GGUF"):
+        GGUFConfig(source=tmp_path, output=tmp_path / "x.gguf", outtype="q4_k_m", adapter_only=True)
+    with pytest.raises(ConfigError, match=r"\.gguf file name"):
+        export_gguf(GGUFConfig(source=tmp_path, output=tmp_path / "x.bin"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        export_gguf(GGUFConfig(source=tmp_path / "nowhere", output=tmp_path / "x.gguf"))
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "smollm2-135m"}))
+    with pytest.raises(ConfigError, match="no adapter_model.safetensors"):
+        export_gguf(GGUFConfig(source=adapter, output=tmp_path / "a.gguf", adapter_only=True))
+    model_dir = _small_llama(tmp_path / "merged", smollm2_tokenizer_dir)
+    with pytest.raises(ConfigError, match="adapter_only needs an adapter"):
+        export_gguf(GGUFConfig(source=model_dir, output=tmp_path / "a.gguf", adapter_only=True))
+    assert not list(tmp_path.glob("*.gguf*")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_unknown_architecture_is_named(tmp_path, smollm2_tokenizer_dir):
+    model_dir = _small_llama(tmp_path / "merged", smollm2_tokenizer_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["architectures"] = ["LorakitToyForCausalLM"]
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="does not know the architecture LorakitToyForCausalLM"):
+        export_gguf(GGUFConfig(source=model_dir, output=tmp_path / "out" / "model.gguf"))
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_failing_write_leaves_nothing(tmp_path, smollm2_tokenizer_dir, monkeypatch):
+    model_dir = _small_llama(tmp_path / "merged", smollm2_tokenizer_dir)
+    real_quantize = gguf_export.quantize
+
+    def disk_full(source: Path, target: Path, outtype: str) -> None:
+        target.write_bytes(b"half a file")
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(gguf_export, "quantize", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_gguf(GGUFConfig(source=model_dir, output=tmp_path / "out" / "model.gguf", outtype="q4_k_m"))
+    assert list((tmp_path / "out").iterdir()) == []
+    assert real_quantize is not disk_full
+
+
+def test_k_quant_goes_through_llama_cpp_quantizer_and_reports_perplexity(tmp_path, smollm2_tokenizer_dir):
+    model_dir = _small_llama(tmp_path / "merged", smollm2_tokenizer_dir)
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text("\n".join(json.dumps({"instruction": f"Count to {n}.", "output": " ".join(
+        str(i) for i in range(1, n + 1))}) for n in range(3, 9)) + "\n")
+    result = export_gguf(GGUFConfig(source=model_dir, output=tmp_path / "model.q4_k_m.gguf", outtype="q4_k_m",
+                                    perplexity_data=held_out))
+    assert read_metadata(result.path)["general.file_type"] == 15  # MOSTLY_Q4_K_M
+    assert set(result.perplexity) == {"hf", "gguf_f16", "gguf_q4_k_m"}
+    # llama.cpp's f16 scores the same tokens as the float32 HF model, within f16's rounding.
+    assert result.perplexity["gguf_f16"] == pytest.approx(result.perplexity["hf"], rel=0.02)
+    saved = json.loads(result.report_path.read_text())
+    assert saved["perplexity"] == result.perplexity and saved["path"] == "model.q4_k_m.gguf"
+
+
+@pytest.mark.slow
+def test_bundled_smollm2_f16_matches_transformers(tmp_path, smollm2_tokenizer_dir):
+    """The real model: the prompt tokens and 20 greedy tokens of an f16 GGUF equal the HF model's."""
+    source = tmp_path / "smollm2"
+    source.mkdir()
+    for item in smollm2_tokenizer_dir.iterdir():
+        (source / item.name).symlink_to(item)
+    tokenizer = AutoTokenizer.from_pretrained(str(source))
+    write_settings(source, "smollm2-135m", "merged", dataclasses.replace(TEMPLATES["chatml"]))
+    result = export_gguf(GGUFConfig(source=source, output=tmp_path / "smollm2.f16.gguf", outtype="f16"))
+    llm = load_gguf(result.path, logits_all=True)
+    metadata = read_metadata(result.path)
+    hf_ids = tokenizer(render(TEMPLATES["chatml"], tokenizer, CONVERSATION, add_generation_prompt=True),
+                       add_special_tokens=False)["input_ids"]
+    gguf_ids = _gguf_prompt_ids(llm, metadata, CONVERSATION)
+    assert len(gguf_ids) == len(hf_ids) and gguf_ids == hf_ids
+    assert _greedy_gguf(llm, hf_ids, 20) == _greedy_hf(smollm2_tokenizer_dir, hf_ids, 20)
+
+
+def test_library_error_for_a_converter_crash(tmp_path, monkeypatch):
+    monkeypatch.setattr(gguf_export, "converter_dir", lambda: tmp_path)
+    (tmp_path / "convert_hf_to_gguf.py").write_text("import sys\nprint('boom: bad tensor', file=sys.stderr)\n"
+                                                    "sys.exit(3)\n")
+    with pytest.raises(LorakitError, match="exit status 3.*boom: bad tensor"):
+        gguf_export._run_converter("convert_hf_to_gguf.py", [])
