@@ -45,11 +45,13 @@ _JSON_DEFINES = r"""
 {{- $type := printf "%T" . }}
 {{- if eq $type "string" }}{{ printf "%q" . }}
 {{- else if eq $type "map[string]interface {}" }}{{ template "object" . }}
-{{- else if eq $type "[]interface {}" }}{{ "[" }}{{ $sep := "" }}{{ range . }}{{ $sep }}{{ template "json" . }}{{ $sep = ", " }}{{ end }}{{ "]" }}
+{{- else if eq $type "[]interface {}" }}{{ "[" }}{{ $sep := "" }}{{ range . }}{{ $sep }}{{ template "json" . }}
+    {{- $sep = ", " }}{{ end }}{{ "]" }}
 {{- else }}{{ json . }}
 {{- end }}
 {{- end }}
-{{- define "object" }}{{ "{" }}{{ $sep := "" }}{{ range $key, $value := . }}{{ $sep }}{{ printf "%q" $key }}{{ ": " }}{{ template "json" $value }}{{ $sep = ", " }}{{ end }}{{ "}" }}
+{{- define "object" }}{{ "{" }}{{ $sep := "" }}{{ range $key, $value := . }}{{ $sep }}{{ printf "%q" $key }}
+    {{- ": " }}{{ template "json" $value }}{{ $sep = ", " }}{{ end }}{{ "}" }}
 {{- end }}
 {{- define "property" }}{{ "{" }}{{ $sep := "" }}
 {{- if .AnyOf }}{{ $sep }}{{ "\"anyOf\": " }}{{ json .AnyOf }}{{ $sep = ", " }}{{ end }}
@@ -64,11 +66,14 @@ _JSON_DEFINES = r"""
 {{- define "function" }}{{ "{\"name\": " }}{{ printf "%q" .Name }}
 {{- if .Description }}{{ ", \"description\": " }}{{ printf "%q" .Description }}{{ end }}
 {{- ", \"parameters\": {\"type\": " }}{{ printf "%q" .Parameters.Type }}{{ ", \"properties\": {" }}
-{{- $sep := "" }}{{ range $name, $property := .Parameters.Properties }}{{ $sep }}{{ printf "%q" $name }}{{ ": " }}{{ template "property" $property }}{{ $sep = ", " }}{{ end }}{{ "}" }}
-{{- if .Parameters.Required }}{{ ", \"required\": [" }}{{ $sep := "" }}{{ range .Parameters.Required }}{{ $sep }}{{ printf "%q" . }}{{ $sep = ", " }}{{ end }}{{ "]" }}{{ end }}
+{{- $sep := "" }}{{ range $name, $property := .Parameters.Properties }}{{ $sep }}{{ printf "%q" $name }}{{ ": " }}
+    {{- template "property" $property }}{{ $sep = ", " }}{{ end }}{{ "}" }}
+{{- if .Parameters.Required }}{{ ", \"required\": [" }}{{ $sep := "" }}{{ range .Parameters.Required }}{{ $sep }}
+    {{- printf "%q" . }}{{ $sep = ", " }}{{ end }}{{ "]" }}{{ end }}
 {{- "}}" }}
 {{- end }}
-{{- define "tool" }}{{ "{\"type\": " }}{{ printf "%q" .Type }}{{ ", \"function\": " }}{{ template "function" .Function }}{{ "}" }}
+{{- define "tool" }}{{ "{\"type\": " }}{{ printf "%q" .Type }}{{ ", \"function\": " }}
+    {{- template "function" .Function }}{{ "}" }}
 {{- end }}"""
 
 # The system prompt in force: the first message when it is a system message, else the run's trained system prompt or
@@ -77,17 +82,23 @@ _SYSTEM = r"""
 {{- $system := DEFAULT_SYSTEM }}
 {{- $hasSystem := HAS_DEFAULT_SYSTEM }}
 {{- $start := 0 }}
-{{- if and .Messages (eq (index .Messages 0).Role "system") }}{{ $system = (index .Messages 0).Content }}{{ $hasSystem = true }}{{ $start = 1 }}{{ end }}"""
+{{- if and .Messages (eq (index .Messages 0).Role "system") }}{{ $system = (index .Messages 0).Content }}
+    {{- $hasSystem = true }}{{ $start = 1 }}{{ end }}"""
 
 _HERMES_TOOLS_PROMPT = r"""
-{{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
+{{- "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n" }}
+{{- "You are provided with function signatures within <tools></tools> XML tags:\n<tools>" }}
 {{- range .Tools }}{{ "\n" }}{{ template "tool" . }}{{ end }}
-{{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n" }}"""
+{{- "\n</tools>\n\nFor each function call, return a json object with function name and arguments within " }}
+{{- "<tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": <function-name>, \"arguments\": " }}
+{{- "<args-json-object>}\n</tool_call><|im_end|>\n" }}"""
 
 # One Hermes tool call. Ollama reads the tag its replies open with from the first text inside `if .ToolCalls`
 # (tools/template.go, parseTag), so <tool_call> is template text, not a quoted string.
 _HERMES_CALLS = r"""
-{{- if .ToolCalls }}{{ range $j, $call := .ToolCalls }}<tool_call>{{ "\n{\"name\": \"" }}{{ .Function.Name }}{{ "\", \"arguments\": " }}{{ template "object" .Function.Arguments }}{{ "}\n</tool_call>" }}{{ if lt $j (len (slice $m.ToolCalls 1)) }}{{ "\n" }}{{ end }}{{ end }}{{ end }}"""
+{{- if .ToolCalls }}{{ range $j, $call := .ToolCalls }}<tool_call>{{ "\n{\"name\": \"" }}{{ .Function.Name }}
+    {{- "\", \"arguments\": " }}{{ template "object" .Function.Arguments }}{{ "}\n</tool_call>" }}
+    {{- if lt $j (len (slice $m.ToolCalls 1)) }}{{ "\n" }}{{ end }}{{ end }}{{ end }}"""
 
 # Consecutive tool results share one user turn, closed when another role follows or the conversation ends.
 _HERMES_TOOL_RESULT = r"""
@@ -96,14 +107,16 @@ _HERMES_TOOL_RESULT = r"""
 {{- "\n<tool_response>\n" }}{{ .Content }}{{ "\n</tool_response>" }}"""
 
 _HERMES = _SYSTEM + r"""
-{{- if .Tools }}{{ "<|im_start|>system\n" }}{{ if $hasSystem }}{{ $system }}{{ "\n\n" }}{{ end }}""" + _HERMES_TOOLS_PROMPT + r"""
+{{- if .Tools }}{{ "<|im_start|>system\n" }}{{ if $hasSystem }}{{ $system }}{{ "\n\n" }}
+    {{- end }}""" + _HERMES_TOOLS_PROMPT + r"""
 {{- else if $hasSystem }}{{ "<|im_start|>system\n" }}{{ $system }}{{ "<|im_end|>\n" }}
 {{- end }}
 {{- $previous := "" }}
 {{- range $i, $m := .Messages }}
 {{- if and (eq $previous "tool") (ne .Role "tool") }}{{ "<|im_end|>\n" }}{{ end }}
 {{- if lt $i $start }}
-{{- else if or (eq .Role "system") (eq .Role "user") }}{{ "<|im_start|>" }}{{ .Role }}{{ "\n" }}{{ .Content }}{{ "<|im_end|>\n" }}
+{{- else if or (eq .Role "system") (eq .Role "user") }}{{ "<|im_start|>" }}{{ .Role }}{{ "\n" }}{{ .Content }}
+    {{- "<|im_end|>\n" }}
 {{- else if eq .Role "assistant" }}{{ "<|im_start|>assistant" }}
 {{- if or .Content (eq (len .ToolCalls) 0) }}{{ "\n" }}{{ .Content }}{{ end }}
 {{- if gt (len .ToolCalls) 0 }}{{ "\n" }}{{ end }}""" + _HERMES_CALLS + r"""
@@ -118,14 +131,16 @@ _HERMES = _SYSTEM + r"""
 # <think> tags otherwise. THINKING_OFF is the run's setting, or Ollama's `think` flag when the run left it open.
 _QWEN3 = _SYSTEM + r"""
 {{- $off := THINKING_OFF }}
-{{- if .Tools }}{{ "<|im_start|>system\n" }}{{ if $hasSystem }}{{ $system }}{{ "\n\n" }}{{ end }}""" + _HERMES_TOOLS_PROMPT + r"""
+{{- if .Tools }}{{ "<|im_start|>system\n" }}{{ if $hasSystem }}{{ $system }}{{ "\n\n" }}
+    {{- end }}""" + _HERMES_TOOLS_PROMPT + r"""
 {{- else if $hasSystem }}{{ "<|im_start|>system\n" }}{{ $system }}{{ "<|im_end|>\n" }}
 {{- end }}
 {{- $previous := "" }}
 {{- range $i, $m := .Messages }}
 {{- if and (eq $previous "tool") (ne .Role "tool") }}{{ "<|im_end|>\n" }}{{ end }}
 {{- if lt $i $start }}
-{{- else if or (eq .Role "system") (eq .Role "user") }}{{ "<|im_start|>" }}{{ .Role }}{{ "\n" }}{{ .Content }}{{ "<|im_end|>\n" }}
+{{- else if or (eq .Role "system") (eq .Role "user") }}{{ "<|im_start|>" }}{{ .Role }}{{ "\n" }}{{ .Content }}
+    {{- "<|im_end|>\n" }}
 {{- else if eq .Role "assistant" }}{{ "<|im_start|>assistant\n" }}
 {{- if $off }}{{ "<think>\n\n</think>\n\n" }}
 {{- else if .Thinking }}<think>{{ "\n" }}{{ .Thinking }}{{ "\n" }}</think>{{ end }}
@@ -142,33 +157,51 @@ _QWEN3 = _SYSTEM + r"""
 
 # Llama 3's tool list in the first user turn, `tojson(indent=4)`: the fixed levels of a tool written out.
 _LLAMA3_TOOL = r"""
-{{- "{\n    \"type\": " }}{{ printf "%q" .Type }}{{ ",\n    \"function\": {\n        \"name\": " }}{{ printf "%q" .Function.Name }}
+{{- "{\n    \"type\": " }}{{ printf "%q" .Type }}{{ ",\n    \"function\": {\n        \"name\": " }}
+    {{- printf "%q" .Function.Name }}
 {{- if .Function.Description }}{{ ",\n        \"description\": " }}{{ printf "%q" .Function.Description }}{{ end }}
-{{- ",\n        \"parameters\": {\n            \"type\": " }}{{ printf "%q" .Function.Parameters.Type }}{{ ",\n            \"properties\": " }}
+{{- ",\n        \"parameters\": {\n            \"type\": " }}{{ printf "%q" .Function.Parameters.Type }}
+    {{- ",\n            \"properties\": " }}
 {{- if .Function.Parameters.Properties }}{{ "{" }}{{ $sep := "\n" }}
-{{- range $name, $property := .Function.Parameters.Properties }}{{ $sep }}{{ "                " }}{{ printf "%q" $name }}{{ ": {" }}{{ $inner := "\n" }}
+{{- range $name, $property := .Function.Parameters.Properties }}{{ $sep }}{{ "                " }}
+    {{- printf "%q" $name }}{{ ": {" }}{{ $inner := "\n" }}
 {{- if .Type }}{{ $inner }}{{ "                    \"type\": " }}{{ json .Type }}{{ $inner = ",\n" }}{{ end }}
-{{- if .Description }}{{ $inner }}{{ "                    \"description\": " }}{{ printf "%q" .Description }}{{ $inner = ",\n" }}{{ end }}
-{{- if .Enum }}{{ $inner }}{{ "                    \"enum\": [" }}{{ $item := "\n" }}{{ range .Enum }}{{ $item }}{{ "                        " }}{{ template "json" . }}{{ $item = ",\n" }}{{ end }}{{ "\n                    ]" }}{{ $inner = ",\n" }}{{ end }}
-{{- if .Items }}{{ $inner }}{{ "                    \"items\": " }}{{ template "json" .Items }}{{ $inner = ",\n" }}{{ end }}
+{{- if .Description }}{{ $inner }}{{ "                    \"description\": " }}{{ printf "%q" .Description }}
+    {{- $inner = ",\n" }}{{ end }}
+{{- if .Enum }}{{ $inner }}{{ "                    \"enum\": [" }}{{ $item := "\n" }}{{ range .Enum }}{{ $item }}
+    {{- "                        " }}{{ template "json" . }}{{ $item = ",\n" }}{{ end }}
+    {{- "\n                    ]" }}{{ $inner = ",\n" }}{{ end }}
+{{- if .Items }}{{ $inner }}{{ "                    \"items\": " }}{{ template "json" .Items }}
+    {{- $inner = ",\n" }}{{ end }}
 {{- "\n                }" }}{{ $sep = ",\n" }}{{ end }}{{ "\n            }" }}
 {{- else }}{{ "{}" }}{{ end }}
-{{- if .Function.Parameters.Required }}{{ ",\n            \"required\": [" }}{{ $sep := "\n" }}{{ range .Function.Parameters.Required }}{{ $sep }}{{ "                " }}{{ printf "%q" . }}{{ $sep = ",\n" }}{{ end }}{{ "\n            ]" }}{{ end }}
+{{- if .Function.Parameters.Required }}{{ ",\n            \"required\": [" }}{{ $sep := "\n" }}
+    {{- range .Function.Parameters.Required }}{{ $sep }}{{ "                " }}{{ printf "%q" . }}
+    {{- $sep = ",\n" }}{{ end }}{{ "\n            ]" }}{{ end }}
 {{- "\n        }\n    }\n}" }}"""
 
 # Llama 3 chat, and Llama 3.1's tool format: "Environment: ipython", the tool list in the first user turn, a call as
 # {"name", "parameters"} JSON, results in `ipython` turns. Calls have no tag: Ollama reads JSON objects as calls.
 _LLAMA3 = _SYSTEM + r"""
-{{- if .Tools }}{{ "<|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\nCutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n" }}{{ $system }}{{ "<|eot_id|>" }}
+{{- if .Tools }}
+    {{- "<|start_header_id|>system<|end_header_id|>\n\nEnvironment: ipython\n" }}
+    {{- "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n" }}
+    {{- $system }}{{ "<|eot_id|>" }}
 {{- else if $hasSystem }}{{ "<|start_header_id|>system<|end_header_id|>\n\n" }}{{ $system }}{{ "<|eot_id|>" }}
 {{- end }}
 {{- range $i, $m := .Messages }}
 {{- if lt $i $start }}
-{{- else if and $.Tools (eq $i $start) }}{{ "<|start_header_id|>user<|end_header_id|>\n\nGiven the following functions, please respond with a JSON for a function call with its proper arguments that best answers the given prompt.\n\nRespond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.Do not use variables.\n\n" }}
+{{- else if and $.Tools (eq $i $start) }}
+    {{- "<|start_header_id|>user<|end_header_id|>\n\nGiven the following functions, please respond with a JSON " }}
+    {{- "for a function call with its proper arguments that best answers the given prompt.\n\n" }}
+    {{- "Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its " }}
+    {{- "value}.Do not use variables.\n\n" }}
 {{- range $.Tools }}""" + _LLAMA3_TOOL + r"""{{ "\n\n" }}{{ end }}
 {{- .Content }}{{ "<|eot_id|>" }}
 {{- else if eq .Role "assistant" }}
-{{- if .ToolCalls }}{{ range .ToolCalls }}{{ "<|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": \"" }}{{ .Function.Name }}{{ "\", \"parameters\": " }}{{ template "object" .Function.Arguments }}{{ "}<|eot_id|>" }}{{ end }}
+{{- if .ToolCalls }}{{ range .ToolCalls }}{{ "<|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": \"" }}
+    {{- .Function.Name }}{{ "\", \"parameters\": " }}{{ template "object" .Function.Arguments }}{{ "}<|eot_id|>" }}
+    {{- end }}
 {{- else }}{{ "<|start_header_id|>assistant<|end_header_id|>\n\n" }}{{ .Content }}{{ "<|eot_id|>" }}
 {{- end }}
 {{- else if eq .Role "tool" }}{{ "<|start_header_id|>ipython<|end_header_id|>\n\n" }}{{ .Content }}{{ "<|eot_id|>" }}
@@ -183,15 +216,21 @@ _MISTRAL = _SYSTEM + r"""
 {{- range $i, $m := .Messages }}
 {{- if lt $i $start }}
 {{- else if eq .Role "user" }}
-{{- if and $.Tools (eq $i $start) }}{{ "[AVAILABLE_TOOLS] [" }}{{ $sep := "" }}{{ range $.Tools }}{{ $sep }}{{ "{\"type\": \"function\", \"function\": " }}{{ template "function" .Function }}{{ "}" }}{{ $sep = ", " }}{{ end }}{{ "][/AVAILABLE_TOOLS]" }}{{ end }}
+{{- if and $.Tools (eq $i $start) }}{{ "[AVAILABLE_TOOLS] [" }}{{ $sep := "" }}{{ range $.Tools }}{{ $sep }}
+    {{- "{\"type\": \"function\", \"function\": " }}{{ template "function" .Function }}{{ "}" }}{{ $sep = ", " }}
+    {{- end }}{{ "][/AVAILABLE_TOOLS]" }}{{ end }}
 {{- if and $hasSystem (eq $i $start) }}{{ "[INST] " }}{{ $system }}{{ "\n\n" }}{{ .Content }}{{ "[/INST]" }}
 {{- else }}{{ "[INST] " }}{{ .Content }}{{ "[/INST]" }}
 {{- end }}
 {{- else if eq .Role "assistant" }}
-{{- if .ToolCalls }}[TOOL_CALLS] [{{ $sep := "" }}{{ range .ToolCalls }}{{ $sep }}{{ "{\"name\": " }}{{ printf "%q" .Function.Name }}{{ ", \"arguments\": " }}{{ template "object" .Function.Arguments }}{{ if .ID }}{{ ", \"id\": \"" }}{{ .ID }}{{ "\"" }}{{ end }}{{ "}" }}{{ $sep = ", " }}{{ end }}{{ "]" }}{{ EOS_TOKEN }}
+{{- if .ToolCalls }}[TOOL_CALLS] [{{ $sep := "" }}{{ range .ToolCalls }}{{ $sep }}{{ "{\"name\": " }}
+    {{- printf "%q" .Function.Name }}{{ ", \"arguments\": " }}{{ template "object" .Function.Arguments }}
+    {{- if .ID }}{{ ", \"id\": \"" }}{{ .ID }}{{ "\"" }}{{ end }}{{ "}" }}{{ $sep = ", " }}{{ end }}{{ "]" }}
+    {{- EOS_TOKEN }}
 {{- else }}{{ " " }}{{ .Content }}{{ EOS_TOKEN }}
 {{- end }}
-{{- else if eq .Role "tool" }}{{ "[TOOL_RESULTS] {\"content\": " }}{{ .Content }}{{ if .ToolCallID }}{{ ", \"call_id\": \"" }}{{ .ToolCallID }}{{ "\"" }}{{ end }}{{ "}[/TOOL_RESULTS]" }}
+{{- else if eq .Role "tool" }}{{ "[TOOL_RESULTS] {\"content\": " }}{{ .Content }}{{ if .ToolCallID }}
+    {{- ", \"call_id\": \"" }}{{ .ToolCallID }}{{ "\"" }}{{ end }}{{ "}[/TOOL_RESULTS]" }}
 {{- end }}
 {{- end }}"""
 
@@ -199,7 +238,8 @@ _GEMMA = _SYSTEM + r"""
 {{- range $i, $m := .Messages }}
 {{- if lt $i $start }}
 {{- else if eq .Role "assistant" }}{{ "<start_of_turn>model\n" }}{{ .Content }}{{ "<end_of_turn>\n" }}
-{{- else if eq .Role "user" }}{{ "<start_of_turn>user\n" }}{{ if and $hasSystem (eq $i $start) }}{{ $system }}{{ "\n\n" }}{{ end }}{{ .Content }}{{ "<end_of_turn>\n" }}
+{{- else if eq .Role "user" }}{{ "<start_of_turn>user\n" }}{{ if and $hasSystem (eq $i $start) }}{{ $system }}
+    {{- "\n\n" }}{{ end }}{{ .Content }}{{ "<end_of_turn>\n" }}
 {{- end }}
 {{- end }}
 {{- "<start_of_turn>model\n" }}"""
@@ -217,7 +257,8 @@ _LLAMA2 = _SYSTEM + r"""
 {{- range $i, $m := .Messages }}
 {{- if lt $i $start }}
 {{- else if eq .Role "user" }}{{ if gt $i $start }}{{ BOS_TOKEN }}{{ end }}{{ "[INST] " }}
-{{- if and $hasSystem (eq $i $start) }}{{ "<<SYS>>\n" }}{{ $system }}{{ "\n<</SYS>>\n\n" }}{{ end }}{{ .Content }}{{ " [/INST]" }}
+{{- if and $hasSystem (eq $i $start) }}{{ "<<SYS>>\n" }}{{ $system }}{{ "\n<</SYS>>\n\n" }}{{ end }}
+    {{- .Content }}{{ " [/INST]" }}
 {{- else if eq .Role "assistant" }}{{ " " }}{{ .Content }}{{ " " }}{{ EOS_TOKEN }}
 {{- end }}
 {{- end }}"""
