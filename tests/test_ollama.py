@@ -123,7 +123,7 @@ def test_go_template_renders_the_training_text(ollama_render, tokenizer, name, m
 
 @pytest.mark.parametrize("name", TEMPLATES)
 def test_the_runs_trained_system_prompt_is_the_default(ollama_render, tokenizer, name):
-    template = replace(TEMPLATES[name], system='Answer as "Ada".')
+    template = replace(TEMPLATES[name], system='Answer as "Ada" {{ .System }}.\nUse \\ and 😀\tDEFAULT_SYSTEM')
     source = to_ollama(template, tokenizer)
 
     assert go_render(ollama_render, source, CHAT[1:]) == training_text(template, tokenizer, CHAT[1:])
@@ -169,6 +169,19 @@ def test_a_run_trained_without_thinking_keeps_it_off_whatever_ollama_asks(ollama
     qwen3 = replace(TEMPLATES["qwen3"], thinking=False)
     rendered = go_render(ollama_render, to_ollama(qwen3, tokenizer), REASONED, think=think)
     assert rendered == training_text(qwen3, tokenizer, REASONED)
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_ollama_keeps_the_modelfile_template_for_tools_and_thinking(ollama_render, tokenizer, name):
+    template = TEMPLATES[name]
+    request = {"template": to_ollama(template, tokenizer), "chat_template": template.jinja}
+
+    choice = json.loads(run_harness(ollama_render, "prefer", json.dumps(request)))
+
+    # The other built-ins' Jinja names tool calls in its error messages, which Ollama reads as tool support, so it
+    # may render with the GGUF's Jinja: the same training template.
+    assert choice["prefers_jinja"] is not template.supports_tools
+    assert ("thinking" in choice["go_capabilities"]) is (name == "qwen3")
 
 
 def test_qwen3_tells_ollama_its_thinking_tags(ollama_render, tokenizer):

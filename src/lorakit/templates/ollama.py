@@ -15,7 +15,9 @@ Where Ollama's data cannot say what Jinja can, the text matches when the data is
   with property names sorted. Nested schema parts (`properties` inside a property, `anyOf`, several types) print as
   compact JSON. Strings print as Go quotes them (`%q`), which is JSON for printable text.
 - A reply's reasoning travels in `.Thinking` (Ollama splits it off the model's output at the template's <think> tags,
-  thinking/template.go `InferTags`); a `<think>` block left in `.Content` is written as it is.
+  thinking/template.go `InferTags`); a `<think>` block left in `.Content` is written as it is. Ollama sets `think`
+  true when a request to a thinking model leaves it unset (server/routes.go), so a run trained with thinking off
+  keeps it off whatever the request says, and one that left it open thinks unless the request says `think: false`.
 
 Recent Ollama (llama-server runner, ollama/ollama#16031, May 2026) may render with the GGUF's embedded Jinja
 (`tokenizer.chat_template`, the template saved with the run's tokenizer) instead of the Modelfile TEMPLATE: it does so
@@ -23,8 +25,8 @@ when that Jinja shows more capabilities (tools, thinking) than the Go template, 
 round trip the Go template lacks (server/images.go `shouldPreferChatTemplate`), unless OLLAMA_GO_TEMPLATE is set
 (server/routes.go `shouldUseGoTemplate`). The templates here carry `.Tools`, `.ToolCalls`, an `eq .Role "tool"` turn
 and, for qwen3, `.Thinking` between <think> tags, so for the tool and thinking templates Ollama keeps the Modelfile
-TEMPLATE; for the others (whose Jinja mentions tool calls only in its error messages) it may pick the Jinja, which is
-the same training template, so both paths give the same text.
+TEMPLATE; for the others (whose Jinja mentions tool calls only in its error messages) it picks the Jinja, which is
+the same training template, so both paths give the same text. `OLLAMA_GO_TEMPLATE=1` makes it use the TEMPLATE always.
 """
 
 from __future__ import annotations
