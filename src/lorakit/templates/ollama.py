@@ -307,13 +307,14 @@ def to_ollama(template: Template, tokenizer: PreTrainedTokenizerBase) -> str:
     The run's options are baked in: its `system` prompt (else the template's default) where a conversation has no
     system message, and its `thinking` setting; a run that left thinking open follows Ollama's `think` flag.
     `tokenizer` gives the bos and eos token strings. Raises ConfigError for a template that is not a built-in (a
-    tokenizer's own Jinja has no Go translation).
+    tokenizer's own Jinja has no Go translation) and for an eos_token the template needs but the tokenizer lacks.
     """
     builtin = TEMPLATES.get(template.name)
     if builtin is None or builtin.jinja != template.jinja:
-        raise ConfigError(f"Template '{template.name}' is the tokenizer's own Jinja, which lorakit cannot translate to "
-                          "Ollama's Go template. Train with a built-in template (set `template` in the config to one "
-                          f"of: {', '.join(TEMPLATES)}), or write the Modelfile's TEMPLATE by hand.")
+        raise ConfigError(f"Template '{template.name}' is not one of lorakit's built-ins (it is a tokenizer's own Jinja, "
+                          "or a built-in changed since the run), and only built-ins have a Go translation for Ollama. "
+                          f"Train with a built-in (set `template` in the config to one of: {', '.join(TEMPLATES)}), or "
+                          "write the Modelfile's TEMPLATE by hand.")
     if "eos_token" in template.jinja and tokenizer.eos_token is None:
         raise ConfigError(f"Template '{template.name}' ends assistant turns with the tokenizer's eos_token, but this "
                           "tokenizer has none. Set `template` in the config to one with its own end-of-turn marker "
