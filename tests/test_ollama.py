@@ -191,7 +191,7 @@ def test_qwen3_tells_ollama_its_thinking_tags(ollama_render, tokenizer):
 
 def test_a_tokenizers_own_template_has_no_go_translation(tokenizer):
     own = Template(name="tokenizer", jinja="{{ messages[0].content }}", stop_words=("</s>",))
-    with pytest.raises(ConfigError, match="cannot translate.*set `template` in the config"):
+    with pytest.raises(ConfigError, match="only built-ins have a Go translation.*set `template` in the config"):
         to_ollama(own, tokenizer)
 
 
