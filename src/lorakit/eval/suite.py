@@ -143,8 +143,8 @@ def _task_files(task: EvalTaskConfig) -> list[Path]:
 
 
 CODE_OF_KIND = {"choice": ("eval/benchmarks.py", "eval/choice.py"), "gsm8k": ("eval/gsm8k.py",),
-                "generation": ("eval/generation.py", "eval/metrics.py", "infer/generate.py", "templates.py"),
-                "perplexity": ("eval/perplexity.py", "data/tokenize.py", "templates.py", "train/loss.py")}
+                "generation": ("eval/generation.py", "eval/metrics.py", "infer/generate.py", "templates/__init__.py"),
+                "perplexity": ("eval/perplexity.py", "data/tokenize.py", "templates/__init__.py", "train/loss.py")}
 
 
 def _code_fingerprint(kind: str) -> str:
