@@ -19,7 +19,7 @@ from lorakit.cli.app import app
 from lorakit.errors import LorakitError
 
 # Settings a flag also makes: library messages name the config key, the command line adds its flag.
-_FLAGS = {"data.skip_bad=true": "--skip-bad", "dry_run=true": "--dry-run"}
+_FLAGS = {"data.skip_bad=true": "--skip-bad", "dry_run=true": "--dry-run", "force=true": "--force"}
 
 
 def main() -> None:

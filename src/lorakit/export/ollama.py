@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import difflib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lorakit.config import GGUFConfig, OllamaConfig
 from lorakit.errors import ConfigError
-from lorakit.files import write_text
+from lorakit.files import atomic_dir, write_text
+from lorakit.progress import ProgressTarget
 from lorakit.templates import Template
 from lorakit.templates.ollama import to_ollama
 
@@ -25,6 +28,64 @@ DEFAULT_SAMPLING: dict[str, float] = {"temperature": 0.7, "top_p": 0.9}
 SAMPLING_PARAMETERS = ("temperature", "top_k", "top_p", "min_p", "typical_p", "repeat_last_n", "repeat_penalty",
                        "presence_penalty", "frequency_penalty", "seed", "num_predict")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?(:[\w][\w.\-]*)?")
+
+
+@dataclass(frozen=True)
+class OllamaExport:
+    """The folder `export_ollama` wrote: its GGUF files, Modelfile and the Ollama model name its README uses."""
+
+    folder: Path
+    model_gguf: Path
+    adapter_gguf: Path | None
+    modelfile: Path
+    name: str
+    context_length: int
+
+
+def export_ollama(config: OllamaConfig, progress: ProgressTarget = True) -> OllamaExport:
+    """A run -> `config.output`: its GGUF (quantised to `config.quant`), a Modelfile and a README.
+
+    With `adapter_only`, the base model's GGUF and the adapter's LoRA GGUF (Modelfile `FROM` + `ADAPTER`). The folder
+    appears whole or not at all; an existing one is replaced only with `force`.
+    """
+    from lorakit.export.gguf import export_gguf
+    from lorakit.model import resolve_model_path
+    from lorakit.runs import open_run
+
+    if config.output.exists() and not config.force:
+        raise ConfigError(f"{config.output} already exists. Choose another output, or set force=true to replace it.")
+    run = open_run(config.source)
+    template, tokenizer = _trained_template(run)
+    name = config.name or _model_name(config.output)
+    with atomic_dir(config.output) as folder:
+        if config.adapter_only:
+            base = config.base or run.require_base_model()
+            model = export_gguf(GGUFConfig(source=Path(resolve_model_path(base)), outtype=config.quant,
+                                           output=folder / f"base.{config.quant}.gguf"), progress)
+            adapter = export_gguf(GGUFConfig(source=config.source, output=folder / "adapter.gguf", outtype="f16",
+                                             adapter_only=True, base=config.base), progress)
+        else:
+            model = export_gguf(GGUFConfig(source=config.source, output=folder / f"{name}.{config.quant}.gguf",
+                                           outtype=config.quant, base=config.base), progress)
+            adapter = None
+        context_length = model.context_length or 4096
+        write_modelfile(folder, model.path.name, template, tokenizer, context_length,
+                        adapter_gguf=adapter.path.name if adapter else None, system=config.system, name=name)
+    return OllamaExport(folder=config.output, model_gguf=config.output / model.path.name,
+                        adapter_gguf=config.output / adapter.path.name if adapter else None,
+                        modelfile=config.output / "Modelfile", name=name, context_length=context_length)
+
+
+def _trained_template(run) -> tuple[Template, PreTrainedTokenizerBase]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(run.weights_dir))
+    template = run.template(tokenizer)
+    if template is None:
+        raise ConfigError(f"{run.weights_dir} does not say which lorakit template it was trained with (no "
+                          "lorakit.json), so no Ollama TEMPLATE can be written for it. Export a lorakit run, or "
+                          "write the Modelfile by hand from the GGUF (`lorakit export gguf`).")
+    return template, tokenizer
 
 
 def modelfile_text(gguf_name: str, template: Template, tokenizer: PreTrainedTokenizerBase, context_length: int, *,
