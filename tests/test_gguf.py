@@ -250,3 +250,21 @@ def test_library_error_for_a_converter_crash(tmp_path, monkeypatch):
                                                     "sys.exit(3)\n")
     with pytest.raises(LorakitError, match="exit status 3.*boom: bad tensor"):
         gguf_export._run_converter("convert_hf_to_gguf.py", [])
+
+
+def test_ollama_folder_holds_the_gguf_and_a_modelfile_that_names_it(tmp_path, smollm2_tokenizer_dir):
+    from lorakit.config import OllamaConfig
+    from lorakit.export.ollama import export_ollama
+
+    model_dir = _small_llama(tmp_path / "merged", smollm2_tokenizer_dir, system="Be brief.")
+    result = export_ollama(OllamaConfig(source=model_dir, output=tmp_path / "My Model", quant="f16"))
+    assert sorted(p.name for p in result.folder.iterdir()) == sorted(
+        ["Modelfile", "README.md", "my-model.f16.gguf", "my-model.f16.gguf.json"])
+    modelfile = result.modelfile.read_text()
+    assert modelfile.startswith("FROM ./my-model.f16.gguf\n")
+    assert "PARAMETER num_ctx 512\n" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert 'SYSTEM "Be brief."' in modelfile or 'SYSTEM """Be brief."""' in modelfile
+    assert "ollama create my-model -f Modelfile" in (result.folder / "README.md").read_text()
+    with pytest.raises(ConfigError, match="already exists"):
+        export_ollama(OllamaConfig(source=model_dir, output=result.folder, quant="f16"))
+    assert not list(tmp_path.glob(".*tmp*"))

@@ -166,7 +166,7 @@ def _model_folder(config: GGUFConfig, source: _Source, work: Path, progress: Pro
 
     report = merge_adapter(MergeConfig(source=config.source, output=work / "merged", base=config.base,
                                        onto=config.onto, force=True), progress=progress)
-    return report.output, report.onto
+    return report.output, report.merged_onto
 
 
 @contextmanager
