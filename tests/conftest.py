@@ -39,6 +39,13 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def make_template_tokenizer() -> PreTrainedTokenizerFast:
+    """A four-token tokenizer: templates only need its special tokens' strings (<s>, </s>, <pad>, <unk>)."""
+    backend = Tokenizer(WordLevel({"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}, unk_token="<unk>"))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
 @pytest.fixture
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return make_tokenizer()

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
+
+from conftest import make_template_tokenizer
 
 from lorakit.errors import ConfigError
 from lorakit.export.ollama import modelfile_text, quote, write_modelfile
@@ -58,15 +58,9 @@ REASONED = [
 ]
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    backend = Tokenizer(WordLevel({"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}, unk_token="<unk>"))
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
-
-
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
-    return build_tokenizer()
+    return make_template_tokenizer()
 
 
 @pytest.fixture(scope="session")

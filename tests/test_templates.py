@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast
+
+from conftest import make_template_tokenizer
 
 from lorakit.errors import ConfigError, DataError, LorakitError
 from lorakit.templates import TEMPLATES, Template, install_template, render, render_supervised, resolve_template
@@ -132,16 +132,9 @@ EXPECTED_TOOLS = {
 }
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A four-token tokenizer built in memory: templates only need its special tokens' strings."""
-    backend = Tokenizer(WordLevel({"<unk>": 0, "<s>": 1, "</s>": 2, "<pad>": 3}, unk_token="<unk>"))
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                   unk_token="<unk>")
-
-
 @pytest.fixture(scope="module")
 def tokenizer() -> PreTrainedTokenizerFast:
-    return build_tokenizer()
+    return make_template_tokenizer()
 
 
 def test_every_builtin_is_pinned():
@@ -242,7 +235,7 @@ def test_non_alternating_turns_raise_where_the_format_needs_alternation(tokenize
 
 def test_auto_uses_the_tokenizers_own_template():
     own = "{% for message in messages %}{{ message['content'] + eos_token }}{% endfor %}"
-    tokenizer = build_tokenizer()
+    tokenizer = make_template_tokenizer()
     tokenizer.chat_template = own
 
     template = resolve_template("auto", tokenizer)
@@ -262,7 +255,7 @@ def test_unknown_template_name_suggests_the_closest(tokenizer):
 
 
 def test_install_template_makes_the_saved_tokenizer_render_the_same(tmp_path):
-    tokenizer = build_tokenizer()
+    tokenizer = make_template_tokenizer()
 
     install_template(tokenizer, TEMPLATES["llama3"])
 

@@ -108,7 +108,8 @@ _HERMES_TOOL_RESULT = r"""
 {{- if ne $previous "tool" }}{{ "<|im_start|>user" }}{{ end }}
 {{- "\n<tool_response>\n" }}{{ .Content }}{{ "\n</tool_response>" }}"""
 
-_HERMES = _SYSTEM + r"""
+# The system turn (with the tool prompt when there are tools), then each turn up to the assistant's.
+_HERMES_OPENING = r"""
 {{- if .Tools }}{{ "<|im_start|>system\n" }}{{ if $hasSystem }}{{ $system }}{{ "\n\n" }}
     {{- end }}""" + _HERMES_TOOLS_PROMPT + r"""
 {{- else if $hasSystem }}{{ "<|im_start|>system\n" }}{{ $system }}{{ "<|im_end|>\n" }}
@@ -118,7 +119,9 @@ _HERMES = _SYSTEM + r"""
 {{- if and (eq $previous "tool") (ne .Role "tool") }}{{ "<|im_end|>\n" }}{{ end }}
 {{- if lt $i $start }}
 {{- else if or (eq .Role "system") (eq .Role "user") }}{{ "<|im_start|>" }}{{ .Role }}{{ "\n" }}{{ .Content }}
-    {{- "<|im_end|>\n" }}
+    {{- "<|im_end|>\n" }}"""
+
+_HERMES = _SYSTEM + _HERMES_OPENING + r"""
 {{- else if eq .Role "assistant" }}{{ "<|im_start|>assistant" }}
 {{- if or .Content (eq (len .ToolCalls) 0) }}{{ "\n" }}{{ .Content }}{{ end }}
 {{- if gt (len .ToolCalls) 0 }}{{ "\n" }}{{ end }}""" + _HERMES_CALLS + r"""
@@ -132,17 +135,7 @@ _HERMES = _SYSTEM + r"""
 # Qwen3: as _HERMES, with the empty think block while thinking is off, and a reply's reasoning (`.Thinking`) between
 # <think> tags otherwise. THINKING_OFF is the run's setting, or Ollama's `think` flag when the run left it open.
 _QWEN3 = _SYSTEM + r"""
-{{- $off := THINKING_OFF }}
-{{- if .Tools }}{{ "<|im_start|>system\n" }}{{ if $hasSystem }}{{ $system }}{{ "\n\n" }}
-    {{- end }}""" + _HERMES_TOOLS_PROMPT + r"""
-{{- else if $hasSystem }}{{ "<|im_start|>system\n" }}{{ $system }}{{ "<|im_end|>\n" }}
-{{- end }}
-{{- $previous := "" }}
-{{- range $i, $m := .Messages }}
-{{- if and (eq $previous "tool") (ne .Role "tool") }}{{ "<|im_end|>\n" }}{{ end }}
-{{- if lt $i $start }}
-{{- else if or (eq .Role "system") (eq .Role "user") }}{{ "<|im_start|>" }}{{ .Role }}{{ "\n" }}{{ .Content }}
-    {{- "<|im_end|>\n" }}
+{{- $off := THINKING_OFF }}""" + _HERMES_OPENING + r"""
 {{- else if eq .Role "assistant" }}{{ "<|im_start|>assistant\n" }}
 {{- if $off }}{{ "<think>\n\n</think>\n\n" }}
 {{- else if .Thinking }}<think>{{ "\n" }}{{ .Thinking }}{{ "\n" }}</think>{{ end }}
