@@ -434,9 +434,15 @@ def gguf_perplexity(gguf: Path, features: list[dict[str, list[int]]]) -> float:
     return math.exp(total / count)
 
 
-def load_gguf(gguf: Path, n_ctx: int = 2048, logits_all: bool = False, lora_path: Path | None = None) -> Any:
-    """A llama-cpp-python `Llama` on `gguf` (CPU, quiet), optionally with a LoRA GGUF applied."""
+def load_gguf(gguf: Path, n_ctx: int = 2048, logits_all: bool = False, lora_path: Path | None = None,
+              float32_cache: bool = False) -> Any:
+    """A llama-cpp-python `Llama` on `gguf` (CPU, quiet), optionally with a LoRA GGUF applied.
+
+    llama.cpp keeps keys and values in f16 by default; `float32_cache` keeps them in f32, for comparing a GGUF's
+    logits with the float32 model it came from.
+    """
     llama_cpp = _import_llama_cpp("load a GGUF")
+    cache = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if float32_cache else {}
     return llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, logits_all=logits_all, verbose=False, n_gpu_layers=0,
                            lora_path=str(lora_path) if lora_path else None, seed=0,
-                           n_threads=os.cpu_count() or 1)
+                           n_threads=os.cpu_count() or 1, **cache)
