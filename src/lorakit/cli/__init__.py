@@ -14,12 +14,12 @@ import typer
 from rich.console import Console
 
 # Each module registers its commands; import order is the order `lorakit --help` lists them, stage by stage.
-from lorakit.cli import train, runs, data, evaluate, infer, serve, export  # noqa: F401,I001
+from lorakit.cli import train, runs, data, evaluate, infer, serve, merge, export  # noqa: F401,I001
 from lorakit.cli.app import app
 from lorakit.errors import LorakitError
 
 # Settings a flag also makes: library messages name the config key, the command line adds its flag.
-_FLAGS = {"data.skip_bad=true": "--skip-bad"}
+_FLAGS = {"data.skip_bad=true": "--skip-bad", "force=true": "--force"}
 
 
 def main() -> None:
