@@ -260,7 +260,7 @@ def test_smollm2_merged_answers_like_base_plus_adapter(tmp_path):
     base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     peft_model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"],
-                                                 use_dora=True, task_type="CAUSAL_LM"))
+                                                 task_type="CAUSAL_LM"))
     generator = torch.Generator().manual_seed(0)
     for name, parameter in peft_model.named_parameters():
         if "lora_B" in name:
