@@ -221,9 +221,10 @@ def test_qlora_merged_onto_quantized_weights_matches_the_4bit_model(tmp_path):
 
     tokenizer = make_tokenizer()
     base_dir = tmp_path / "base"
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                 num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)).save_pretrained(base_dir)
+    torch.manual_seed(0)  # wider than conftest's models, so 4-bit rounding moves the logits measurably
+    model_config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=2)
+    LlamaForCausalLM(model_config).save_pretrained(base_dir)
     _qlora_run(base_dir, tmp_path / "run")
     quantized_base = AutoModelForCausalLM.from_pretrained(
         base_dir, dtype=torch.float32, quantization_config=_bitsandbytes_config("4bit", torch.float32),

@@ -15,6 +15,7 @@ import json
 import math
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,10 +126,12 @@ def merge_adapter(config: MergeConfig, progress: ProgressTarget = False) -> Merg
     quantization = _quantization_to_replay(run, config)
     adapter = _read_adapter(adapter_dir)
     tokenizer, template = _tokenizer_and_template(run, base_dir)
+    entries = _plan_entries(base_dir, skeleton, adapter, config.dtype)
+    _check_adapter_fits(adapter, entries, base_dir)
     try:
         with atomic_dir(config.output) as tmp:
-            shards = _write_weights(base_dir, skeleton, adapter, quantization, config, tmp, progress)
-            _write_config(base_dir, skeleton, adapter, config, tmp)
+            shards = _write_weights(entries, skeleton, adapter, quantization, config, tmp, progress)
+            _write_config(base_dir, any(entry.name != entry.source for entry in entries), config, tmp)
             _write_tokenizer_files(tokenizer, template, base_dir, tmp)
             write_settings(tmp, base_name, "merged", template)
             max_abs_diff, kl = _check_merge(base_dir, adapter_dir, tmp, tokenizer, template, quantization, config)
@@ -246,13 +249,11 @@ def _tokenizer_and_template(run: Run, base_dir: Path) -> tuple[PreTrainedTokeniz
 # the reference the tests compare against.
 
 
-def _write_weights(base_dir: Path, skeleton: PreTrainedModel, adapter: _Adapter, quantization: str | None,
+def _write_weights(entries: list[_Entry], skeleton: PreTrainedModel, adapter: _Adapter, quantization: str | None,
                    config: MergeConfig, output: Path, progress: ProgressTarget) -> int:
     """Write the merged tensors as safetensors shards of at most `max_shard_size` (plus the index); return the count."""
     from safetensors import safe_open
 
-    entries = _plan_entries(base_dir, skeleton, adapter, config.dtype)
-    _check_adapter_fits(adapter, entries, base_dir)
     shards = _plan_shards(entries, _parse_size(config.max_shard_size))
     names = ["model.safetensors"] if len(shards) == 1 else \
         [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
@@ -346,7 +347,7 @@ def _check_adapter_fits(adapter: _Adapter, entries: list[_Entry], base_dir: Path
             raise ConfigError(f"The adapter changes {module}, which base model {base_dir} does not have. Merge it onto "
                               "the base model it was trained on (set base).")
     for name, tensor in adapter.replacements.items():
-        if tuple(tensor.shape) != shapes.get(name, tuple(tensor.shape)) or name not in shapes:
+        if shapes.get(name) != tuple(tensor.shape):
             raise ConfigError(f"The adapter replaces {name} (modules_to_save, shape {tuple(tensor.shape)}), which base "
                               f"model {base_dir} does not have in that shape. Merge it onto the base model it was "
                               "trained on (set base).")
@@ -433,34 +434,19 @@ def _replay_quantization(weight: torch.Tensor, quantization: str) -> torch.Tenso
 # --- the rest of the folder ---------------------------------------------------------------------------------------
 
 
-def _write_config(base_dir: Path, skeleton: PreTrainedModel, adapter: _Adapter, config: MergeConfig,
-                  output: Path) -> None:
+def _write_config(base_dir: Path, untied: bool, config: MergeConfig, output: Path) -> None:
     """The base's config.json, untied where the adapter split the embeddings, with the stored dtype."""
     model_config = json.loads((base_dir / "config.json").read_text(encoding="utf-8"))
     model_config.pop("quantization_config", None)
-    stored = {key for key in _output_tensor_names(output)}
-    output_module = skeleton.get_output_embeddings()
-    if output_module is not None and output_module.weight is skeleton.get_input_embeddings().weight:
-        names = {id(module): name for name, module in skeleton.named_modules()}
-        if f"{names[id(output_module)]}.weight" in stored:
-            model_config["tie_word_embeddings"] = False
-            if isinstance(model_config.get("text_config"), dict):
-                model_config["text_config"]["tie_word_embeddings"] = False
+    if untied:
+        model_config["tie_word_embeddings"] = False
+        if isinstance(model_config.get("text_config"), dict):
+            model_config["text_config"]["tie_word_embeddings"] = False
     if config.dtype != "auto":
         model_config["dtype"] = config.dtype
         if "torch_dtype" in model_config:
             model_config["torch_dtype"] = config.dtype
     write_json(output / "config.json", model_config)
-
-
-def _output_tensor_names(output: Path) -> set[str]:
-    from safetensors import safe_open
-
-    names: set[str] = set()
-    for path in output.glob("*.safetensors"):
-        with safe_open(str(path), framework="pt") as handle:
-            names.update(handle.keys())
-    return names
 
 
 def _write_tokenizer_files(tokenizer: PreTrainedTokenizerBase, template: Template, base_dir: Path,
@@ -551,8 +537,9 @@ def _check_merge(base_dir: Path, adapter_dir: Path, merged_dir: Path, tokenizer:
 
     device = resolve_device(config.device)
     prompts = [torch.tensor([ids], device=device) for ids in _check_prompts(tokenizer, template)]
-    reference = _logits(_reference_model(base_dir, adapter_dir, quantization, device), prompts)
-    merged = _logits(AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32).to(device), prompts)
+    reference = _logits(lambda: _reference_model(base_dir, adapter_dir, quantization, device), prompts)
+    merged = _logits(lambda: AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32).to(device),
+                     prompts)
     max_abs_diff = max((a - b).abs().max().item() for a, b in zip(reference, merged))
     log_p = torch.cat([logits.log_softmax(-1) for logits in reference])
     log_q = torch.cat([logits.log_softmax(-1) for logits in merged])
@@ -598,9 +585,9 @@ def _reference_model(base_dir: Path, adapter_dir: Path, quantization: str | None
 
 
 @torch.inference_mode()
-def _logits(model: PreTrainedModel, prompts: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each prompt's logits (float32, on the CPU); the model is released afterwards."""
-    model.eval()
+def _logits(load: Callable[[], PreTrainedModel], prompts: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each prompt's logits (float32, on the CPU) from the model `load` returns, released before this returns."""
+    model = load().eval()
     logits = [model(input_ids=ids).logits[0].float().cpu() for ids in prompts]
     del model
     gc.collect()
