@@ -184,7 +184,14 @@ def _quantization_to_replay(run: Run, config: MergeConfig) -> str | None:
     """"4bit"/"8bit" when a QLoRA adapter is merged onto the quantised weights it saw, else None."""
     trained = run.config
     quantization = trained.model.quantization if trained is not None else "none"
-    return quantization if quantization != "none" and config.onto == "quantized" else None
+    if quantization == "none" or config.onto != "quantized":
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(f"The run was trained on a {quantization} base (QLoRA); merging onto the quantised weights "
+                          "it saw needs bitsandbytes (`pip install bitsandbytes`), or set onto=full.") from None
+    return quantization
 
 
 def _read_adapter(adapter_dir: Path) -> _Adapter:
