@@ -76,9 +76,10 @@ def _leftovers(output: Path) -> list[str]:
     ("llama", {"use_dora": True}),
     ("llama", {"rank_pattern": {"v_proj": 2}, "alpha_pattern": {"layers.1.self_attn.q_proj": 3}}),
     ("llama", {"modules_to_save": ["lm_head"]}),
+    ("llama", {"target_modules": ["embed_tokens", "q_proj"], "use_dora": True}),
     ("qwen2", {"target_modules": ["q_proj", "k_proj", "v_proj"]}),  # attention biases pass through
     ("gemma3", {"use_dora": True, "modules_to_save": ["lm_head"]}),  # tied embeddings, untied by the adapter
-], ids=["lora", "rslora", "dora", "patterns", "modules-to-save", "qwen2-bias", "gemma3-tied-dora"])
+], ids=["lora", "rslora", "dora", "patterns", "modules-to-save", "embedding-dora", "qwen2-bias", "gemma3-tied-dora"])
 def test_merged_logits_equal_peft_merge_and_unload(tmp_path, architecture, lora):
     base_dir = _save_base(tmp_path / "base", architecture)
     peft_model = _make_adapter(base_dir, tmp_path / "adapter", **lora)

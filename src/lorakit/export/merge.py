@@ -213,7 +213,9 @@ def _read_adapter(adapter_dir: Path) -> _Adapter:
         match = re.fullmatch(r"(.+)\.(lora_A\.weight|lora_B\.weight|lora_B\.bias|lora_magnitude_vector(?:\.weight)?|"
                              r"lora_embedding_A|lora_embedding_B)", key)
         if match is None:
-            adapter.replacements[key] = tensor  # modules_to_save: PEFT saves the trained copy under the base's name
+            # modules_to_save: the trained copy, under the base's name; with LoRA on embeddings PEFT also saves the
+            # base embedding itself (as `base_layer`), which the LoRA update then applies to.
+            adapter.replacements[key.replace(".base_layer.", ".")] = tensor
             continue
         module, part = match.groups()
         update = adapter.updates.setdefault(module, _ModuleUpdate())
@@ -387,8 +389,7 @@ def _torch_dtype(safetensors_dtype: str) -> torch.dtype:
 
 def _merged_tensor(name: str, base: torch.Tensor, adapter: _Adapter) -> torch.Tensor:
     """The base tensor `name` with the adapter applied, in float32 (other tensors pass through unchanged)."""
-    if name in adapter.replacements:
-        return adapter.replacements[name]
+    base = adapter.replacements.get(name, base)
     module, _, kind = name.rpartition(".")
     update = adapter.updates.get(module)
     if update is None or kind not in ("weight", "bias"):
@@ -401,8 +402,11 @@ def _merged_tensor(name: str, base: torch.Tensor, adapter: _Adapter) -> torch.Te
 def _merged_weight(weight: torch.Tensor, update: _ModuleUpdate, fan_in_fan_out: bool) -> torch.Tensor:
     """W + scale * B @ A; with DoRA, each output row rescaled to the trained magnitude (PEFT's merge formula)."""
     delta = update.scale * (update.lora_B.float() @ update.lora_A.float())
-    if update.embedding:
-        return weight + delta.T  # PEFT's embedding A is (rank, vocab) and B (dim, rank)
+    if update.embedding:  # PEFT's embedding A is (rank, vocab) and B (dim, rank); DoRA's norm is per dim, over vocab
+        merged = weight + delta.T
+        if update.magnitude is None:
+            return merged
+        return (update.magnitude.float() / torch.linalg.norm(merged, dim=0)).view(1, -1) * merged
     if fan_in_fan_out:
         weight = weight.T
     merged = weight + delta
