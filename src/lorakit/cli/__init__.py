@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 # Each module registers its commands; import order is the order `lorakit --help` lists them, stage by stage.
-from lorakit.cli import train, runs, data, evaluate, infer, serve, export  # noqa: F401,I001
+from lorakit.cli import train, runs, data, evaluate, infer, serve, merge, export  # noqa: F401,I001
 from lorakit.cli.app import app
 from lorakit.errors import LorakitError
 

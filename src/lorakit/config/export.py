@@ -43,7 +43,9 @@ class MergeConfig:
     """Base model + LoRA adapter -> one Hugging Face model folder that loads without PEFT.
 
     `source` is a run folder or an adapter folder (a full or freeze run's `model/` is copied as it is). `base`
-    overrides the base model recorded with the adapter. `onto` matters only for QLoRA adapters.
+    overrides the base model recorded with the adapter. `onto` matters only for QLoRA adapters. `dtype` is the
+    stored dtype (auto: the base's). `check_tolerance` is the largest mean KL(base+adapter || merged) per token, in
+    nats, that the merge check accepts; `device` is where that check runs.
     """
 
     source: Path
