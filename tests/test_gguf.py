@@ -96,7 +96,7 @@ def _greedy_hf(model_dir: Path, prompt: list[int], count: int) -> list[int]:
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
-    output = model.generate(torch.tensor([prompt]), max_new_tokens=count, do_sample=False, min_new_tokens=count)
+    output = model.generate(torch.tensor([prompt]), max_new_tokens=count, do_sample=False)
     return output[0, len(prompt):].tolist()
 
 
@@ -237,11 +237,14 @@ def test_bundled_smollm2_f16_matches_transformers(tmp_path, smollm2_tokenizer_di
     result = export_gguf(GGUFConfig(source=source, output=tmp_path / "smollm2.f16.gguf", outtype="f16"))
     llm = load_gguf(result.path, logits_all=True, float32_cache=True)
     metadata = read_metadata(result.path)
-    hf_ids = tokenizer(render(TEMPLATES["chatml"], tokenizer, CONVERSATION, add_generation_prompt=True),
+    conversation = [*CONVERSATION[:3], {"role": "user", "content": "Now write a short poem about Rome."}]
+    hf_ids = tokenizer(render(TEMPLATES["chatml"], tokenizer, conversation, add_generation_prompt=True),
                        add_special_tokens=False)["input_ids"]
-    gguf_ids = _gguf_prompt_ids(llm, metadata, CONVERSATION)
+    gguf_ids = _gguf_prompt_ids(llm, metadata, conversation)
     assert len(gguf_ids) == len(hf_ids) and gguf_ids == hf_ids
-    assert _greedy_gguf(llm, hf_ids, 20) == _greedy_hf(smollm2_tokenizer_dir, hf_ids, 20)
+    answer = _greedy_hf(smollm2_tokenizer_dir, hf_ids, 24)
+    assert len(answer) == 24 and tokenizer.eos_token_id not in answer  # a reply long enough to compare
+    assert _greedy_gguf(llm, hf_ids, 24) == answer
 
 
 def test_library_error_for_a_converter_crash(tmp_path, monkeypatch):
