@@ -311,3 +311,74 @@ def test_adapter_only_gguf_on_the_base_answers_as_the_merged_gguf(tmp_path, smol
     plain_base = _greedy_gguf(load_gguf(base_gguf.path, logits_all=True, float32_cache=True), prompt, 12)
     assert with_lora == merged
     assert plain_base != merged  # the adapter changes the answer, so the equality above means something
+
+
+@pytest.mark.slow
+def test_a_trained_smollm2_adapter_ships_through_every_route(tmp_path):
+    """Train a few steps on the demo set, then merge, f16, q8_0, q4_k_m, LoRA-only and Ollama, each checked."""
+    from dataclasses import replace
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.config import OllamaConfig
+    from lorakit.demo import demo_config
+    from lorakit.export.ollama import export_ollama
+    from lorakit.train import run_training
+
+    config = demo_config(tmp_path / "run")
+    config = replace(config, epochs=1, max_steps=4, batch_size=4, data=replace(config.data, val_size=8,
+                                                                                template="chatml",
+                                                                                system="Answer briefly."))
+    run = run_training(config, progress=False)
+    f16 = export_gguf(GGUFConfig(source=run, output=tmp_path / "tuned.f16.gguf", outtype="f16"), progress=False)
+    assert f16.merged_onto == "full" and f16.template is not None
+
+    tokenizer = AutoTokenizer.from_pretrained(str(run / "adapter"))
+    trained = _template_of(run)
+    assert trained.system == "Answer briefly."
+    messages = [*CONVERSATION[1:3], {"role": "user", "content": "Now write a short poem about Rome."}]
+    ids = tokenizer(render(trained, tokenizer, messages, add_generation_prompt=True),
+                    add_special_tokens=False)["input_ids"]
+    llm = load_gguf(f16.path, logits_all=True, float32_cache=True)
+    assert _gguf_prompt_ids(llm, read_metadata(f16.path), messages) == ids  # the run's system prompt is baked in
+
+    from lorakit.model import resolve_model_path
+
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(resolve_model_path("smollm2-135m")),
+                                          str(run / "adapter"))
+    answer = reference.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False)[0, len(ids):].tolist()
+    assert len(answer) == 20
+    assert _greedy_gguf(llm, ids, 20) == answer
+    llm.close()
+
+    quantized = {}
+    for outtype in ("q8_0", "q4_k_m"):
+        quantized[outtype] = export_gguf(GGUFConfig(source=run, output=tmp_path / f"tuned.{outtype}.gguf",
+                                                    outtype=outtype), progress=False)
+        load_gguf(quantized[outtype].path).close()
+    for outtype, result in quantized.items():
+        figures = result.perplexity
+        assert set(figures) == {"hf", "gguf_f16", f"gguf_{outtype}"}, figures
+        assert figures["gguf_f16"] == pytest.approx(figures["hf"], rel=0.05)
+        print(f"{outtype}: perplexity on the run's held-out records {figures}")
+    assert quantized["q8_0"].perplexity["gguf_q8_0"] == pytest.approx(quantized["q8_0"].perplexity["hf"], rel=0.05)
+
+    base_f16 = export_gguf(GGUFConfig(source=Path(resolve_model_path("smollm2-135m")), output=tmp_path / "base.gguf",
+                                      outtype="f16"), progress=False)
+    lora = export_gguf(GGUFConfig(source=run, output=tmp_path / "lora.gguf", adapter_only=True, outtype="f16"),
+                       progress=False)
+    with_lora = load_gguf(base_f16.path, logits_all=True, lora_path=lora.path, float32_cache=True)
+    merged = load_gguf(f16.path, logits_all=True, float32_cache=True)
+    assert _greedy_gguf(with_lora, ids, 10) == _greedy_gguf(merged, ids, 10)
+
+    ollama = export_ollama(OllamaConfig(source=run, output=tmp_path / "ollama", quant="q8_0"), progress=False)
+    modelfile = ollama.modelfile.read_text()
+    assert modelfile.startswith(f"FROM ./{ollama.model_gguf.name}\n") and ollama.model_gguf.is_file()
+    assert "PARAMETER num_ctx 8192" in modelfile and 'SYSTEM "Answer briefly."' in modelfile
+
+
+def _template_of(run: Path):
+    from lorakit.runs import open_run
+
+    return open_run(run).template(AutoTokenizer.from_pretrained(str(run / "adapter")))

@@ -366,10 +366,11 @@ def _quantisation_cost(config: GGUFConfig, model_dir: Path, quantized: Path, wor
     if not features:
         return None
     f16 = work / "model.f16.gguf"
-    results = {"hf": _hf_perplexity(model_dir, features, progress)}
-    if f16.exists() and f16 != quantized:
-        results["gguf_f16"] = gguf_perplexity(f16, features)
-    results[f"gguf_{config.outtype}"] = gguf_perplexity(quantized, features)
+    if not f16.exists():  # q8_0 is converted in one pass: the f16 to compare with is made for the purpose
+        (work / "reference").mkdir()
+        f16, _ = _write_model_gguf(replace(config, outtype="f16"), model_dir, template, work / "reference")
+    results = {"hf": _hf_perplexity(model_dir, features, progress), "gguf_f16": gguf_perplexity(f16, features),
+               f"gguf_{config.outtype}": gguf_perplexity(quantized, features)}
     return results
 
 
