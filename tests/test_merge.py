@@ -218,7 +218,7 @@ def _qlora_run(base_dir: Path, run_dir: Path) -> PeftModel:
 
 def test_qlora_merged_onto_quantized_weights_matches_the_4bit_model(tmp_path):
     pytest.importorskip("bitsandbytes")
-    from lorakit.model import _bitsandbytes_config
+    from lorakit.model import bitsandbytes_config
 
     tokenizer = make_tokenizer()
     base_dir = tmp_path / "base"
@@ -228,7 +228,7 @@ def test_qlora_merged_onto_quantized_weights_matches_the_4bit_model(tmp_path):
     LlamaForCausalLM(model_config).save_pretrained(base_dir)
     _qlora_run(base_dir, tmp_path / "run")
     quantized_base = AutoModelForCausalLM.from_pretrained(
-        base_dir, dtype=torch.float32, quantization_config=_bitsandbytes_config("4bit", torch.float32),
+        base_dir, dtype=torch.float32, quantization_config=bitsandbytes_config("4bit", torch.float32),
         device_map={"": "cpu"})
     seen = _logits(PeftModel.from_pretrained(quantized_base, str(tmp_path / "run" / "adapter")))
 

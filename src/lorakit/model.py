@@ -97,7 +97,7 @@ def load_model(config: ModelConfig) -> PreTrainedModel:
     dtype = resolve_dtype(config.dtype, device)
     kwargs = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
     if config.quantization != "none":
-        kwargs["quantization_config"] = _bitsandbytes_config(config.quantization, dtype)
+        kwargs["quantization_config"] = bitsandbytes_config(config.quantization, dtype)
         kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": device.type}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -108,7 +108,7 @@ def load_model(config: ModelConfig) -> PreTrainedModel:
     return model
 
 
-def _bitsandbytes_config(quantization: str, dtype: torch.dtype):
+def bitsandbytes_config(quantization: str, dtype: torch.dtype):
     try:
         import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import gc
 import json
 import math
 import re
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,10 +22,11 @@ import torch
 
 from lorakit.config.export import MergeConfig
 from lorakit.errors import ConfigError, LorakitError
+from lorakit.export.merge_check import CHECK_PROMPTS, check_merge
 from lorakit.files import atomic_dir, write_json, write_text
 from lorakit.progress import ProgressTarget, track
 from lorakit.runs import Run, check_same_base, model_card, open_run, write_settings
-from lorakit.templates import Template, install_template, render, resolve_template
+from lorakit.templates import Template, install_template, resolve_template
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -36,14 +35,6 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."
 _SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-# Conversations the merge check renders with the training template: short, with and without a system message.
-_CHECK_CONVERSATIONS = (
-    [{"role": "user", "content": "What is the capital of France?"}],
-    [{"role": "system", "content": "You answer in one short sentence."},
-     {"role": "user", "content": "Name a primary colour."}],
-    [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello, how can I help?"},
-     {"role": "user", "content": "Count to three."}],
-)
 
 
 @dataclass(frozen=True)
@@ -134,7 +125,7 @@ def merge_adapter(config: MergeConfig, progress: ProgressTarget = False) -> Merg
             _write_config(base_dir, any(entry.name != entry.source for entry in entries), config, tmp)
             _write_tokenizer_files(tokenizer, template, base_dir, tmp)
             write_settings(tmp, base_name, "merged", template)
-            max_abs_diff, kl = _check_merge(base_dir, adapter_dir, tmp, tokenizer, template, quantization, config)
+            max_abs_diff, kl = check_merge(base_dir, adapter_dir, tmp, tokenizer, template, quantization, config)
             write_text(tmp / "README.md", _card(run, base_name, template, quantization, max_abs_diff, kl))
     except OSError as err:
         raise _write_error(config.output, err) from err
@@ -427,12 +418,12 @@ def _quantized_weights(skeleton: PreTrainedModel, quantization: str) -> set[str]
 
 
 def _replay_quantization(weight: torch.Tensor, quantization: str) -> torch.Tensor:
-    """dequant(quant(W)) with the settings QLoRA training loads the base with (model._bitsandbytes_config)."""
+    """dequant(quant(W)) with the settings QLoRA training loads the base with (model.bitsandbytes_config)."""
     import bitsandbytes.functional as bnb
 
-    from lorakit.model import _bitsandbytes_config
+    from lorakit.model import bitsandbytes_config
 
-    settings = _bitsandbytes_config(quantization, torch.float32)
+    settings = bitsandbytes_config(quantization, torch.float32)
     weight = weight.float()
     if quantization == "4bit":
         packed, state = bnb.quantize_4bit(weight, quant_type=settings.bnb_4bit_quant_type,
@@ -504,7 +495,7 @@ def _card(run: Run, base_name: str, template: Template, quantization: str | None
     if trained is not None:
         merge_section.append(f"- Data: {', '.join(trained.data.paths)}")
     merge_section += [
-        f"- Merge check (base + adapter vs this folder, logits on {len(_CHECK_CONVERSATIONS)} chat prompts): "
+        f"- Merge check (base + adapter vs this folder, logits on {CHECK_PROMPTS} chat prompts): "
         f"max abs diff {max_abs_diff:.3g}, KL {kl:.3g} nats per token",
         "",
     ]
@@ -530,79 +521,6 @@ def _card(run: Run, base_name: str, template: Template, quantization: str | None
 
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-# --- the merge check ----------------------------------------------------------------------------------------------
-
-
-def _check_merge(base_dir: Path, adapter_dir: Path, merged_dir: Path, tokenizer: PreTrainedTokenizerBase,
-                 template: Template, quantization: str | None, config: MergeConfig) -> tuple[float, float]:
-    """(max abs logit diff, mean KL(base+adapter || merged) per token) on rendered chat prompts.
-
-    The two models are loaded one after the other, so memory holds one at a time. Raises LorakitError when the KL
-    exceeds `check_tolerance`: a merged folder that answers differently must not be left behind.
-    """
-    from transformers import AutoModelForCausalLM
-
-    from lorakit.model import resolve_device
-
-    device = resolve_device(config.device)
-    prompts = [torch.tensor([ids], device=device) for ids in _check_prompts(tokenizer, template)]
-    reference = _logits(lambda: _reference_model(base_dir, adapter_dir, quantization, device), prompts)
-    merged = _logits(lambda: AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype=torch.float32).to(device),
-                     prompts)
-    max_abs_diff = max((a - b).abs().max().item() for a, b in zip(reference, merged))
-    log_p = torch.cat([logits.log_softmax(-1) for logits in reference])
-    log_q = torch.cat([logits.log_softmax(-1) for logits in merged])
-    kl = max((log_p.exp() * (log_p - log_q)).sum(-1).mean().item(), 0.0)  # rounding can dip below 0
-    if not kl <= config.check_tolerance:
-        raise LorakitError(f"Merge check failed: the merged model's logits differ from base + adapter by up to "
-                           f"{max_abs_diff:.3g} (KL {kl:.3g} nats per token, above check_tolerance "
-                           f"{config.check_tolerance}). Nothing was written to {config.output}. Check that base is "
-                           "the model the adapter was trained on; with dtype float16 or bfloat16, try float32.")
-    return max_abs_diff, kl
-
-
-def _check_prompts(tokenizer: PreTrainedTokenizerBase, template: Template) -> list[list[int]]:
-    from lorakit.errors import DataError
-
-    prompts = []
-    for messages in _CHECK_CONVERSATIONS:
-        try:
-            text = render(template, tokenizer, messages, add_generation_prompt=True)
-        except DataError:  # a template without, say, a system role: the other prompts still check the merge
-            continue
-        prompts.append(tokenizer(text, add_special_tokens=False)["input_ids"])
-    if not prompts:
-        prompts.append(tokenizer(_CHECK_CONVERSATIONS[0][0]["content"], add_special_tokens=False)["input_ids"])
-    return prompts
-
-
-def _reference_model(base_dir: Path, adapter_dir: Path, quantization: str | None,
-                     device: torch.device) -> PreTrainedModel:
-    """Base + adapter through PEFT, the base in 4/8-bit when the merge replays QLoRA's quantisation."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    from lorakit.model import _bitsandbytes_config
-
-    if quantization:
-        base = AutoModelForCausalLM.from_pretrained(
-            str(base_dir), dtype=torch.float32, quantization_config=_bitsandbytes_config(quantization, torch.float32),
-            device_map={"": device.index or 0} if device.type == "cuda" else {"": device.type})
-    else:
-        base = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32).to(device)
-    return PeftModel.from_pretrained(base, str(adapter_dir))
-
-
-@torch.inference_mode()
-def _logits(load: Callable[[], PreTrainedModel], prompts: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each prompt's logits (float32, on the CPU) from the model `load` returns, released before this returns."""
-    model = load().eval()
-    logits = [model(input_ids=ids).logits[0].float().cpu() for ids in prompts]
-    del model
-    gc.collect()
-    return logits
 
 
 # --- full and freeze runs -----------------------------------------------------------------------------------------
