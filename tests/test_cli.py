@@ -77,6 +77,17 @@ def test_bad_record_error_names_the_config_key_and_the_flag(tmp_path):
     assert "set data.skip_bad=true (or --skip-bad) to skip it" in " ".join(result.stderr.split())
 
 
+def test_existing_export_output_is_refused_naming_the_flag(tmp_path):
+    output = tmp_path / "model.gguf"
+    output.write_bytes(b"keep me")
+    for command in (["export", "gguf", str(tmp_path), "-o", str(output)],
+                    ["merge", str(tmp_path), "-o", str(tmp_path)]):
+        result = run_cli(*command)
+        assert result.returncode == 2, result.stderr
+        assert "already exists" in result.stderr and "force=true (or --force)" in " ".join(result.stderr.split())
+    assert output.read_bytes() == b"keep me"
+
+
 @pytest.mark.parametrize("args", [["bench"], ["eval", "--nosuch"], ["data", "check", "--nosuch"]])
 def test_usage_mistake_shows_usage_and_exits_2(args):
     result = run_cli(*args)

@@ -330,7 +330,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
     """What `lorakit runs` shows of one run; fields a damaged run lacks are None."""
     status = run_status(run_dir)
     metrics = _read_json(run_dir / "metrics.json")
-    state = _read_json(run_dir / "trainer_state.json")
+    state = _read_json(run_dir / "trainer_state.json") or _last_checkpoint_state(run_dir)
     config = _read_config_dict(run_dir)
     model, data = config.get("model") or {}, config.get("data") or {}
     method = config.get("finetuning")
@@ -364,6 +364,12 @@ def _read_config_dict(run_dir: Path) -> dict[str, Any]:
 def _last_logged(state: dict[str, Any], key: str) -> float | None:
     values = [entry[key] for entry in state.get("log_history", []) if key in entry]
     return values[-1] if values else None
+
+
+def _last_checkpoint_state(run_dir: Path) -> dict[str, Any]:
+    """An interrupted run has no trainer_state.json of its own: its newest checkpoint's says how far it got."""
+    step = _last_checkpoint_step(run_dir)
+    return {} if step is None else _read_json(run_dir / CHECKPOINT_DIR / f"checkpoint-{step}" / "trainer_state.json")
 
 
 def _last_checkpoint_step(run_dir: Path) -> int | None:
