@@ -225,16 +225,26 @@ def test_k_quant_goes_through_llama_cpp_quantizer_and_reports_perplexity(tmp_pat
     assert saved["perplexity"] == result.perplexity and saved["path"] == "model.q4_k_m.gguf"
 
 
+def _linked_model_folder(model_dir: Path, folder: Path, name: str, template) -> Path:
+    """A model folder whose weights link to `model_dir`'s and whose tokenizer carries `template`, as a merge leaves."""
+    folder.mkdir()
+    for item in model_dir.iterdir():
+        if item.suffix == ".safetensors" or item.name in ("config.json", "generation_config.json"):
+            (folder / item.name).symlink_to(item)
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer.chat_template = template.jinja
+    tokenizer.save_pretrained(folder)
+    write_settings(folder, name, "merged", template)
+    return folder
+
+
 @pytest.mark.slow
 def test_bundled_smollm2_f16_matches_transformers(tmp_path, smollm2_tokenizer_dir):
     """The real model: the prompt tokens and 20 greedy tokens of an f16 GGUF equal the HF model's."""
-    source = tmp_path / "smollm2"
-    source.mkdir()
-    for item in smollm2_tokenizer_dir.iterdir():
-        (source / item.name).symlink_to(item)
+    source = _linked_model_folder(smollm2_tokenizer_dir, tmp_path / "smollm2", "smollm2-135m", TEMPLATES["chatml"])
     tokenizer = AutoTokenizer.from_pretrained(str(source))
-    write_settings(source, "smollm2-135m", "merged", dataclasses.replace(TEMPLATES["chatml"]))
     result = export_gguf(GGUFConfig(source=source, output=tmp_path / "smollm2.f16.gguf", outtype="f16"))
+    assert result.template == "chatml"
     llm = load_gguf(result.path, logits_all=True, float32_cache=True)
     metadata = read_metadata(result.path)
     conversation = [*CONVERSATION[:3], {"role": "user", "content": "Now write a short poem about Rome."}]
@@ -382,3 +392,28 @@ def _template_of(run: Path):
     from lorakit.runs import open_run
 
     return open_run(run).template(AutoTokenizer.from_pretrained(str(run / "adapter")))
+
+
+@pytest.mark.slow
+def test_bundled_gemma3_f16_has_one_bos_and_answers_as_transformers(tmp_path):
+    """Gemma's tokenizer adds BOS and its template writes one: the GGUF's template leaves it to the tokenizer."""
+    from lorakit.bundled import bundled_path
+
+    gemma_dir = bundled_path("gemma3-270m")
+    source = _linked_model_folder(gemma_dir, tmp_path / "gemma", "gemma3-270m", TEMPLATES["gemma"])
+    result = export_gguf(GGUFConfig(source=source, output=tmp_path / "gemma.f16.gguf", outtype="f16"), progress=False)
+    metadata = read_metadata(result.path)
+    assert result.bos_stripped_from_template and metadata["tokenizer.ggml.add_bos_token"] is True
+    assert "bos_token" not in metadata["tokenizer.chat_template"]
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gemma_dir))
+    conversation = [*CONVERSATION[:3], {"role": "user", "content": "Now write a short poem about Rome."}]
+    hf_ids = tokenizer(render(TEMPLATES["gemma"], tokenizer, conversation, add_generation_prompt=True),
+                       add_special_tokens=False)["input_ids"]
+    llm = load_gguf(result.path, logits_all=True, float32_cache=True)
+    gguf_ids = _gguf_prompt_ids(llm, metadata, conversation)
+    assert len(gguf_ids) == len(hf_ids) and gguf_ids == hf_ids
+    assert gguf_ids.count(tokenizer.bos_token_id) == 1
+    answer = _greedy_hf(gemma_dir, hf_ids, 20)
+    assert len(answer) == 20
+    assert _greedy_gguf(llm, hf_ids, 20) == answer
