@@ -189,6 +189,26 @@ def test_a_tokenizers_own_template_has_no_go_translation(tokenizer):
         to_ollama(own, tokenizer)
 
 
+def test_a_tokenizers_own_template_that_is_a_builtin_translates_as_one(ollama_render):
+    """SmolLM2's own template is ChatML plus a default system prompt: `make demo`'s run exports to Ollama."""
+    from transformers import AutoTokenizer
+
+    from lorakit.bundled import bundled_path
+    from lorakit.templates import resolve_template
+    from lorakit.templates.ollama import as_builtin
+
+    smollm2 = AutoTokenizer.from_pretrained(str(bundled_path("smollm2-135m")))
+    own = resolve_template(None, smollm2)
+    equivalent = as_builtin(own, smollm2)
+    assert equivalent.name == "chatml"
+    assert equivalent.system == "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    for messages in (CHAT, CHAT[1:], CHAT[1:2]):
+        # SmolLM2's bos_token is <|im_start|> and its tokenizer adds none: the whole text is the training text.
+        assert go_render(ollama_render, to_ollama(own, smollm2), messages) == render(own, smollm2, messages,
+                                                                                     add_generation_prompt=True)
+    assert as_builtin(Template(name="tokenizer", jinja="{{ messages[0].content }}", stop_words=()), smollm2) is None
+
+
 def test_modelfile_names_the_gguf_template_stops_context_and_system(tokenizer):
     template = replace(TEMPLATES["mistral"], system="Be brief.")
 

@@ -79,8 +79,11 @@ def export_ollama(config: OllamaConfig, progress: ProgressTarget = True) -> Olla
 def _trained_template(run) -> tuple[Template, PreTrainedTokenizerBase]:
     from transformers import AutoTokenizer
 
+    from lorakit.templates.ollama import as_builtin
+
     tokenizer = AutoTokenizer.from_pretrained(str(run.weights_dir))
     template = run.template(tokenizer)
+    template = template and (as_builtin(template, tokenizer) or template)
     if template is None:
         raise ConfigError(f"{run.weights_dir} does not say which lorakit template it was trained with (no "
                           "lorakit.json), so no Ollama TEMPLATE can be written for it. Export a lorakit run, or "

@@ -32,10 +32,11 @@ the same training template, so both paths give the same text. `OLLAMA_GO_TEMPLAT
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from lorakit.errors import ConfigError
-from lorakit.templates import TEMPLATES, Template
+from lorakit.errors import ConfigError, LorakitError
+from lorakit.templates import TEMPLATES, Template, render
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -294,6 +295,51 @@ _GO_TEMPLATES = {"chatml": _HERMES, "qwen": _HERMES, "qwen3": _QWEN3, "llama3": 
                  "default": _DEFAULT}
 
 
+# Conversations on which a tokenizer's own template must render exactly as a built-in to be translated as one.
+_PROBES = (
+    [{"role": "user", "content": "Hi"}],
+    [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Why?"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+     {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Why?"}],
+)
+_MARK = "\u2063SYSTEM\u2063"  # an invisible separator: found only where a system prompt is written
+
+
+def as_builtin(template: Template, tokenizer: PreTrainedTokenizerBase) -> Template | None:
+    """The built-in that renders exactly as `template` (a tokenizer's own Jinja), with its default system prompt.
+
+    SmolLM2's template, for one, is ChatML that adds "You are a helpful AI assistant named SmolLM..." when a
+    conversation has no system message: that is `chatml` with that `system`. Returns `template` itself for a built-in
+    and None when no built-in renders the probe conversations character for character.
+    """
+    if TEMPLATES.get(template.name) is not None and TEMPLATES[template.name].jinja == template.jinja:
+        return template
+    for builtin in TEMPLATES.values():
+        candidate = replace(builtin, system=template.system, thinking=template.thinking)
+        try:
+            if candidate.system is None:
+                candidate = replace(candidate, system=_implied_system(template, candidate, tokenizer))
+            if all(_renders(candidate, tokenizer, probe) == _renders(template, tokenizer, probe) for probe in _PROBES):
+                return candidate
+        except LorakitError:
+            continue
+    return None
+
+
+def _renders(template: Template, tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> tuple[str, str]:
+    return (render(template, tokenizer, messages), render(template, tokenizer, messages, add_generation_prompt=True))
+
+
+def _implied_system(template: Template, builtin: Template, tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The system prompt `template` writes when a conversation has none, read off where `builtin` writes one."""
+    probe = _PROBES[0]
+    before, _, after = render(builtin, tokenizer, [{"role": "system", "content": _MARK}, *probe]).partition(_MARK)
+    own = render(template, tokenizer, probe)
+    if not after or len(own) <= len(before) + len(after) or not (own.startswith(before) and own.endswith(after)):
+        return None
+    return own[len(before):len(own) - len(after)]
+
+
 def to_ollama(template: Template, tokenizer: PreTrainedTokenizerBase) -> str:
     """The Go template for a Modelfile's TEMPLATE that renders prompts as `render()` does for `template`.
 
@@ -302,6 +348,7 @@ def to_ollama(template: Template, tokenizer: PreTrainedTokenizerBase) -> str:
     `tokenizer` gives the bos and eos token strings. Raises ConfigError for a template that is not a built-in (a
     tokenizer's own Jinja has no Go translation) and for an eos_token the template needs but the tokenizer lacks.
     """
+    template = as_builtin(template, tokenizer) or template
     builtin = TEMPLATES.get(template.name)
     if builtin is None or builtin.jinja != template.jinja:
         raise ConfigError(f"Template '{template.name}' is not one of lorakit's built-ins (it is a tokenizer's own Jinja, "
