@@ -3,6 +3,7 @@ pseudo-terminal as a user would."""
 
 import io
 import os
+import signal
 import sys
 
 import pexpect
@@ -100,9 +101,12 @@ def test_switching_adapters_and_refusing_one_of_another_base(tmp_path):
 
 
 def spawn_chat(*args: str) -> pexpect.spawn:
+    # Ctrl-C must reach the chat even when pytest runs where SIGINT is ignored (a background job of a script), which
+    # a child would inherit: Python then installs no KeyboardInterrupt handler.
     child = pexpect.spawn(sys.executable, ["-m", "lorakit.cli", "chat", *args], encoding="utf-8", timeout=60,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                               "TERM": "dumb"})
+                               "TERM": "dumb"},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     child.expect_exact("you> ")
     return child
 
