@@ -118,8 +118,12 @@ def test_data_convert(data_file, tmp_path):
 
 
 def test_models_lists_bundled_models(tmp_path, monkeypatch):
+    from lorakit.cli.app import console
+
     monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path))
-    result = CliRunner().invoke(app, ["models"], env={"COLUMNS": "200"})
+    # The shared console fixes its width from COLUMNS when it is created, which depends on what ran first: pin it.
+    monkeypatch.setattr(console, "_width", 200)
+    result = CliRunner().invoke(app, ["models"])
     assert result.exit_code == 0, result.output
     assert "smollm2-135m" in result.output and "HuggingFaceTB/SmolLM2-135M-Instruct" in result.output
     assert "gemma3-270m" in result.output and "dequantised from GGUF Q4_1" in result.output
