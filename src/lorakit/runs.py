@@ -74,7 +74,7 @@ class Run:
         if config is not None:
             return config.model.name
         if self.is_adapter:
-            peft = _read_json(self.weights_dir / "adapter_config.json")
+            peft = read_json_dict(self.weights_dir / "adapter_config.json")
             if peft.get("base_model_name_or_path"):
                 return str(peft["base_model_name_or_path"])
         return None
@@ -138,7 +138,7 @@ def open_run(path: Path) -> Run:
         marker = "adapter_config.json" if is_adapter else "config.json"
         if (weights_dir / marker).is_file():
             folder = weights_dir.parent if weights_dir != path else _run_folder_around(path)
-            return Run(weights_dir, folder, is_adapter, _read_json(weights_dir / SETTINGS_FILE))
+            return Run(weights_dir, folder, is_adapter, read_json_dict(weights_dir / SETTINGS_FILE))
     hint = " It holds checkpoints only: the run did not finish; resume it with resume=true." \
         if (path / CHECKPOINT_DIR).is_dir() else ""
     raise ConfigError(f"{path} is not a LoRA adapter folder (no adapter_config.json), a model folder (no config.json) "
@@ -164,7 +164,9 @@ def _run_folder_around(weights_dir: Path) -> Path | None:
     return parent if weights_dir.name in (ADAPTER_DIR, MODEL_DIR) and (parent / "config.yaml").is_file() else None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_dict(path: Path) -> dict[str, Any]:
+    """A JSON object saved in a run (metrics, manifest, settings…): {} where the file is absent or not an object;
+    ConfigError naming the file where it is not valid JSON."""
     if not path.is_file():
         return {}
     try:
@@ -247,7 +249,7 @@ def track_status(run_dir: Path) -> Iterator[None]:
     state, detail = "failed", None
     try:
         yield
-        state = "interrupted" if _read_json(run_dir / "metrics.json").get("stopped") else "finished"
+        state = "interrupted" if read_json_dict(run_dir / "metrics.json").get("stopped") else "finished"
         detail = "stopped on request before the last step" if state == "interrupted" else None
     except KeyboardInterrupt:
         state, detail = "interrupted", "interrupted (Ctrl-C)"
@@ -261,7 +263,7 @@ def track_status(run_dir: Path) -> Iterator[None]:
 
 def run_status(run_dir: Path) -> RunStatus:
     """The status of the run at `run_dir`, also for runs written before status.json existed."""
-    saved = _read_json(run_dir / STATUS_FILE)
+    saved = read_json_dict(run_dir / STATUS_FILE)
     if saved.get("state") == "running" and not _still_running(saved):
         return RunStatus("interrupted", saved.get("started"), None, "the training process ended without a word "
                          "(killed, or the machine stopped)")
@@ -329,8 +331,8 @@ def list_runs(root: Path) -> list[RunSummary]:
 def summarize_run(run_dir: Path) -> RunSummary:
     """What `lorakit runs` shows of one run; fields a damaged run lacks are None."""
     status = run_status(run_dir)
-    metrics = _read_json(run_dir / "metrics.json")
-    state = _read_json(run_dir / "trainer_state.json") or _last_checkpoint_state(run_dir)
+    metrics = read_json_dict(run_dir / "metrics.json")
+    state = read_json_dict(run_dir / "trainer_state.json") or _last_checkpoint_state(run_dir)
     config = _read_config_dict(run_dir)
     model, data = config.get("model") or {}, config.get("data") or {}
     method = config.get("finetuning")
@@ -342,7 +344,7 @@ def summarize_run(run_dir: Path) -> RunSummary:
         data=", ".join(data.get("paths") or []) or None,
         steps=state.get("global_step") if state else _last_checkpoint_step(run_dir),
         train_loss=train_loss, eval_loss=metrics.get("eval_loss", _last_logged(state, "eval_loss")),
-        date=status.started or _read_json(run_dir / "manifest.json").get("created"),
+        date=status.started or read_json_dict(run_dir / "manifest.json").get("created"),
         modified=max((p.stat().st_mtime for p in (run_dir, run_dir / STATUS_FILE, run_dir / "config.yaml")
                       if p.exists()), default=0.0))
 
@@ -369,7 +371,7 @@ def _last_logged(state: dict[str, Any], key: str) -> float | None:
 def _last_checkpoint_state(run_dir: Path) -> dict[str, Any]:
     """An interrupted run has no trainer_state.json of its own: its newest checkpoint's says how far it got."""
     step = _last_checkpoint_step(run_dir)
-    return {} if step is None else _read_json(run_dir / CHECKPOINT_DIR / f"checkpoint-{step}" / "trainer_state.json")
+    return {} if step is None else read_json_dict(run_dir / CHECKPOINT_DIR / f"checkpoint-{step}" / "trainer_state.json")
 
 
 def _last_checkpoint_step(run_dir: Path) -> int | None:
@@ -385,30 +387,31 @@ def run_details(run_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"{run_dir} is not a lorakit run folder (no config.yaml, {STATUS_FILE}, {ADAPTER_DIR}/ or "
                           f"{MODEL_DIR}/). List the runs with `lorakit runs`.")
     return {"run": str(run_dir), "status": asdict(run_status(run_dir)),
-            "metrics": _read_json(run_dir / "metrics.json"), "manifest": _read_json(run_dir / "manifest.json")}
+            "metrics": read_json_dict(run_dir / "metrics.json"), "manifest": read_json_dict(run_dir / "manifest.json")}
 
 
 # --- model card ---------------------------------------------------------------------------------------------------
 
 
 def model_card(config: TrainConfig, metrics: dict[str, Any], manifest: dict[str, Any], template: Template,
-               repo_id: str | None = None) -> str:
+               repo_id: str | None = None, merge_section: list[str] | None = None) -> str:
     """The README.md of a run and its weights folder (and of a Hub upload, with `repo_id`).
 
     Its "how to load" section names no local path: the base model by its hub id where lorakit knows it, and the
-    weights as `repo_id` or "this folder".
+    weights as `repo_id` or "this folder". With `merge_section` (lines saying what was merged onto what), the card
+    is a merged model's: that section comes before "Load it", which loads the folder without PEFT.
     """
     from lorakit.bundled import BUNDLED
 
-    adapter = config.finetuning == "lora"
+    merged = merge_section is not None
+    adapter = config.finetuning == "lora" and not merged
     bundled = BUNDLED.get(config.model.name)
-    base_ref = bundled.upstream if bundled else config.model.name
-    if Path(config.model.name).expanduser().exists():
-        base_ref = f"<the base model: {Path(config.model.name).name}>"
+    base_ref = base_reference(config.model.name)
     data = manifest.get("data", {})
     final = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
     lines = [
-        f"# {repo_id or config.output_dir.name}: {config.finetuning} fine-tune of {base_ref}",
+        f"# {repo_id or config.output_dir.name}: {'merged ' if merged else ''}{config.finetuning} fine-tune of "
+        f"{base_ref}",
         "",
         f"- Base model: `{base_ref}`" + (f" (lorakit's bundled `{config.model.name}`, whose weights are dequantised "
                                          f"from a {bundled.quantization} GGUF)" if bundled else ""),
@@ -428,6 +431,7 @@ def model_card(config: TrainConfig, metrics: dict[str, Any], manifest: dict[str,
         "",
         *[f"- {key}: {value}" for key, value in final.items()],
         "",
+        *(merge_section or []),
         "## Load it",
         "",
         _how_to_load(adapter, base_ref, f'"{repo_id}"' if repo_id else '"<this folder>"'),
@@ -442,6 +446,17 @@ def model_card(config: TrainConfig, metrics: dict[str, Any], manifest: dict[str,
         "",
     ]
     return "\n".join(lines)
+
+
+def base_reference(name: str) -> str:
+    """How a card names a base model: its hub id where lorakit bundles it, never a path on this machine."""
+    from lorakit.bundled import BUNDLED
+
+    if name in BUNDLED:
+        return BUNDLED[name].upstream
+    if Path(name).expanduser().exists():
+        return f"<the base model: {Path(name).name}>"
+    return name
 
 
 def _method(config: TrainConfig) -> str:
@@ -465,6 +480,6 @@ def _how_to_load(adapter: bool, base_ref: str, weights_ref: str) -> str:
 
 
 __all__ = ["ADAPTER_DIR", "CHECKPOINT_DIR", "MODEL_DIR", "Run", "RunStatus", "RunSummary", "SETTINGS_FILE",
-           "STATUSES", "adapter_base_model", "check_same_base", "find_adapter_dir", "list_runs",
-           "model_card", "open_run", "run_details", "run_status", "saved_config", "summarize_run", "track_status",
+           "STATUSES", "adapter_base_model", "base_reference", "check_same_base", "find_adapter_dir", "list_runs",
+           "model_card", "open_run", "read_json_dict", "run_details", "run_status", "saved_config", "summarize_run", "track_status",
            "write_settings"]

@@ -123,22 +123,12 @@ def _open_source(config: GGUFConfig) -> _Source:
     path = config.source
     if not path.exists():
         raise ConfigError(f"source {path} does not exist: give a run folder, an adapter folder or a model folder.")
-    if (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-        settings = _read_settings(path)
-        return _Source(path, None, settings.get("base_model"), _saved_template(path), False)
     run = open_run(path)
     if not run.is_adapter:
         return _Source(run.weights_dir, None, run.base_model, _saved_template(run.weights_dir), False)
     base = config.base or run.require_base_model()
     quantized = bool(run.config and run.config.model.quantization != "none")
     return _Source(None, run.weights_dir, base, _saved_template(run.weights_dir), quantized)
-
-
-def _read_settings(folder: Path) -> dict[str, Any]:
-    from lorakit.runs import SETTINGS_FILE
-
-    path = folder / SETTINGS_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def _saved_template(folder: Path) -> Template | None:

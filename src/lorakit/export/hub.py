@@ -18,7 +18,7 @@ from lorakit.bundled import BUNDLED
 from lorakit.config.export import GGUF_OUTTYPES, HubConfig
 from lorakit.errors import ConfigError, LorakitError
 from lorakit.runs import (ADAPTER_DIR, CHECKPOINT_DIR, MODEL_DIR, SETTINGS_FILE, Run, model_card, open_run,
-                          template_from_dict)
+                          read_json_dict, template_from_dict)
 from lorakit.templates import Template
 
 if TYPE_CHECKING:
@@ -137,7 +137,7 @@ def _without_local_base(path: Path, key: str, hub_id: str | None) -> Path | byte
     PEFT records the folder the base model was loaded from (for bundled models, lorakit's cache); on the Hub that
     path would name this machine's folders and break AutoPeftModel, while the Hub id loads anywhere.
     """
-    data = _read_json(path)
+    data = read_json_dict(path)
     value = data.get(key)
     if not isinstance(value, str) or not _is_local(value):
         return path
@@ -164,7 +164,7 @@ def _left_out(relative: Path) -> bool:
 
 
 def _gguf_plan(ggufs: list[Path], extras: dict[str, Path], repo_id: str) -> _Plan:
-    settings = _read_json(extras[SETTINGS_FILE]) if SETTINGS_FILE in extras else {}
+    settings = read_json_dict(extras[SETTINGS_FILE]) if SETTINGS_FILE in extras else {}
     sources: dict[str, Path | bytes] = {path.name: path for path in ggufs}
     if "Modelfile" in extras:
         sources["Modelfile"] = _modelfile_without_local_paths(extras["Modelfile"])
@@ -193,8 +193,8 @@ def _run_card(run: Run, repo_id: str) -> str:
     front = _front_matter(_hub_id(base_model), "peft" if run.is_adapter else "transformers", tags,
                           _license(base_model))
     if config is not None and run.folder is not None:
-        body = model_card(_public_config(config), _read_json(run.folder / "metrics.json"),
-                          _read_json(run.folder / "manifest.json"), _saved_template(run, config), repo_id=repo_id)
+        body = model_card(_public_config(config), read_json_dict(run.folder / "metrics.json"),
+                          read_json_dict(run.folder / "manifest.json"), _saved_template(run, config), repo_id=repo_id)
     else:
         body = _plain_card(run, base_model, method, repo_id)
     return front + body
@@ -296,15 +296,6 @@ def _license(name: str | None) -> str | None:
 def _is_local(name: str) -> bool:
     path = Path(name).expanduser()
     return path.is_absolute() or name.startswith((".", "~")) or path.suffix == ".gguf" or path.exists()
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
-    with contextlib.suppress(json.JSONDecodeError, UnicodeDecodeError):
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return data if isinstance(data, dict) else {}
-    return {}
 
 
 # --- the upload ---------------------------------------------------------------------------------------------------

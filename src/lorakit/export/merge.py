@@ -25,7 +25,8 @@ from lorakit.errors import ConfigError, LorakitError
 from lorakit.export.merge_check import CHECK_PROMPTS, check_merge
 from lorakit.files import atomic_dir, write_json, write_text
 from lorakit.progress import ProgressTarget, track
-from lorakit.runs import Run, check_same_base, model_card, open_run, write_settings
+from lorakit.runs import (Run, base_reference, check_same_base, model_card, open_run, read_json_dict,
+                          write_settings)
 from lorakit.templates import Template, install_template, resolve_template
 
 if TYPE_CHECKING:
@@ -474,12 +475,7 @@ def _write_tokenizer_files(tokenizer: PreTrainedTokenizerBase, template: Templat
 def _card(run: Run, base_name: str, template: Template, quantization: str | None, max_abs_diff: float,
           kl: float) -> str:
     """The run's model card, loaded as a plain model, with a section on the merge and its check."""
-    from lorakit.bundled import BUNDLED
-
-    bundled = BUNDLED.get(base_name)
-    base_ref = bundled.upstream if bundled else base_name
-    if Path(base_name).expanduser().exists():
-        base_ref = f"<the base model: {Path(base_name).name}>"
+    base_ref = base_reference(base_name)
     trained = run.config
     adapter_name = run.folder.name if run.folder is not None else run.weights_dir.name
     onto = (f"the dequantised {quantization} weights the QLoRA adapter was trained against" if quantization
@@ -499,6 +495,9 @@ def _card(run: Run, base_name: str, template: Template, quantization: str | None
         f"max abs diff {max_abs_diff:.3g}, KL {kl:.3g} nats per token",
         "",
     ]
+    if trained is not None:
+        return model_card(trained, read_json_dict(run.folder / "metrics.json"),
+                          read_json_dict(run.folder / "manifest.json"), template, merge_section=merge_section)
     load_section = [
         "## Load it",
         "",
@@ -509,18 +508,7 @@ def _card(run: Run, base_name: str, template: Template, quantization: str | None
         "turn: prompt with `tokenizer.apply_chat_template(messages, add_generation_prompt=True)`.",
         "",
     ]
-    if trained is None:
-        header = [f"# {adapter_name} merged into {base_ref}", ""]
-        return "\n".join(header + merge_section + load_section)
-    metrics, manifest = _read_json(run.folder / "metrics.json"), _read_json(run.folder / "manifest.json")
-    card = model_card(trained, metrics, manifest, template)
-    trained_part = card.split("\n## Load it\n", 1)[0].rstrip("\n")
-    trained_part = trained_part.replace(": lora fine-tune of", ": merged lora fine-tune of", 1)
-    return "\n".join([trained_part, "", *merge_section, *load_section])
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return "\n".join([f"# {adapter_name} merged into {base_ref}", "", *merge_section, *load_section])
 
 
 # --- full and freeze runs -----------------------------------------------------------------------------------------
