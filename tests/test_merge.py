@@ -238,7 +238,9 @@ def test_qlora_merged_onto_quantized_weights_matches_the_4bit_model(tmp_path):
     assert (onto_quantized.merged_onto, onto_full.merged_onto) == ("4bit", "full")
     error_quantized = (_logits(AutoModelForCausalLM.from_pretrained(tmp_path / "q")) - seen).abs().max()
     error_full = (_logits(AutoModelForCausalLM.from_pretrained(tmp_path / "f")) - seen).abs().max()
-    assert error_quantized < 1e-4 < error_full
+    # bitsandbytes' CPU 4-bit kernels differ by CPU (max logit error 2.6e-3 on an AVX-512 BF16 EPYC, under 1e-4 on
+    # an AVX2 one), so the contract is relative: the 4-bit model is far closer to the merge onto what it saw.
+    assert error_quantized * 10 < error_full
 
 
 def test_cli_prints_summary(adapter, tmp_path):
