@@ -1,8 +1,13 @@
 """LoRA SFT speed and memory, side by side on the same CPU, data, hyperparameters and example order.
 
 Recipes: (1) plain transformers Trainer + PEFT, fp32, padded to the longest; (2) TRL SFTTrainer, padding-free, loss on
-completions; (3) lorakit's defaults. Each runs in its own process (so peak RSS is its own); all train on the same
-token ids in the same order, then the saved adapter is scored on held-out records by one shared fp32 evaluation.
+completions, with TRL's default gradient checkpointing; (3) the same TRL at its fastest (no checkpointing); (4)
+lorakit's defaults. Each runs in its own process (so peak RSS is its own); all train on the same token ids in the
+same order, then the saved adapter is scored on held-out records by one shared fp32 evaluation.
+
+The machine comes first (CPU model, the ISA flags that decide the dtype, threads, the dtype lorakit picks,
+versions) with the matmul ceiling of that dtype, measured in the same run and bounded in time; each recipe's line
+is printed, and written to <workdir>/<model>-results.json, as soon as it is known.
 
     python bench/train_speed.py                                 # smollm2-135m, batch 4, 128 records
     python bench/train_speed.py --model gemma3-270m --batch-size 4
@@ -25,7 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "bench" / "bench_alpaca.json"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-RECIPES = ("plain", "trl", "lorakit")
+RECIPES = ("plain", "trl", "trl-fast", "lorakit")
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
 def tokenized(model_name: str, start: int, count: int, max_seq_len: int) -> list[dict]:
@@ -86,8 +92,10 @@ def _train_reference(recipe: str, rows: list[dict], tokenizer, model_path: str, 
     else:
         from trl import SFTConfig, SFTTrainer
 
+        # trl-fast: what a TRL user tuning for speed would set; "trl" keeps TRL's default gradient checkpointing.
         config = SFTConfig(**common, bf16=False, max_length=None, padding_free=True,  # rows are already cut
-                           completion_only_loss=True, dataset_num_proc=None)
+                           completion_only_loss=True, dataset_num_proc=None,
+                           gradient_checkpointing=recipe != "trl-fast")
         trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=peft_config)
     result = trainer.train()
@@ -143,16 +151,52 @@ def held_out_loss(model_name: str, adapter_dir: Path, args) -> float:
     return total / count
 
 
-def bf16_matmul_peak(seconds: float = 3.0) -> float:
-    """Sustained bf16 GFLOP/s of a 4096x4096 matmul on all threads."""
-    a = torch.randn(4096, 4096, dtype=torch.bfloat16)
-    b = torch.randn(4096, 4096, dtype=torch.bfloat16)
+def machine_line() -> str:
+    """CPU model, the ISA flags that decide lorakit's dtype, threads, that dtype, and the versions that matter."""
+    import transformers
+
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                 "unknown CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")),
+                     []))
+    family = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("cpu family")),
+                  "?")
+    isa = " ".join(f for f in ISA_FLAGS if f in flags) or "none of " + ",".join(ISA_FLAGS)
+    capability = os.environ.get("ATEN_CPU_CAPABILITY")
+    return (f"machine: {model} (family {family}), ISA {isa}"
+            + (f", ATEN_CPU_CAPABILITY={capability}" if capability else "")
+            + f", {torch.get_num_threads()} threads; lorakit dtype {lorakit_dtype()}; torch {torch.__version__}, "
+            f"transformers {transformers.__version__}")
+
+
+def lorakit_dtype() -> torch.dtype:
+    from lorakit.model import resolve_dtype
+
+    return resolve_dtype("auto", torch.device("cpu"))
+
+
+def matmul_ceiling(dtype: torch.dtype, seconds: float = 3.0) -> tuple[float, int]:
+    """Sustained GFLOP/s of a square matmul in `dtype` on all threads, and its size.
+
+    Bounded in time whatever the CPU: the size starts small and grows only while one call stays short, so a dtype
+    the CPU emulates (bf16 without AVX-512 BF16) is measured on a small matrix instead of running for minutes.
+    """
+    size = 256
+    while size < 4096:
+        a, b = torch.randn(size * 2, size * 2, dtype=dtype), torch.randn(size * 2, size * 2, dtype=dtype)
+        started = time.time()
+        a @ b
+        if time.time() - started > 1.0:
+            break
+        size *= 2
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     a @ b
     runs, started = 0, time.time()
     while time.time() - started < seconds:
         a @ b
         runs += 1
-    return 2 * 4096**3 * runs / (time.time() - started) / 1e9
+    return 2 * size**3 * runs / (time.time() - started) / 1e9, size
 
 
 def main() -> None:
@@ -173,35 +217,49 @@ def main() -> None:
     if not DATA.is_file():
         sys.exit(f"needs {DATA} (the shared benchmark data beside the repo)")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    results = {}
+    print(machine_line(), flush=True)
+    dtype = lorakit_dtype()
+    peak, size = matmul_ceiling(dtype)
+    parameters = count_parameters(args.model)
+    print(f"{dtype} matmul ceiling {peak:.0f} GFLOP/s ({size}x{size}, all threads)\n"
+          f"model {args.model} ({parameters / 1e6:.1f}M parameters), LoRA r=8 alpha=16 dropout 0.05 on "
+          f"{','.join(TARGETS)}, batch {args.batch_size}, cutoff {args.max_seq_len}, lr 2e-4 cosine, 1 epoch over "
+          f"{args.records} records\n", flush=True)
+    print(HEADER, flush=True)
+    results, summary = {}, args.workdir / f"{args.model}-results.json"
     for recipe in args.recipes.split(","):
         out = args.workdir / f"{args.model}-{recipe}.json"
-        print(f"== {recipe} ...", flush=True)
         subprocess.run([sys.executable, __file__, "--recipe", recipe, "--out", str(out), "--model", args.model,
                         "--batch-size", str(args.batch_size), "--records", str(args.records),
                         "--max-seq-len", str(args.max_seq_len)], check=True,
                        stdout=subprocess.DEVNULL if not os.environ.get("BENCH_VERBOSE") else None)
         results[recipe] = json.loads(out.read_text())
         results[recipe]["eval_loss"] = held_out_loss(args.model, Path(results[recipe]["adapter"]), args)
-    report(results, args)
+        print(recipe_line(recipe, results[recipe], parameters, peak), flush=True)
+        summary.write_text(json.dumps({"machine": machine_line(), "ceiling_gflops": peak, "ceiling_dtype": str(dtype),
+                                       "results": results}, indent=1))
+    report(results)
 
 
-def report(results: dict, args) -> None:
+HEADER = f"{'recipe':10} {'tokens/s':>9} {'superv/s':>9} {'peak RSS':>9} {'eval loss':>10} {'useful GFLOP/s':>22}"
+
+
+def count_parameters(model_name: str) -> int:
     from lorakit.config import ModelConfig
     from lorakit.model import load_model
 
-    parameters = sum(p.numel() for p in load_model(ModelConfig(name=args.model, dtype="bfloat16")).parameters())
-    peak = bf16_matmul_peak()
-    print(f"\nmodel {args.model} ({parameters / 1e6:.1f}M parameters), LoRA r=8 alpha=16 dropout 0.05 on "
-          f"{','.join(TARGETS)}, batch {args.batch_size}, cutoff {args.max_seq_len}, lr 2e-4 cosine, 1 epoch over "
-          f"{args.records} records, {torch.get_num_threads()} threads; bf16 matmul peak {peak:.0f} GFLOP/s\n")
-    header = f"{'recipe':10} {'tokens/s':>9} {'superv/s':>9} {'peak RSS':>9} {'eval loss':>10} {'useful GFLOP/s':>15}"
-    print(header)
-    for recipe, r in results.items():
-        speed = r["tokens"] / r["train_seconds"]
-        flops = 4 * parameters * speed / 1e9
-        print(f"{recipe:10} {speed:9.1f} {r['supervised_tokens'] / r['train_seconds']:9.1f} "
-              f"{r['peak_rss'] / 2**30:8.2f}G {r['eval_loss']:10.4f} {flops:9.1f} ({flops / peak:5.1%})")
+    return sum(p.numel() for p in load_model(ModelConfig(name=model_name, dtype="float32")).parameters())
+
+
+def recipe_line(recipe: str, r: dict, parameters: int, peak: float) -> str:
+    """tokens/s and useful FLOP/s (6 x parameters per token less the frozen weights' gradient: ~4 x parameters)."""
+    speed = r["tokens"] / r["train_seconds"]
+    flops = 4 * parameters * speed / 1e9
+    return (f"{recipe:10} {speed:9.1f} {r['supervised_tokens'] / r['train_seconds']:9.1f} "
+            f"{r['peak_rss'] / 2**30:8.2f}G {r['eval_loss']:10.4f} {flops:9.1f} ({flops / peak:6.1%} of ceiling)")
+
+
+def report(results: dict) -> None:
     steps = [h["step"] for h in next(iter(results.values()))["history"]]
     marks = sorted({steps[len(steps) * k // 4 - 1] for k in (1, 2, 3, 4)})
     print("\nloss at equal tokens (same batches in every recipe), by step: "
@@ -209,7 +267,7 @@ def report(results: dict, args) -> None:
                       for recipe, r in results.items()))
     if "lorakit" in results:
         ours = results["lorakit"]
-        for other in ("plain", "trl"):
+        for other in ("plain", "trl", "trl-fast"):
             if other in results:
                 theirs = results[other]
                 print(f"lorakit / {other}: tokens/s x{theirs['train_seconds'] / ours['train_seconds']:.2f}, "
