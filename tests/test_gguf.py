@@ -415,7 +415,7 @@ def test_a_trained_gemma3_adapter_merges_and_ships_as_gguf_with_one_bos(tmp_path
 
     gemma_dir = bundled_path("gemma3-270m")
     config = demo_config(tmp_path / "run", "gemma3-270m")
-    config = replace(config, epochs=1, max_steps=3, batch_size=4, data=replace(config.data, val_size=8,
+    config = replace(config, epochs=1, max_steps=10, batch_size=4, learning_rate=2e-3, data=replace(config.data, val_size=8,
                                                                                 template="gemma"))
     run = run_training(config, progress=False)
     tokenizer = AutoTokenizer.from_pretrained(str(run / "adapter"))
