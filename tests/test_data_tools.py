@@ -60,7 +60,8 @@ def test_exact_dedupe_ignores_case_width_whitespace_and_punctuation_per_field(tm
     source = _write(tmp_path / "in.jsonl", [
         {"instruction": "Hello, World!", "output": "a"}, {"instruction": "hello world", "output": "b"},
         {"instruction": "你好，世界。", "output": "c"}, {"instruction": "你好 世界", "output": "d"},
-        {"instruction": "Ｈｅｌｌｏ　ｗｏｒｌｄ", "output": "e"}, {"instruction": "hello there", "output": "a"}])
+        {"instruction": "Ｈｅｌｌｏ　ｗｏｒｌｄ", "output": "e"},
+        {"instruction": "hello there", "output": "a"}])
 
     report = dedupe(DedupeConfig(output=tmp_path / "out.jsonl", data=_data(source), method="exact"))
 
@@ -79,7 +80,8 @@ def test_output_keeps_provenance_and_trains_as_it_is(tmp_path):
     second.write_text(json.dumps([{"messages": [{"role": "user", "content": f"beta {i}"},
                                                 {"role": "assistant", "content": "ok"}]} for i in range(4)]))
 
-    report = mix(MixConfig(output=tmp_path / "mix.jsonl", data=_data(first, second), counts=(3, 6), seed=1))
+    report = mix(MixConfig(output=tmp_path / "mix.jsonl", data=_data(first, second), counts=(3, 6), seed=1,
+                           output_format="openai"))
 
     records = _read(tmp_path / "mix.jsonl")
     assert len(records) == 9 and report.repeated == 2 and report.removed == {"not drawn": 3}
@@ -89,10 +91,10 @@ def test_output_keeps_provenance_and_trains_as_it_is(tmp_path):
                     else f"beta {record['_index']}")
         assert original in json.dumps(record, ensure_ascii=False)
     assert report.per_source == {str(first): 3, str(second): 6}
-    # A mixed file of two formats is not one format: convert it, then training reads it without edits.
-    mix(MixConfig(output=tmp_path / "mix_openai.jsonl", data=_data(first, second), counts=(3, 6), seed=1,
-                  output_format="openai"))
-    conversations, summary = load_conversations(_data(tmp_path / "mix_openai.jsonl"))
+    # Two formats cannot share one file as they are: convert them, then training reads the mix without edits.
+    with pytest.raises(ConfigError, match=r"different formats \(alpaca, openai\).*output_format to openai"):
+        mix(MixConfig(output=tmp_path / "mix2.jsonl", data=_data(first, second)))
+    conversations, summary = load_conversations(_data(tmp_path / "mix.jsonl"))
     assert summary.used == 9 and conversations[0].messages[-1]["role"] == "assistant"
     kept = sample(SampleConfig(output=tmp_path / "s.jsonl", data=_data(first), size=4))
     assert kept.written == 4
@@ -160,10 +162,10 @@ def test_filter_by_tokens_language_score_and_regex(tmp_path, tiny_tokenizer):
     assert zh.written == 1
 
 
-@pytest.mark.parametrize(("text", "language"), [("The cat sat on the mat.", "latin"), ("猫坐在垫子上。", "zh"),
-                                                ("用 Python 写一个 LoRA 训练脚本", "zh"), ("猫がマットの上に座った。", "ja"),
-                                                ("고양이가 매트 위에 앉았다.", "ko"), ("Кошка сидела на коврике.", "other"),
-                                                ("12345 !!!", "other")])
+@pytest.mark.parametrize(("text", "language"), [
+    ("The cat sat on the mat.", "latin"), ("猫坐在垫子上。", "zh"), ("用 Python 写一个 LoRA 训练脚本", "zh"),
+    ("猫がマットの上に座った。", "ja"), ("고양이가 매트 위에 앉았다.", "ko"), ("Кошка сидела на коврике.", "other"),
+    ("12345 !!!", "other")])
 def test_detect_language_by_script(text, language):
     assert detect_language(text) == language
 

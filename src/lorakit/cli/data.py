@@ -125,7 +125,8 @@ def _fields(values: list[str] | None) -> str | None:
 @data_app.command("dedupe")
 def data_dedupe(sources: Sources, output: Output, to: OutputFormat = "keep", force: Force = False, seed: Seed = 42,
                 field: Annotated[Optional[list[str]], typer.Option(
-                    "--field", help="Field to compare (repeatable): a record field, or prompt, response, text.")] = None,
+                    "--field", help="Field to compare (repeatable): a record field, or prompt, response, text.",
+                )] = None,
                 exact: Annotated[bool, typer.Option("--exact", help="Exact duplicates only (no MinHash).")] = False,
                 threshold: Annotated[Optional[float], typer.Option(
                     help="Near-duplicate Jaccard similarity threshold (default 0.6).")] = None):

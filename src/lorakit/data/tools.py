@@ -130,12 +130,18 @@ def _refuse_existing(output: Path, force: bool) -> None:
         raise ConfigError(f"{output} already exists. Choose another output, or set force=true to replace it.")
 
 
-def _start(tool: str, data: DataConfig, output: Path, force: bool) -> tuple[list[list[Item]], ToolReport]:
+def _start(tool: str, data: DataConfig, output: Path, force: bool,
+           output_format: str) -> tuple[list[list[Item]], ToolReport]:
     _refuse_existing(output, force)
     per_dataset, summary = load_items(data)
     report = ToolReport(tool, read=summary.read, skipped=summary.skipped, problems=list(summary.problems))
     if not any(per_dataset):
         raise DataError(f"{', '.join(data.paths)}: no usable records ({summary.skipped} skipped).")
+    formats = sorted(set(summary.formats.values()))
+    if output_format == "keep" and len(formats) > 1:
+        raise ConfigError(f"output_format is keep, but the datasets are in different formats ({', '.join(formats)}) "
+                          "and training reads one format per file. Set output_format to openai (or sharegpt, "
+                          "alpaca) to write them all in one.")
     return per_dataset, report
 
 
@@ -175,7 +181,8 @@ def dedupe(config: DedupeConfig) -> ToolReport:
     The first record of each cluster is kept; the report (and `<stem>.dedupe.json`) lists every cluster with the
     kept record, the removed ones and their estimated similarity. Reads every dataset in `data.paths` as one pool.
     """
-    per_dataset, report = _start("dedupe", config.data, config.output, config.force)
+    per_dataset, report = _start("dedupe", config.data, config.output, config.force,
+                              config.output_format)
     items = [item for items in per_dataset for item in items]
     check_fields(items, config.fields, "fields")
     kept, clusters = _find_duplicates(items, config)
@@ -255,7 +262,8 @@ def split(config: SplitConfig) -> ToolReport:
     Parts keep the records' original order. With `stratify_by_source`, each source is cut by the same shares.
     Raises DataError when the parts asked for leave no record to train on.
     """
-    per_dataset, report = _start("split", config.data, config.output, config.force)
+    per_dataset, report = _start("split", config.data, config.output, config.force,
+                              config.output_format)
     items = [item for items in per_dataset for item in items]
     wanted = {"validation": _count(config.validation, len(items)), "test": _count(config.test, len(items))}
     if sum(wanted.values()) >= len(items):
@@ -299,7 +307,8 @@ def mix(config: MixConfig) -> ToolReport:
     A dataset asked for more records than it has is repeated whole, then topped up at random; `repeated` counts
     the extra copies.
     """
-    per_dataset, report = _start("mix", config.data, config.output, config.force)
+    per_dataset, report = _start("mix", config.data, config.output, config.force,
+                              config.output_format)
     for path, items in zip(config.data.paths, per_dataset):
         if not items:
             raise DataError(f"{path}: no usable records to mix.")
@@ -328,7 +337,8 @@ def _draw(items: Sequence[Item], count: int, rng: random.Random) -> list[Item]:
 
 def sample(config: SampleConfig) -> ToolReport:
     """Write `config.size` records (a fraction or a count) drawn at random without repetition, in their order."""
-    per_dataset, report = _start("sample", config.data, config.output, config.force)
+    per_dataset, report = _start("sample", config.data, config.output, config.force,
+                              config.output_format)
     items = [item for items in per_dataset for item in items]
     count = _count(config.size, len(items))
     if count > len(items):
@@ -375,7 +385,8 @@ def filter_records(config: FilterConfig, tokenizer: PreTrainedTokenizerBase | No
     """
     if (config.min_tokens is not None or config.max_tokens is not None) and tokenizer is None:
         raise ConfigError("min_tokens/max_tokens need a tokenizer: set tokenizer to a model name or folder.")
-    per_dataset, report = _start("filter", config.data, config.output, config.force)
+    per_dataset, report = _start("filter", config.data, config.output, config.force,
+                              config.output_format)
     items = [item for items in per_dataset for item in items]
     check_fields(items, config.fields, "fields")
     if config.score_field:
