@@ -393,13 +393,18 @@ def convert(conversations: Sequence[Conversation], target_format: str, path: Pat
     suffix = path.suffix.lower()
     if suffix not in (".json", ".jsonl"):
         raise ConfigError(f"Cannot write {path}: name the output .jsonl (one record per line) or .json (an array).")
-    writer = _WRITERS[target_format]
-    records = [writer(conversation) for conversation in conversations]
+    records = [to_record(conversation, target_format) for conversation in conversations]
     if suffix == ".jsonl":
         write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
     else:
         write_json(path, records)
     return len(records)
+
+
+def to_record(conversation: Conversation, target_format: str) -> dict[str, Any]:
+    """One conversation as a record of `target_format` (openai, sharegpt, alpaca or text); DataError where the
+    format cannot hold it."""
+    return _WRITERS[target_format](conversation)
 
 
 def _refuse(conversation: Conversation, problem: str, fix: str) -> DataError:
