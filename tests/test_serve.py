@@ -529,11 +529,17 @@ def test_real_model_streams_chinese_whole_characters():
         whole = client.completions.create(model="smollm2-135m", prompt=prompt, temperature=0, max_tokens=16)
         pieces = [chunk.choices[0].text for chunk in client.completions.create(
             model="smollm2-135m", prompt=prompt, temperature=0, max_tokens=16, stream=True) if chunk.choices]
+        echoed = client.completions.create(model="smollm2-135m", prompt=prompt, temperature=0, max_tokens=16,
+                                           echo=True, logprobs=2).choices[0]
 
     text = whole.choices[0].text
     assert text and "".join(pieces) == text
     assert not any("\ufffd" in piece for piece in pieces)
     assert any("\u4e00" <= char <= "\u9fff" for char in text), text
+    # Byte-level BPE splits a Chinese character over tokens: the one that completes it carries it.
+    assert echoed.text == prompt + text and "".join(echoed.logprobs.tokens) == echoed.text
+    assert all(echoed.text[offset:offset + len(token)] == token
+               for offset, token in zip(echoed.logprobs.text_offset, echoed.logprobs.tokens))
 
 
 def test_load_endpoints_takes_run_folders_and_each_adapters_own_template(tmp_path, tiny_model_dir):

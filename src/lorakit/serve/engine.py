@@ -246,7 +246,7 @@ class Engine:
         try:
             # Padding from token ids, not the tokenizer: each adapter may bring its own, but rows share one batch.
             pad_id = pad_token_id(jobs[0].endpoint.tokenizer)
-            echoing = [row for row in router.rows if row.job.echo]
+            echoing = [row for row in router.rows if row.job.echo and row.job.logprobs is not None]
             if echoing:
                 self._score_prompts(echoing, pad_id)
             for row in router.rows:

@@ -199,12 +199,13 @@ def _alternative_texts(tokenizer: PreTrainedTokenizerBase, context: list[int], t
 
 
 def _added_text(tokenizer: PreTrainedTokenizerBase, context: list[int], token: int) -> str:
-    before = tokenizer.decode(context, skip_special_tokens=False)
-    after = tokenizer.decode([*context, token], skip_special_tokens=False)
+    """The text `token` adds after `context`. A character split over several tokens belongs to the token that
+    completes it (the ones before add ""), as the reply's text never shows half a character."""
+    before = tokenizer.decode(context, skip_special_tokens=False).rstrip("\ufffd")
+    after = tokenizer.decode([*context, token], skip_special_tokens=False).rstrip("\ufffd")
     if after.startswith(before):
         return after[len(before):]
-    before = before.rstrip("\ufffd")  # the token completed a character whose first bytes came before it
-    return after[len(before):] if after.startswith(before) else tokenizer.decode([token], skip_special_tokens=False)
+    return tokenizer.decode([token], skip_special_tokens=False)
 
 
 def chat_chunk(request_id: str, model: str, delta: dict[str, str], finish_reason: str | None = None,
