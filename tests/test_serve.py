@@ -299,12 +299,15 @@ def test_several_prompts_in_one_completion_are_one_batch_with_a_choice_each(serv
     as_ids = client.completions.create(model="tiny", prompt=[make_tokenizer()(p)["input_ids"] for p in prompts],
                                        max_tokens=10, temperature=0)
     assert [choice.text for choice in as_ids.choices] == alone
+    one_as_ids = client.completions.create(model="tiny", prompt=make_tokenizer()(prompts[0])["input_ids"],
+                                           max_tokens=10, temperature=0)
+    assert [choice.text for choice in one_as_ids.choices] == alone[:1]
 
 
 @pytest.mark.parametrize("body, param, words", [
     ({"prompt": []}, "prompt", "empty list"),
     ({"prompt": [[]]}, "prompt", "empty"),
-    ({"prompt": [[1, 99999]]}, "prompt", "outside model 'tiny''s vocabulary"),
+    ({"prompt": [[1, 99999]]}, "prompt", "outside the vocabulary of model 'tiny'"),
     ({"prompt": ["a", "b"], "stream": True}, "stream", "does not stream"),
     ({"prompt": "a", "stream": True, "echo": True}, "stream", "does not stream logprobs and echo"),
     ({"prompt": "a", "max_tokens": 0}, "max_tokens", "echo"),

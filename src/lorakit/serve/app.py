@@ -237,8 +237,8 @@ def _prompt_ids(endpoint: Endpoint, prompt: str | list[int], vocab_size: int) ->
         raise APIError(400, "A prompt of token ids is empty; send at least one token id.", param="prompt")
     bad = next((token for token in prompt if not 0 <= token < vocab_size), None)
     if bad is not None:
-        raise APIError(400, f"Token id {bad} in prompt is outside model '{endpoint.name}''s vocabulary (0 to "
-                       f"{vocab_size - 1}).", param="prompt")
+        raise APIError(400, f"Token id {bad} in prompt is outside the vocabulary of model '{endpoint.name}' "
+                       f"(0 to {vocab_size - 1}).", param="prompt")
     return list(prompt)
 
 
