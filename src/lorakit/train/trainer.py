@@ -34,7 +34,8 @@ from lorakit.errors import ConfigError
 from lorakit.files import atomic_dir, save_figure, sha256_file, write_json, write_text
 from lorakit.model import load_model, load_tokenizer, prepare_for_training, resolve_device
 from lorakit.progress import OnProgress, ProgressTarget, TrainProgress, remaining_seconds, reporter
-from lorakit.runs import ADAPTER_DIR, CHECKPOINT_DIR, MODEL_DIR, model_card, track_status, write_settings
+from lorakit.runs import (ADAPTER_DIR, CHECKPOINT_DIR, MODEL_DIR, RunProgressFiles, model_card, track_status,
+                          write_settings)
 from lorakit.templates import Template, install_template, resolve_template
 from lorakit.train.lora_layers import use_fast_dropout, use_fast_lora_forward
 from lorakit.train.loss import ChunkedLossTrainer
@@ -141,7 +142,7 @@ def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Pre
         if padding_free:
             speedups.callback(model.set_attn_implementation, use_varlen_attention(model))
         speedups.callback(use_fast_lora_forward(model))
-        watcher = ProgressCallback(reporter(progress), stop)
+        watcher = ProgressCallback(reporter(progress), stop, RunProgressFiles(output_dir))
         trainer = _build_trainer(model, tokenizer, data, config, padding_free, watcher)
         started = time.time()
         result = trainer.train(resume_from_checkpoint=resume_from)
@@ -271,11 +272,17 @@ def _loraplus_optimizer(model: PreTrainedModel, config: TrainConfig) -> torch.op
 
 
 class ProgressCallback(TrainerCallback):
-    """Turns the Trainer's hooks into `TrainProgress` events for `report`, and ends training once `stop` is set."""
+    """Turns the Trainer's hooks into `TrainProgress` events for `report`, and ends training once `stop` is set.
 
-    def __init__(self, report: OnProgress | None, stop: threading.Event | None = None) -> None:
+    With `files`, the main process (rank 0) also keeps the events in the run folder (progress.json, metrics.jsonl)
+    for readers in other processes: the web UI, `lorakit.jobs`.
+    """
+
+    def __init__(self, report: OnProgress | None, stop: threading.Event | None = None,
+                 files: RunProgressFiles | None = None) -> None:
         self.report = report
         self.stop = stop
+        self.files = files
         self.stopped = False
         self.running = False
         self.started = 0.0
@@ -287,6 +294,8 @@ class ProgressCallback(TrainerCallback):
         self.started = time.time()
         self.steps_at_start = state.global_step
         self.tokens_at_start = state.num_input_tokens_seen
+        if self.files is not None and state.is_world_process_zero:
+            self.files.begin(state.global_step)
         self._send(state)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -308,13 +317,17 @@ class ProgressCallback(TrainerCallback):
 
     def _send(self, state, **fields: Any) -> None:
         # The evaluation train() runs after the Trainer's own end is not a training event.
-        if self.report is None or not self.running:
+        files = self.files if self.files is not None and state.is_world_process_zero else None
+        if (self.report is None and files is None) or not self.running:
             return
         elapsed = max(time.time() - self.started, 1e-6)
         speed = (state.num_input_tokens_seen - self.tokens_at_start) / elapsed
         left = remaining_seconds(elapsed, state.global_step - self.steps_at_start, state.max_steps - state.global_step)
-        self.report(TrainProgress("train", state.global_step, state.max_steps, "step", elapsed, left,
-                                  tokens_per_second=speed, **fields))
+        event = TrainProgress("train", state.global_step, state.max_steps, "step", elapsed, left,
+                              tokens_per_second=speed, **fields)
+        for target in (self.report, files):
+            if target is not None:
+                target(event)
 
 
 def _save_outputs(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, data: PreparedData, config: TrainConfig,
