@@ -21,11 +21,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lorakit.errors import ConfigError
 from lorakit.files import write_json
 from lorakit.runs import read_json_dict, run_status
+
+if TYPE_CHECKING:
+    from lorakit.config import TrainConfig
 
 JOB_FILE = "job.json"
 STAGES = ("train",)
@@ -89,6 +92,20 @@ def start_job(stage: str, config_path: Path, run_dir: Path, overrides: Sequence[
               "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "stop_requested": False}
     write_json(run_dir / JOB_FILE, record)
     return _job_from(run_dir, record)
+
+
+def start_training(config: TrainConfig) -> Job:
+    """Save `config` as `output_dir/config.yaml` and start `lorakit train` on it as a job.
+
+    ConfigError where `output_dir` already holds a run: resume that one, or choose another output_dir."""
+    from lorakit.config import save_config
+    from lorakit.runs import is_run_folder
+
+    run_dir = Path(config.output_dir)
+    if is_run_folder(run_dir):
+        raise ConfigError(f"{run_dir} already holds a run. Choose another output_dir, or resume that run.")
+    save_config(config, run_dir / "config.yaml")
+    return start_job("train", run_dir / "config.yaml", run_dir)
 
 
 def resume_job(run_dir: Path, overrides: Sequence[str] = ()) -> Job:
@@ -215,4 +232,4 @@ def _wait_gone(pgid: int, seconds: float) -> bool:
 
 
 __all__ = ["JOB_FILE", "Job", "StopResult", "command_for", "group_alive", "job_in", "list_jobs", "resume_job",
-           "start_job", "stop_job", "stop_on_sigterm", "wait_for_job"]
+           "start_job", "start_training", "stop_job", "stop_on_sigterm", "wait_for_job"]

@@ -3,7 +3,7 @@
 `load_config(path, overrides, cls)` is the one way in, for every kind of config. By topic: train.py (model, data,
 LoRA, training; LLaMA-Factory aliases), evaluate.py (suites, eval runs, the judge's endpoint), inference.py
 (generation, serving, adapters by name), export.py (merge, GGUF, Ollama, Hub), datatools.py (the dataset tools:
-dedupe, split, mix, sample, filter), core.py (building, coercion, YAML, errors that suggest a fix).
+dedupe, split, mix, sample, filter), webui.py (the web UI's address and folders), core.py (building, coercion, YAML, errors that suggest a fix).
 """
 
 from lorakit.config.core import DEVICES, DTYPES, check_choice, parse_overrides, read_yaml, save_config, to_dict
@@ -15,6 +15,7 @@ from lorakit.config.export import GGUF_OUTTYPES, ONTO, GGUFConfig, HubConfig, Me
 from lorakit.config.inference import (BASE, ENGINES, AdapterSpec, GenerationConfig, ServeConfig, check_adapter_names,
                                       parse_adapter)
 from lorakit.config.load import load_config
+from lorakit.config.webui import UI_LANGUAGES, WebUIConfig
 from lorakit.config.train import (ALIASES, EXAMPLE_ORDERS, FINETUNING, FORMATS, IGNORED_KEYS, OVERLONG, QUANTIZATIONS,
                                   SCHEDULERS, DataConfig, LoraConfig, ModelConfig, TrainConfig)
 
@@ -23,5 +24,5 @@ __all__ = ["ALIASES", "BASE", "CHOICE_SCORINGS", "DEDUPE_METHODS", "DEVICES", "D
            "OUTPUT_FORMATS", "OVERLONG", "QUANTIZATIONS", "SCHEDULERS", "AdapterSpec", "DataConfig", "DedupeConfig",
            "EndpointConfig", "EvalRunConfig", "EvalTaskConfig", "FilterConfig", "GGUFConfig", "GenerationConfig",
            "HubConfig", "LoraConfig", "MergeConfig", "MixConfig", "ModelConfig", "OllamaConfig", "SampleConfig",
-           "ServeConfig", "SplitConfig", "SuiteConfig", "TrainConfig", "check_adapter_names", "check_choice",
+           "ServeConfig", "SplitConfig", "SuiteConfig", "TrainConfig", "UI_LANGUAGES", "WebUIConfig", "check_adapter_names", "check_choice",
            "load_config", "parse_adapter", "parse_overrides", "read_yaml", "save_config", "to_dict"]
