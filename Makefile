@@ -56,13 +56,15 @@ SEED := $(shell date +%s)
 endif
 
 # The web UI's browser test drives Debian's Chromium through Playwright (`playwright install` cannot download
-# browsers here); where Chromium cannot be installed, that test skips and says why.
+# browsers here; the font draws the Chinese screenshots); where Chromium cannot be installed, that test skips and
+# says why.
 WEBUI_STAMP := $(VENV)/.webui-tools
 
 install-webui: $(WEBUI_STAMP)
 
 $(WEBUI_STAMP): $(STAMP)
-	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	(command -v chromium >/dev/null && test -d /usr/share/fonts/truetype/wqy) \
+	  || (apt-get update -qq && apt-get install -y -qq chromium fonts-wqy-zenhei >/dev/null) \
 	  || echo "Chromium could not be installed: the web UI browser test will skip"
 	touch $(WEBUI_STAMP)
 

@@ -36,8 +36,8 @@ def build_app(config: WebUIConfig) -> gr.Blocks:
     with gr.Blocks(title="lorakit") as app:
         with gr.Row():
             title = add(gr.Markdown(text("title", language)), "title")
-            switch = gr.Radio(list(LANGUAGE_NAMES.values()), value=LANGUAGE_NAMES[language],
-                              label=text("language", language), elem_id="language", scale=0)
+            switch = add(gr.Radio(list(LANGUAGE_NAMES.values()), value=LANGUAGE_NAMES[language],
+                                  label=text("language", language), elem_id="language", scale=0), "language")
         with add(gr.Tab(text("tab.train", language), elem_id="tab-train"), "tab.train"):
             form = _train_form(language, add)
             with gr.Row():
@@ -73,7 +73,8 @@ def build_app(config: WebUIConfig) -> gr.Blocks:
             trigger(lambda lg, name: _live_view(config, lg, name), [lang, run], live)
         refresh.click(lambda name: (gr.update(choices=_run_names(config), value=name), _runs_table(config)),
                       run, [run, runs_table])
-        app.load(lambda: gr.update(choices=_run_names(config), value=_attach(config)), None, run)
+        app.load(lambda: (gr.update(choices=_run_names(config), value=_attach(config)), _runs_table(config)), None,
+                 [run, runs_table])
 
         components = [component for component, _ in labelled]
         switch.change(lambda name: _relabel(name, labelled), switch, [lang, *components])
