@@ -11,10 +11,12 @@ from lorakit.cli.app import app, console
 
 
 @app.command()
-def webui(host: Annotated[str, typer.Option(help="Address to listen on; a non-loopback one needs --auth.")] = "127.0.0.1",
+def webui(host: Annotated[str, typer.Option(
+              help="Address to listen on; a non-loopback one needs --auth.")] = "127.0.0.1",
           port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
           auth: Annotated[Optional[str], typer.Option(
-              envvar="LORAKIT_WEBUI_AUTH", help="Require a login, as user:password (or set LORAKIT_WEBUI_AUTH).")] = None,
+              envvar="LORAKIT_WEBUI_AUTH",
+              help="Require a login, as user:password (or set LORAKIT_WEBUI_AUTH).")] = None,
           allow_dir: Annotated[Optional[list[Path]], typer.Option(
               help="Another folder paths may name (besides the working directory, outputs and the cache); "
                    "repeat for several.")] = None,

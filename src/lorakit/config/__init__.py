@@ -3,7 +3,8 @@
 `load_config(path, overrides, cls)` is the one way in, for every kind of config. By topic: train.py (model, data,
 LoRA, training; LLaMA-Factory aliases), evaluate.py (suites, eval runs, the judge's endpoint), inference.py
 (generation, serving, adapters by name), export.py (merge, GGUF, Ollama, Hub), datatools.py (the dataset tools:
-dedupe, split, mix, sample, filter), webui.py (the web UI's address and folders), core.py (building, coercion, YAML, errors that suggest a fix).
+dedupe, split, mix, sample, filter), webui.py (the web UI's address and folders), core.py (building, coercion,
+YAML, errors that suggest a fix).
 """
 
 from lorakit.config.core import DEVICES, DTYPES, check_choice, parse_overrides, read_yaml, save_config, to_dict
@@ -24,5 +25,6 @@ __all__ = ["ALIASES", "BASE", "CHOICE_SCORINGS", "DEDUPE_METHODS", "DEVICES", "D
            "OUTPUT_FORMATS", "OVERLONG", "QUANTIZATIONS", "SCHEDULERS", "AdapterSpec", "DataConfig", "DedupeConfig",
            "EndpointConfig", "EvalRunConfig", "EvalTaskConfig", "FilterConfig", "GGUFConfig", "GenerationConfig",
            "HubConfig", "LoraConfig", "MergeConfig", "MixConfig", "ModelConfig", "OllamaConfig", "SampleConfig",
-           "ServeConfig", "SplitConfig", "SuiteConfig", "TrainConfig", "UI_LANGUAGES", "WebUIConfig", "check_adapter_names", "check_choice",
+           "ServeConfig", "SplitConfig", "SuiteConfig", "TrainConfig", "UI_LANGUAGES", "WebUIConfig",
+           "check_adapter_names", "check_choice",
            "load_config", "parse_adapter", "parse_overrides", "read_yaml", "save_config", "to_dict"]
