@@ -33,8 +33,7 @@ def load_preferences(config: DataConfig) -> tuple[list[Conversation], LoadSummar
         if conversation.rejected is not None:
             pairs.append(conversation)
             continue
-        problem = (f"{conversation.origin}: no rejected answer. Stage dpo trains on preference pairs: each record "
-                   "needs 'chosen' and 'rejected' (LLaMA-Factory ranking records, or prompt/chosen/rejected).")
+        problem = not_a_pair(conversation)
         if not config.skip_bad:
             raise DataError(problem + " Fix the record, set data.skip_bad=true, or train it with stage: sft.")
         summary.problems.append(problem)
@@ -44,6 +43,12 @@ def load_preferences(config: DataConfig) -> tuple[list[Conversation], LoadSummar
                         "train stage dpo on.")
     summary.used = len(pairs)
     return pairs, summary
+
+
+def not_a_pair(conversation: Conversation) -> str:
+    """The problem of an ordinary (SFT) record met where stage dpo needs a preference pair."""
+    return (f"{conversation.origin}: no rejected answer. Stage dpo trains on preference pairs: each record needs "
+            "'chosen' and 'rejected' (LLaMA-Factory ranking records, or prompt/chosen/rejected).")
 
 
 @dataclass(frozen=True)
