@@ -72,6 +72,20 @@ def test_reference_stays_the_base_while_the_policy_moves(tiny_tokenizer, tmp_pat
     assert torch.allclose(policy_before, reference_before, atol=1e-4)  # a new adapter starts as the base
 
 
+def test_precomputed_reference_is_the_base(tiny_tokenizer, tmp_path, pairs_file):
+    config = make_config(tmp_path, pairs_file, max_steps=2, preference=PreferenceConfig(precompute_reference=True))
+    data = prepare_data(config, tiny_tokenizer)
+    policy, peft_config = _policy(make_model("llama", len(tiny_tokenizer)), config)
+    trainer = build_dpo_trainer(policy, peft_config, tiny_tokenizer, data, config, [])
+    rows = [trainer.train_dataset[i] for i in range(4)]
+    batch = trainer.data_collator(rows)
+
+    trainer.train()
+
+    expected = completion_logps(make_model("llama", len(tiny_tokenizer)), batch)
+    assert torch.allclose(torch.cat([batch["ref_chosen_logps"], batch["ref_rejected_logps"]]), expected, atol=1e-4)
+
+
 def sft_run(tiny_tokenizer, tmp_path, pairs_file):
     config = TrainConfig(model=ModelConfig(name="tiny", dtype="float32", device="cpu"),
                          data=DataConfig(paths=(str(pairs_file),), template="chatml", max_seq_len=64,
