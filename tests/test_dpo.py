@@ -240,6 +240,7 @@ def test_llamafactory_preference_keys(tmp_path):
     ({"stage": "sft", "adapter": "runs/x"}, "adapter .* is used by stage dpo only"),
     ({"preference": {"losses": ["simpo"]}}, "'simpo', which is its own stage"),
     ({"preference": {"losses": ["sigmod"]}}, "Did you mean 'sigmoid'"),
+    ({"preference": {"losses": ["sigmoid", "sft"]}}, "set preference.sft_weight"),
     ({"preference": {"losses": ["sigmoid", "ipo"], "loss_weights": [1.0]}}, "one weight per loss"),
 ])
 def test_preference_config_mistakes_are_named(settings, message):

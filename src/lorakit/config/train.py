@@ -145,6 +145,9 @@ class PreferenceConfig:
                 raise ConfigError(f"preference.losses names '{loss}', which is its own stage (reference-free or "
                                   "unpaired) that lorakit does not train yet; use a DPO loss such as sigmoid, ipo "
                                   "or hinge.")
+            if loss == "sft":
+                raise ConfigError("preference.losses names 'sft'; set preference.sft_weight (LLaMA-Factory's "
+                                  "pref_ftx) to add the SFT term with that weight instead.")
             check_choice("preference.losses", loss, PREFERENCE_LOSSES)
         problems = []
         if self.beta <= 0:
