@@ -14,11 +14,11 @@ from lorakit.config.inference import (BASE, ENGINES, AdapterSpec, GenerationConf
                                       parse_adapter)
 from lorakit.config.load import load_config
 from lorakit.config.train import (ALIASES, EXAMPLE_ORDERS, FINETUNING, FORMATS, IGNORED_KEYS, OVERLONG, QUANTIZATIONS,
-                                  SCHEDULERS, DataConfig, LoraConfig, ModelConfig, PreferenceConfig,
-                                  TrainConfig)
+                                  SCHEDULERS, DataConfig, LoraConfig, ModelConfig, PreferenceConfig, TrainConfig)
 
 __all__ = ["ALIASES", "BASE", "CHOICE_SCORINGS", "DEVICES", "DTYPES", "ENGINES", "EVAL_KINDS", "EXAMPLE_ORDERS",
            "FINETUNING", "FORMATS", "GGUF_OUTTYPES", "IGNORED_KEYS", "ONTO", "OVERLONG", "QUANTIZATIONS", "SCHEDULERS",
            "AdapterSpec", "DataConfig", "EndpointConfig", "EvalRunConfig", "EvalTaskConfig", "GGUFConfig",
-           "GenerationConfig", "HubConfig", "LoraConfig", "MergeConfig", "ModelConfig", "OllamaConfig", "PreferenceConfig", "ServeConfig", "SuiteConfig", "TrainConfig", "check_adapter_names", "check_choice",
+           "GenerationConfig", "HubConfig", "LoraConfig", "MergeConfig", "ModelConfig", "OllamaConfig",
+           "PreferenceConfig", "ServeConfig", "SuiteConfig", "TrainConfig", "check_adapter_names", "check_choice",
            "load_config", "parse_adapter", "parse_overrides", "read_yaml", "save_config", "to_dict"]
