@@ -522,6 +522,16 @@ def base_reference(name: str) -> str:
 
 
 def _method(config: TrainConfig) -> str:
+    if config.stage == "dpo":
+        preference = config.preference
+        start = (f"the adapter {config.adapter}, which is also the reference" if config.adapter
+                 else f"a new adapter ({_adapter_method(config)}), the base model the reference")
+        return (f"DPO, beta {preference.beta}, loss {' + '.join(preference.losses)}"
+                + (f" + {preference.sft_weight} x SFT" if preference.sft_weight else "") + f"; from {start}")
+    return _adapter_method(config)
+
+
+def _adapter_method(config: TrainConfig) -> str:
     if config.finetuning != "lora":
         return config.finetuning
     lora = config.lora

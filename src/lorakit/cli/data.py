@@ -34,7 +34,7 @@ def data_check(args: ConfigArgs = None, skip_bad: CheckSkipBad = False):
     from lorakit.data.inspect import check_data, format_check
 
     config = _data_config(args, skip_bad)
-    report = check_data(config.data)
+    report = check_data(config.data, config.stage)
     console.print(format_check(report, shown=20), markup=False, highlight=False, soft_wrap=True)
     if report.problems:
         raise typer.Exit(1)

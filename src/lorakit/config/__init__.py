@@ -18,13 +18,14 @@ from lorakit.config.inference import (BASE, ENGINES, AdapterSpec, GenerationConf
 from lorakit.config.load import load_config
 from lorakit.config.webui import UI_LANGUAGES, WebUIConfig
 from lorakit.config.train import (ALIASES, EXAMPLE_ORDERS, FINETUNING, FORMATS, IGNORED_KEYS, OVERLONG, QUANTIZATIONS,
-                                  SCHEDULERS, DataConfig, LoraConfig, ModelConfig, TrainConfig)
+                                  SCHEDULERS, DataConfig, LoraConfig, ModelConfig, PreferenceConfig, TrainConfig)
 
 __all__ = ["ALIASES", "BASE", "CHOICE_SCORINGS", "DEDUPE_METHODS", "DEVICES", "DTYPES", "ENGINES", "EVAL_KINDS",
            "EXAMPLE_ORDERS", "FINETUNING", "FORMATS", "GGUF_OUTTYPES", "IGNORED_KEYS", "LANGUAGES", "ONTO",
            "OUTPUT_FORMATS", "OVERLONG", "QUANTIZATIONS", "SCHEDULERS", "AdapterSpec", "DataConfig", "DedupeConfig",
            "EndpointConfig", "EvalRunConfig", "EvalTaskConfig", "FilterConfig", "GGUFConfig", "GenerationConfig",
-           "HubConfig", "LoraConfig", "MergeConfig", "MixConfig", "ModelConfig", "OllamaConfig", "SampleConfig",
+           "HubConfig", "LoraConfig", "MergeConfig", "MixConfig", "ModelConfig", "OllamaConfig", "PreferenceConfig",
+           "SampleConfig",
            "ServeConfig", "SplitConfig", "SuiteConfig", "TrainConfig", "UI_LANGUAGES", "WebUIConfig",
            "check_adapter_names", "check_choice",
            "load_config", "parse_adapter", "parse_overrides", "read_yaml", "save_config", "to_dict"]

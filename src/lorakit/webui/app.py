@@ -35,7 +35,7 @@ def build_app(config: WebUIConfig) -> gr.Blocks:
 
     with gr.Blocks(title="lorakit") as app:
         with gr.Row():
-            title = add(gr.Markdown(text("title", language)), "title")
+            add(gr.Markdown(text("title", language)), "title")
             switch = add(gr.Radio(list(LANGUAGE_NAMES.values()), value=LANGUAGE_NAMES[language],
                                   label=text("language", language), elem_id="language", scale=0), "language")
         with add(gr.Tab(text("tab.train", language), elem_id="tab-train"), "tab.train"):
