@@ -395,25 +395,77 @@ def _template_of(run: Path):
 
 
 @pytest.mark.slow
-def test_bundled_gemma3_f16_has_one_bos_and_answers_as_transformers(tmp_path):
-    """Gemma's tokenizer adds BOS and its template writes one: the GGUF's template leaves it to the tokenizer."""
+def test_a_trained_gemma3_adapter_merges_and_ships_as_gguf_with_one_bos(tmp_path):
+    """Gemma's tokenizer adds BOS and its template writes one: the GGUF's template leaves it to the tokenizer.
+
+    A few training steps on the demo set, then: the merge check passes and the merged folder answers a multi-turn
+    chat as base + adapter does; the f16 GGUF prompts with the same ids (one BOS) and answers the same 20 tokens;
+    the LoRA-only GGUF on the base's f16 GGUF answers as the merged one; q8_0 and q4_k_m report perplexity.
+    """
+    from dataclasses import replace
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
     from lorakit.bundled import bundled_path
+    from lorakit.config import MergeConfig
+    from lorakit.demo import demo_config
+    from lorakit.export.merge import merge_adapter
+    from lorakit.train import run_training
 
     gemma_dir = bundled_path("gemma3-270m")
-    source = _linked_model_folder(gemma_dir, tmp_path / "gemma", "gemma3-270m", TEMPLATES["gemma"])
-    result = export_gguf(GGUFConfig(source=source, output=tmp_path / "gemma.f16.gguf", outtype="f16"), progress=False)
-    metadata = read_metadata(result.path)
-    assert result.bos_stripped_from_template and metadata["tokenizer.ggml.add_bos_token"] is True
-    assert "bos_token" not in metadata["tokenizer.chat_template"]
-
-    tokenizer = AutoTokenizer.from_pretrained(str(gemma_dir))
+    config = demo_config(tmp_path / "run", "gemma3-270m")
+    config = replace(config, epochs=1, max_steps=3, batch_size=4, data=replace(config.data, val_size=8,
+                                                                                template="gemma"))
+    run = run_training(config, progress=False)
+    tokenizer = AutoTokenizer.from_pretrained(str(run / "adapter"))
+    trained = _template_of(run)
     conversation = [*CONVERSATION[:3], {"role": "user", "content": "Now write a short poem about Rome."}]
-    hf_ids = tokenizer(render(TEMPLATES["gemma"], tokenizer, conversation, add_generation_prompt=True),
+    hf_ids = tokenizer(render(trained, tokenizer, conversation, add_generation_prompt=True),
                        add_special_tokens=False)["input_ids"]
-    llm = load_gguf(result.path, logits_all=True, float32_cache=True)
+    assert hf_ids.count(tokenizer.bos_token_id) == 1
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(gemma_dir), dtype=torch.float32),
+                                          str(run / "adapter"))
+    with torch.inference_mode():
+        answer = reference.generate(torch.tensor([hf_ids]), max_new_tokens=20, do_sample=False)[0, len(hf_ids):]
+        plain = reference.get_base_model().generate(torch.tensor([hf_ids]), max_new_tokens=20, do_sample=False)
+    answer = answer.tolist()
+    assert len(answer) == 20
+    assert plain[0, len(hf_ids):].tolist() != answer  # the adapter changes the answer: the checks below mean something
+    del reference, plain
+
+    merged = merge_adapter(MergeConfig(source=run, output=tmp_path / "merged", dtype="float32"))
+    assert merged.merged_onto == "full" and merged.kl_divergence < 1e-3
+    merged_model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
+    with torch.inference_mode():
+        merged_answer = merged_model.generate(torch.tensor([hf_ids]), max_new_tokens=20, do_sample=False)
+    assert merged_answer[0, len(hf_ids):].tolist() == answer
+    del merged_model
+
+    f16 = export_gguf(GGUFConfig(source=run, output=tmp_path / "tuned.f16.gguf", outtype="f16"), progress=False)
+    metadata = read_metadata(f16.path)
+    assert f16.bos_stripped_from_template and metadata["tokenizer.ggml.add_bos_token"] is True
+    assert "bos_token" not in metadata["tokenizer.chat_template"]
+    llm = load_gguf(f16.path, logits_all=True, float32_cache=True)
     gguf_ids = _gguf_prompt_ids(llm, metadata, conversation)
     assert len(gguf_ids) == len(hf_ids) and gguf_ids == hf_ids
-    assert gguf_ids.count(tokenizer.bos_token_id) == 1
-    answer = _greedy_hf(gemma_dir, hf_ids, 20)
-    assert len(answer) == 20
     assert _greedy_gguf(llm, hf_ids, 20) == answer
+    merged_tokens = _greedy_gguf(llm, hf_ids, 10)
+    llm.close()
+
+    base = _linked_model_folder(gemma_dir, tmp_path / "gemma", "gemma3-270m", trained)
+    base_f16 = export_gguf(GGUFConfig(source=base, output=tmp_path / "base.f16.gguf", outtype="f16"), progress=False)
+    lora = export_gguf(GGUFConfig(source=run, output=tmp_path / "lora.gguf", adapter_only=True, outtype="f16"),
+                       progress=False)
+    with_lora = load_gguf(base_f16.path, logits_all=True, lora_path=lora.path, float32_cache=True)
+    assert _greedy_gguf(with_lora, hf_ids, 10) == merged_tokens
+    with_lora.close()
+
+    for outtype in ("q8_0", "q4_k_m"):
+        result = export_gguf(GGUFConfig(source=run, output=tmp_path / f"tuned.{outtype}.gguf", outtype=outtype),
+                             progress=False)
+        load_gguf(result.path).close()
+        figures = result.perplexity
+        assert set(figures) == {"hf", "gguf_f16", f"gguf_{outtype}"}, figures
+        assert figures["gguf_f16"] == pytest.approx(figures["hf"], rel=0.05)
+        print(f"gemma3 {outtype}: perplexity on the run's held-out records {figures}")
