@@ -118,6 +118,13 @@ class ScriptedServer:
             if "truncated" in question:
                 return '{"answer": "cut sh', "length"
             return f"The answer to '{question}' is in the {marker.lower()} paragraph.", "stop"
+        if prompt.startswith("Summarise"):
+            return f"<think>short</think>A summary of {marker.lower()}.", "stop"
+        if "multi-turn conversation" in prompt:
+            turns = [{"role": "user", "content": f"Tell me about {marker.lower()}."},
+                     {"role": "assistant", "content": "It is a marker."},
+                     {"role": "user", "content": "Why?"}, {"role": "assistant", "content": "The server says so."}]
+            return json.dumps({"messages": turns}), "stop"
         questions = SECTIONS.get(marker, ["What is the twin?"] if marker.startswith("TWIN") else None)
         if questions is None or (marker == "FLAKY" and count == 1):
             return "Sorry, here are some questions: 1. what? 2. why?", "stop"
@@ -243,6 +250,14 @@ def test_summary_dialogue_continuation_and_custom_modes(server, tmp_path):
     assert (report.items, report.kept, report.requests) == (2, 2, 0)  # continuation asks no model
     kept = _lines(config.output_dir / "generated.jsonl")
     assert kept[0]["instruction"].startswith("Continue the following text.") and "THINK:" in kept[0]["output"]
+    summary = _config(server, tmp_path, mode="summary", output_dir=tmp_path / "summary", max_chunks=2)
+    assert generate_dataset(summary, *clients(summary)).kept == 2
+    assert _lines(summary.output_dir / "generated.jsonl")[1]["output"] == "A summary of think."
+    dialogue = _config(server, tmp_path, mode="dialogue", output_dir=tmp_path / "dialogue", max_chunks=1,
+                       output_format="sharegpt")
+    assert generate_dataset(dialogue, *clients(dialogue)).kept == 1
+    conversations, _ = load_conversations(DataConfig(paths=("generated",), dataset_dir=dialogue.output_dir))
+    assert [message["role"] for message in conversations[0].messages] == ["user", "assistant"] * 2
     custom = _config(server, tmp_path, mode="custom", template=template, output_dir=tmp_path / "custom",
                      max_chunks=1)
     chunks, items = preview_generation(custom, *clients(custom))
