@@ -92,7 +92,7 @@ class ScriptedServer:
             return self._record(500, {"error": {"message": "oops"}}, {"retry-after-ms": "10"})
         late = count == 1 and marker == "SLOW"
         if late:
-            time.sleep(1.5)  # beyond the client's timeout: the client has given up on this reply
+            time.sleep(2.5)  # beyond the client's timeout (1.5 s): the client has given up on this reply
         text, finish = self._text(prompt, marker, count)
         usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
                  "total_tokens": len(prompt) // 4 + len(text) // 4}
@@ -152,7 +152,7 @@ def _config(server, tmp_path, **changes) -> GenerateConfig:
     if not document.exists():
         document.parent.mkdir(parents=True)
         document.write_text(_document(), encoding="utf-8")
-    generator = EndpointConfig(base_url=server.url, model="gen-1", timeout=0.5, max_retries=2, concurrency=3,
+    generator = EndpointConfig(base_url=server.url, model="gen-1", timeout=1.5, max_retries=2, concurrency=3,
                                **changes.pop("generator", {}))
     values = {"input": document.parent, "output_dir": tmp_path / "out", "generator": generator,
               "judge": JudgeSettings(model="judge-1", threshold=6), "chunk_chars": 400, "chunk_overlap": 0,
