@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
@@ -217,3 +218,45 @@ def data_filter(sources: Sources, output: Output,
 
         loaded = load_tokenizer(ModelConfig(name=config.tokenizer))
     _print_report(filter_records(config, loaded))
+
+
+@data_app.command("generate")
+def data_generate(
+        args: Annotated[Optional[list[str]], typer.Argument(
+            help="An optional YAML config, then key=value overrides (e.g. judge.threshold=7).")] = None,
+        input_path: Annotated[Optional[Path], typer.Option("--input", "-i", help="A document file or folder.")] = None,
+        output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Output folder.")] = None,
+        mode: Annotated[Optional[str], typer.Option(
+            help="qa, summary, continuation, dialogue or custom.")] = None,
+        base_url: Annotated[Optional[str], typer.Option(help="Generator endpoint, e.g. http://localhost:8000/v1.")]
+        = None,
+        model: Annotated[Optional[str], typer.Option(help="Generator model name at base_url.")] = None,
+        judge_model: Annotated[Optional[str], typer.Option(help="Judge model (default: the generator).")] = None,
+        to: Annotated[Optional[str], typer.Option("--to", help="alpaca, sharegpt or openai.")] = None,
+        preview: Annotated[bool, typer.Option(
+            "--preview", help="Show the chunks and the first records; write nothing.")] = False,
+        force: Force = False):
+    """Generate training records from documents with an LLM, scored by a judge; resumable (run it again)."""
+    from lorakit.cli.app import config_and_overrides
+    from lorakit.config import GenerateConfig, load_config
+    from lorakit.data.generate import clients, format_report, generate_dataset, preview_generation
+
+    path, overrides = config_and_overrides(args)
+    given = {"input": input_path, "output_dir": output, "mode": mode, "generator.base_url": base_url,
+             "generator.model": model, "judge.model": judge_model, "output_format": to, "force": force or None}
+    options = [f"{key}={value}" for key, value in given.items() if value is not None]
+    config = load_config(path, [*options, *overrides], GenerateConfig)
+    generator, judge = clients(config)
+    if not preview:
+        console.print(format_report(generate_dataset(config, generator, judge)), markup=False, highlight=False)
+        return
+    chunks, items = preview_generation(config, generator, judge)
+    for chunk in chunks[:5]:
+        text = chunk.text if len(chunk.text) <= 300 else chunk.text[:300] + " …"
+        console.print(f"--- chunk {chunk.id} ({len(chunk.text)} chars, {chunk.language})\n{text}", markup=False,
+                      highlight=False)
+    console.print(f"{len(chunks)} chunks in all", markup=False)
+    for item in items:
+        console.print(json.dumps({key: item.get(key) for key in ("chunk", "index", "messages", "score", "reason",
+                                                                 "error", "judge_error")},
+                                 ensure_ascii=False, indent=1), markup=False, highlight=False)
