@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from lorakit.config import (AdapterSpec, EndpointConfig, EvalRunConfig, GenerationConfig, ServeConfig, SuiteConfig,
-                            TrainConfig, load_config, save_config)
+from lorakit.config import (AdapterSpec, EndpointConfig, EvalRunConfig, GenerateConfig, GenerationConfig, ServeConfig,
+                            SuiteConfig, TrainConfig, load_config, save_config)
 from lorakit.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
@@ -109,8 +109,9 @@ def test_saved_config_round_trips(tmp_path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_example_config_loads(path):
-    """Training configs as TrainConfig; evaluation suites (configs/eval-*.yaml) as SuiteConfig."""
-    kind = SuiteConfig if path.name.startswith("eval-") else TrainConfig
+    """Training configs as TrainConfig; evaluation suites (configs/eval-*.yaml) as SuiteConfig; dataset generation
+    (configs/generate-*.yaml) as GenerateConfig."""
+    kind = {"eval": SuiteConfig, "generate": GenerateConfig}.get(path.name.split("-")[0], TrainConfig)
     assert isinstance(load_config(path, cls=kind), kind)
 
 

@@ -285,3 +285,55 @@ def test_convert_keeps_a_text_record_out_of_chat_formats(tmp_path):
     conversations = load(write_jsonl(tmp_path / "in.jsonl", [{"text": "just text."}]))
     with pytest.raises(DataError, match=r"line 1: is plain text with no conversation.*Convert it to 'text'"):
         convert(conversations, "openai", tmp_path / "out.jsonl")
+
+
+# --- preference pairs (stage dpo) ----------------------------------------------------------------------------------
+
+PAIR = {"prompt": "hi", "chosen": "hello.", "rejected": "go away, now."}
+
+
+def test_check_lists_every_bad_preference_record(tmp_path):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [
+        PAIR, {"prompt": "hi", "chosen": "same", "rejected": "same"}, {"prompt": "", "chosen": "a", "rejected": "b"},
+        {"prompt": "hi", "chosen": "a"}, {"prompt": [{"role": "robot", "content": "hi"}], "chosen": "a",
+                                          "rejected": "b"}, {"prompt": "hi", "chosen": "", "rejected": "b"}])
+
+    report = check_data(DataConfig(paths=(str(path),)), stage="dpo")
+
+    assert (report.used, report.skipped, report.pairs) == (1, 5, 1)
+    assert [problem.split(": ", 1)[0] for problem in report.problems] == [
+        f"{path}, line {n}" for n in (2, 3, 4, 5, 6)]
+    assert "'chosen' and 'rejected' are the same answer" in report.problems[0]
+    assert "field 'prompt' is empty" in report.problems[1]
+    assert "missing field 'rejected'" in report.problems[2]
+    assert "message prompt[1] must be an object with 'role'" in report.problems[3]
+    assert "field 'chosen' must be a non-empty answer" in report.problems[4]
+    assert "Preference pairs (chosen and rejected): 1." in format_check(report)
+
+
+def test_check_for_dpo_reports_records_that_are_not_pairs(tmp_path):
+    path = write_jsonl(tmp_path / "mixed.json", [])
+    path.write_text(json.dumps([{"instruction": "hi", "chosen": "a", "rejected": "b"},
+                                {"instruction": "hi", "output": "a"}]))
+
+    assert check_data(DataConfig(paths=(str(path),))).problems == []
+    report = check_data(DataConfig(paths=(str(path),)), stage="dpo")
+
+    assert report.problems == [f"{path}, record 2 (line 1): no rejected answer. Stage dpo trains on preference "
+                               "pairs: each record needs 'chosen' and 'rejected' (LLaMA-Factory ranking records, or "
+                               "prompt/chosen/rejected)."]
+    assert (report.used, report.skipped) == (1, 1)
+
+
+def test_stats_show_both_answers_of_preference_pairs(tmp_path, tiny_tokenizer, chatml):
+    path = write_jsonl(tmp_path / "pairs.jsonl", [PAIR, {**PAIR, "chosen": "a much longer and better answer."}])
+    conversations = load(path)
+
+    stats = dataset_stats(conversations, tiny_tokenizer, chatml, DataConfig(max_seq_len=512))
+
+    # each answer plus its <|im_end|>: "hello." 7, "a much longer and better answer." 33, "go away, now." 14
+    assert stats.chosen_lengths == [7, 33] and stats.rejected_lengths == [14, 14]
+    text = format_stats(stats)
+    assert "Pairs            2; the chosen answer is the longer in 1 (50.0%)" in text
+    assert "Chosen answer    min 7, median 7, p90 33, max 33 tokens" in text
+    assert "Rejected answer  min 14, median 14, p90 14, max 14 tokens" in text

@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -12,6 +13,7 @@ import openai
 import pytest
 import torch
 import uvicorn
+import yaml
 from typer.testing import CliRunner
 
 from lorakit.adapters import AdapterSpec, load_adapters
@@ -72,10 +74,14 @@ def running(app) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def adapter_dir(tmp_path_factory):
+    return make_adapter(tmp_path_factory.mktemp("adapter") / "tuned", seed=3, scale=8.0)
+
+
+@pytest.fixture(scope="module")
+def server(adapter_dir):
     """A tiny llama ("tiny", weights scaled up) with one adapter ("tuned", large random weights), served live."""
     tokenizer = make_tokenizer()
-    adapter_dir = make_adapter(tmp_path_factory.mktemp("adapter") / "tuned", seed=3, scale=8.0)
     specs = [AdapterSpec("tuned", adapter_dir)]
     model = load_adapters(lively_model(), specs, "tiny")
     engine = Engine(model, max_batch_size=8, batch_wait_s=0.02)
@@ -214,8 +220,12 @@ def test_unknown_model_is_404(client):
     (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}', "max_tokens",
      "greater than or equal to 1"),
     (b'[1, 2]', None, "Invalid request"),
-    (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "logprobs": true}', "logprobs",
-     "logprobs"),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 21}',
+     "top_logprobs", "less than or equal to 20"),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}', "top_logprobs",
+     "needs logprobs: true"),
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "logprobs": true, "stream": true}',
+     "stream", "does not stream logprobs"),
 ])
 def test_bad_bodies_get_openai_style_400(server, content, param, words):
     response = httpx.post(f"{server[0]}/v1/chat/completions", content=content,
@@ -273,13 +283,115 @@ def test_a_server_fault_is_an_openai_style_500():
     assert response.json()["error"]["type"] == "server_error" and "kaput" in response.json()["error"]["message"]
 
 
-def test_several_prompts_in_one_completion_and_unknown_routes(server):
-    headers = {"Authorization": f"Bearer {KEY}"}
-    several = httpx.post(f"{server[0]}/v1/completions", json={"model": "tiny", "prompt": ["a", "b"]},
-                         headers=headers)
-    assert several.status_code == 400 and several.json()["error"]["param"] == "prompt"
-    missing = httpx.get(f"{server[0]}/v1/nothing", headers=headers)
+def test_several_prompts_in_one_completion_are_one_batch_with_a_choice_each(server, client):
+    base_url, engine = server
+    prompts = ["abc def", "hello", "what is tea?"]
+    alone = [client.completions.create(model="tiny", prompt=prompt, max_tokens=10, temperature=0).choices[0].text
+             for prompt in prompts]
+    batches_before = engine.batches
+
+    together = client.completions.create(model="tiny", prompt=prompts, max_tokens=10, temperature=0)
+
+    assert [choice.index for choice in together.choices] == [0, 1, 2]
+    assert [choice.text for choice in together.choices] == alone
+    assert engine.batches == batches_before + 1 and engine.batch_sizes[-1] == 3
+    assert together.usage.prompt_tokens == sum(len(prompt) for prompt in prompts)  # one token per character
+    as_ids = client.completions.create(model="tiny", prompt=[make_tokenizer()(p)["input_ids"] for p in prompts],
+                                       max_tokens=10, temperature=0)
+    assert [choice.text for choice in as_ids.choices] == alone
+    one_as_ids = client.completions.create(model="tiny", prompt=make_tokenizer()(prompts[0])["input_ids"],
+                                           max_tokens=10, temperature=0)
+    assert [choice.text for choice in one_as_ids.choices] == alone[:1]
+
+
+@pytest.mark.parametrize("body, param, words", [
+    ({"prompt": []}, "prompt", "empty list"),
+    ({"prompt": [[]]}, "prompt", "empty"),
+    ({"prompt": [[1, 99999]]}, "prompt", "outside the vocabulary of model 'tiny'"),
+    ({"prompt": ["a", "b"], "stream": True}, "stream", "does not stream"),
+    ({"prompt": "a", "stream": True, "echo": True}, "stream", "does not stream logprobs and echo"),
+    ({"prompt": "a", "max_tokens": 0}, "max_tokens", "echo"),
+    ({"prompt": "a", "logprobs": 21}, "logprobs", "less than or equal to 20"),
+    ({"prompt": "a", "n": 2}, "n", "n=1"),
+])
+def test_bad_completion_bodies_are_400(server, body, param, words):
+    response = httpx.post(f"{server[0]}/v1/completions", json={"model": "tiny", **body},
+                          headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param and words in response.json()["error"]["message"]
+
+
+def test_unknown_routes_are_404(server):
+    missing = httpx.get(f"{server[0]}/v1/nothing", headers={"Authorization": f"Bearer {KEY}"})
     assert missing.status_code == 404 and "error" in missing.json()
+
+
+def teacher_forced_logprobs(ids: list[int], adapter_dir=None) -> torch.Tensor:
+    """log_softmax over the plain model's logits for `ids`, row t predicting token t + 1: no server, no batch."""
+    model = lively_model()
+    if adapter_dir is not None:
+        model = load_adapters(model, [AdapterSpec("tuned", adapter_dir)], "tiny")
+    with torch.no_grad():
+        return torch.log_softmax(model(torch.tensor([ids])).logits[0].float(), dim=-1)
+
+
+def test_chat_logprobs_are_the_models_own_for_each_reply_token(server, client):
+    reply = ask(client, "tiny", "hello", max_tokens=8, logprobs=True, top_logprobs=3)
+
+    tokenizer = make_tokenizer()
+    content = reply.choices[0].logprobs.content
+    prompt = render(resolve_template(None, tokenizer), tokenizer, [{"role": "user", "content": "hello"}],
+                    add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        output = lively_model().generate(torch.tensor([prompt_ids]), max_new_tokens=8, do_sample=False,
+                                         eos_token_id=None, pad_token_id=0)
+    reply_ids = output[0, len(prompt_ids):].tolist()
+    reply_ids = reply_ids[:reply_ids.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in reply_ids \
+        else reply_ids
+    assert len(content) == len(reply_ids)
+    assert tokenizer.decode(reply_ids, skip_special_tokens=True) == reply.choices[0].message.content
+    expected = teacher_forced_logprobs(prompt_ids + reply_ids)
+    for position, (entry, token) in enumerate(zip(content, reply_ids)):
+        row = expected[len(prompt_ids) - 1 + position]
+        assert entry.logprob == pytest.approx(float(row[token]), abs=1e-4)
+        assert len(entry.top_logprobs) == 3
+        assert [top.logprob for top in entry.top_logprobs] == pytest.approx(row.topk(3).values.tolist(), abs=1e-4)
+        assert entry.top_logprobs[0].token == entry.token  # greedy: the chosen token is the likeliest
+        assert entry.bytes == list(entry.token.encode())
+    plain = ask(client, "tiny", "hello", max_tokens=8)
+    assert plain.choices[0].logprobs is None and plain.choices[0].message.content == reply.choices[0].message.content
+
+
+def test_echo_scores_the_prompt_per_row_adapter_in_one_batch(server, adapter_dir, monkeypatch):
+    _, engine = server
+    tokenizer = make_tokenizer()
+    ids = tokenizer("why is tea green?")["input_ids"]
+    monkeypatch.setattr(engine, "batch_wait_s", 0.3)  # both requests land in one batch
+
+    async def both() -> list:
+        async with openai.AsyncOpenAI(base_url=f"{server[0]}/v1", api_key=KEY, max_retries=0) as async_client:
+            return await asyncio.gather(*(async_client.completions.create(
+                model=model, prompt=[ids], max_tokens=0, echo=True, logprobs=2) for model in ("tiny", "tuned")))
+
+    base, tuned = asyncio.run(both())
+
+    assert engine.batch_sizes[-1] == 2
+    for reply, adapter in ((base, None), (tuned, adapter_dir)):
+        choice = reply.choices[0]
+        assert choice.finish_reason == "length" and reply.usage.completion_tokens == 0
+        assert choice.text == tokenizer.decode(ids)
+        logprobs = choice.logprobs
+        assert logprobs.token_logprobs[0] is None and logprobs.top_logprobs[0] is None
+        assert len(logprobs.tokens) == len(ids) and logprobs.text_offset[0] == 0
+        expected = teacher_forced_logprobs(ids, adapter)
+        assert logprobs.token_logprobs[1:] == pytest.approx(
+            [float(expected[t, ids[t + 1]]) for t in range(len(ids) - 1)], abs=1e-4)
+        assert all(1 <= len(top) <= 3 and top[token] == logprob  # the 2 likeliest plus the chosen token
+                   for token, logprob, top in zip(logprobs.tokens[1:], logprobs.token_logprobs[1:],
+                                                  logprobs.top_logprobs[1:]))
+    assert base.choices[0].logprobs.token_logprobs != tuned.choices[0].logprobs.token_logprobs
+
 
 
 def test_concurrent_requests_are_batched_and_match_sequential(server, client, monkeypatch):
@@ -420,11 +532,17 @@ def test_real_model_streams_chinese_whole_characters():
         whole = client.completions.create(model="smollm2-135m", prompt=prompt, temperature=0, max_tokens=16)
         pieces = [chunk.choices[0].text for chunk in client.completions.create(
             model="smollm2-135m", prompt=prompt, temperature=0, max_tokens=16, stream=True) if chunk.choices]
+        echoed = client.completions.create(model="smollm2-135m", prompt=prompt, temperature=0, max_tokens=16,
+                                           echo=True, logprobs=2).choices[0]
 
     text = whole.choices[0].text
     assert text and "".join(pieces) == text
     assert not any("\ufffd" in piece for piece in pieces)
     assert any("\u4e00" <= char <= "\u9fff" for char in text), text
+    # Byte-level BPE splits a Chinese character over tokens: the one that completes it carries it.
+    assert echoed.text == prompt + text and "".join(echoed.logprobs.tokens) == echoed.text
+    assert all(echoed.text[offset:offset + len(token)] == token
+               for offset, token in zip(echoed.logprobs.text_offset, echoed.logprobs.tokens))
 
 
 def test_load_endpoints_takes_run_folders_and_each_adapters_own_template(tmp_path, tiny_model_dir):
@@ -577,3 +695,53 @@ def test_tools_reach_the_template():
     assert without.status_code == with_tools.status_code == 200, with_tools.text
     assert with_tools.json()["usage"]["prompt_tokens"] > without.json()["usage"]["prompt_tokens"] + 20
     assert refused.status_code == 400 and "cannot show tools" in refused.json()["error"]["message"]
+
+
+def test_lm_eval_multiple_choice_over_the_server_matches_lorakit_eval(server, tmp_path, monkeypatch):
+    """lm-eval-harness's `local-completions` model, batch size 2, on a local multiple-choice task.
+
+    Like for like: lm-eval scores each option by the summed log-likelihood of " <option text>" after the prompt,
+    which is lorakit eval's `scoring="content"` (its default "letter" scoring has lm-eval's equivalent in
+    doc_to_choice A-D, but the tiny model then picks the same letter every time, which would prove little).
+    """
+    lm_eval = pytest.importorskip("lm_eval", reason="lm-eval-harness is not installed (pip install 'lm-eval[api]')")
+    from lm_eval.tasks import TaskManager
+
+    from lorakit.eval.benchmarks import Benchmark, Question
+    from lorakit.eval.choice import evaluate_choice, format_prompt
+
+    base_url, engine = server
+    teas = ["green", "black", "white", "oolong", "mint", "chai", "earl grey", "rooibos", "jasmine", "matcha"]
+    questions = [Question("tea", f"which {thing} is best?", tuple(teas[(i * 3 + k) % 10] for k in range(4)),
+                          "ABCD"[i % 4], f"questions.jsonl:{i + 1}")
+                 for i, thing in enumerate(["tea", "cup", "pot", "leaf", "brew", "sip", "kettle", "mug"])]
+    benchmark = Benchmark("tea", "mmlu", dev={}, test={"tea": questions}, categories={})
+    ours = evaluate_choice(lively_model(), make_tokenizer(), benchmark, shots=0, scoring="content", progress=False)
+    data = tmp_path / "questions.jsonl"
+    data.write_text("".join(json.dumps({"prompt": format_prompt(benchmark, question, 0, "content"),
+                                        "options": list(question.options), "answer": "ABCD".index(question.answer)})
+                            + "\n" for question in questions))
+    tokenizer_dir = tmp_path / "tokenizer"
+    make_tokenizer().save_pretrained(tokenizer_dir)
+    (tmp_path / "tea.yaml").write_text(yaml.safe_dump({
+        "task": "lorakit_tea", "dataset_path": "json", "test_split": "test", "output_type": "multiple_choice",
+        "dataset_kwargs": {"data_files": {"test": str(data)}, "cache_dir": str(tmp_path / "cache")},
+        "doc_to_text": "prompt", "doc_to_choice": "{{options}}", "doc_to_target": "answer",
+        "metric_list": [{"metric": "acc"}]}))
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)  # how local-completions takes the server's key
+    batches_before = engine.batches
+
+    theirs = lm_eval.simple_evaluate(
+        model="local-completions", batch_size=2, log_samples=True, tasks=["lorakit_tea"],
+        task_manager=TaskManager(include_path=str(tmp_path), include_defaults=False),
+        model_args=f"model=tiny,base_url={base_url}/v1/completions,tokenizer_backend=huggingface,"
+                   f"tokenizer={tokenizer_dir},max_retries=1")
+
+    records = ours.records
+    assert len({record["predicted"] for record in records}) >= 3, records  # the model tells the questions apart
+    assert theirs["results"]["lorakit_tea"]["acc,none"] == ours.accuracy
+    samples = sorted(theirs["samples"]["lorakit_tea"], key=lambda sample: sample["doc_id"])
+    for sample, record in zip(samples, records):
+        assert [resp[0][0] for resp in sample["resps"]] == pytest.approx(list(record["logprobs"].values()), abs=1e-4)
+    new = engine.batches - batches_before
+    assert list(engine.batch_sizes)[-new:] == [2] * (len(questions) * 4 // 2)  # each request's two prompts: a batch

@@ -8,6 +8,8 @@ A run folder (a training config's `output_dir`) holds:
 | `config.yaml` | the resolved TrainConfig (`lorakit train it` repeats the run) |
 | `manifest.json`, `metrics.json`, `trainer_state.json`, `loss.png`, `README.md` | what was trained on, how it went |
 | `status.json` | running, finished, interrupted or failed, with times |
+| `progress.json`, `metrics.jsonl` | while training: the latest step, and every logged train/eval loss (one line each) |
+| `job.json`, `<stage>.log` | a run started as a job (`lorakit.jobs`, the web UI): its process and its output |
 | `checkpoints/` | Trainer checkpoints |
 
 `lorakit.json` travels inside the weights folder, so a copied adapter still knows its base model and how it was
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lorakit.errors import ConfigError
-from lorakit.files import write_json
+from lorakit.files import write_json, write_text
 from lorakit.templates import TEMPLATES, Template
 
 if TYPE_CHECKING:
@@ -42,6 +44,8 @@ MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
 SETTINGS_FILE = "lorakit.json"
 STATUS_FILE = "status.json"
+PROGRESS_FILE = "progress.json"
+METRICS_LOG = "metrics.jsonl"
 STATUSES = ("running", "finished", "interrupted", "failed")
 _SETTINGS_FORMAT = 1
 
@@ -293,6 +297,64 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+# --- live progress ------------------------------------------------------------------------------------------------
+
+
+class RunProgressFiles:
+    """Receives a training run's `TrainProgress` events and keeps them on disk for readers in other processes.
+
+    progress.json holds the latest event (rewritten at most every `interval` seconds, and on every logged or last
+    step); metrics.jsonl gets one line per logged train/eval loss. `begin(step)` starts a session: lines past
+    `step` (from a run stopped after its last checkpoint) are dropped, so a resumed run's curve has each step once.
+    """
+
+    def __init__(self, run_dir: Path, interval: float = 0.5) -> None:
+        self.run_dir = run_dir
+        self.interval = interval
+        self._written = 0.0
+
+    def begin(self, step: int) -> None:
+        path = self.run_dir / METRICS_LOG
+        kept = [entry for entry in read_metrics_log(self.run_dir) if entry.get("step", 0) <= step]
+        write_text(path, "".join(json.dumps(entry) + "\n" for entry in kept))
+        self._written = 0.0
+
+    def __call__(self, event: Any) -> None:
+        logged = {key: getattr(event, key) for key in ("loss", "eval_loss", "learning_rate")
+                  if getattr(event, key, None) is not None}
+        if logged:
+            with (self.run_dir / METRICS_LOG).open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": event.completed, **logged, "time": round(time.time(), 3)}) + "\n")
+        now = time.monotonic()
+        if logged or event.finished or now - self._written >= self.interval:
+            self._written = now
+            write_json(self.run_dir / PROGRESS_FILE, {**asdict(event), "time": round(time.time(), 3)})
+
+
+def read_progress(run_dir: Path) -> dict[str, Any]:
+    """The latest progress a training run wrote (step, total, elapsed and remaining seconds, tokens/s); {} if none."""
+    try:
+        return read_json_dict(Path(run_dir) / PROGRESS_FILE)
+    except ConfigError:
+        return {}  # a reader racing the writer on a filesystem without atomic rename sees the next one
+
+
+def read_metrics_log(run_dir: Path) -> list[dict[str, Any]]:
+    """Every logged train/eval loss of a run, in order: {"step", "loss" or "eval_loss", "learning_rate", "time"}.
+
+    A line cut short (the writer was killed mid-line) is skipped."""
+    path = Path(run_dir) / METRICS_LOG
+    if not path.is_file():
+        return []
+    entries = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            entry = json.loads(line)
+            if isinstance(entry, dict):
+                entries.append(entry)
+    return entries
+
+
 # --- listing ------------------------------------------------------------------------------------------------------
 
 
@@ -460,6 +522,16 @@ def base_reference(name: str) -> str:
 
 
 def _method(config: TrainConfig) -> str:
+    if config.stage == "dpo":
+        preference = config.preference
+        start = (f"the adapter {config.adapter}, which is also the reference" if config.adapter
+                 else f"a new adapter ({_adapter_method(config)}), the base model the reference")
+        return (f"DPO, beta {preference.beta}, loss {' + '.join(preference.losses)}"
+                + (f" + {preference.sft_weight} x SFT" if preference.sft_weight else "") + f"; from {start}")
+    return _adapter_method(config)
+
+
+def _adapter_method(config: TrainConfig) -> str:
     if config.finetuning != "lora":
         return config.finetuning
     lora = config.lora
@@ -479,7 +551,8 @@ def _how_to_load(adapter: bool, base_ref: str, weights_ref: str) -> str:
             f"tokenizer = AutoTokenizer.from_pretrained({weights_ref})\n```\n")
 
 
-__all__ = ["ADAPTER_DIR", "CHECKPOINT_DIR", "MODEL_DIR", "Run", "RunStatus", "RunSummary", "SETTINGS_FILE",
-           "STATUSES", "adapter_base_model", "base_reference", "check_same_base", "find_adapter_dir", "list_runs",
-           "model_card", "open_run", "read_json_dict", "run_details", "run_status", "saved_config", "summarize_run", "track_status",
-           "write_settings"]
+__all__ = ["ADAPTER_DIR", "CHECKPOINT_DIR", "METRICS_LOG", "MODEL_DIR", "PROGRESS_FILE", "Run", "RunProgressFiles",
+           "RunStatus", "RunSummary", "SETTINGS_FILE", "STATUSES", "adapter_base_model", "base_reference",
+           "check_same_base", "find_adapter_dir", "list_runs", "model_card", "open_run", "read_json_dict",
+           "read_metrics_log", "read_progress", "run_details", "run_status", "saved_config", "summarize_run",
+           "track_status", "write_settings"]

@@ -1,6 +1,6 @@
 """The `lorakit` command: `lorakit <stage> [config.yaml] [key=value ...]`. The only package that reads argv.
 
-One module per group of commands (train.py, data.py, infer.py, serve.py, evaluate.py), all registered on `app.app`.
+One module per group of commands (train.py, data.py, infer.py, serve.py, evaluate.py, webui.py), all registered on `app.app`.
 User mistakes (LorakitError) print on one line without a traceback and exit with status 2; so do usage mistakes
 (an unknown command or option), after click's usage message.
 """
@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 
 # Each module registers its commands; import order is the order `lorakit --help` lists them, stage by stage.
-from lorakit.cli import train, runs, data, evaluate, infer, serve, merge, export  # noqa: F401,I001
+from lorakit.cli import train, runs, data, evaluate, infer, serve, merge, export, webui  # noqa: F401,I001
 from lorakit.cli.app import app
 from lorakit.errors import LorakitError
 

@@ -14,12 +14,24 @@ from lorakit.cli.app import ConfigArgs, app, console, load_train_config
 def train(args: ConfigArgs = None,
           resume: Annotated[bool, typer.Option("--resume", help="Continue from the latest checkpoint.")] = False,
           skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip malformed records, counted.")] = False):
-    """Fine-tune a model: `lorakit train configs/smollm2-lora.yaml lora.rank=16 max_steps=200`."""
+    """Fine-tune a model: `lorakit train configs/smollm2-lora.yaml lora.rank=16 max_steps=200`.
+
+    SIGTERM (`kill PID`, the web UI's stop) ends training after the current step with a checkpoint saved; resume it
+    with --resume."""
+    import threading
+
+    from lorakit.jobs import stop_on_sigterm
     from lorakit.train import run_training
 
     extra = (["resume=true"] if resume else []) + (["data.skip_bad=true"] if skip_bad else [])
     config = load_train_config(args, extra)
-    output_dir = run_training(config)
+    stop = threading.Event()
+    with stop_on_sigterm(stop):
+        output_dir = run_training(config, stop=stop)
+    if stop.is_set():
+        console.print(f"[yellow]stopped[/]: checkpoint and outputs so far in {output_dir}; continue with "
+                      f"`lorakit train {output_dir / 'config.yaml'} --resume`")
+        return
     console.print(f"[green]done[/]: adapter and report in {output_dir}")
 
 

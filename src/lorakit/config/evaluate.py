@@ -112,7 +112,8 @@ class EvalRunConfig:
 
 @dataclass(frozen=True)
 class EndpointConfig:
-    """An OpenAI-compatible chat endpoint to judge with; decoding is greedy (temperature 0)."""
+    """An OpenAI-compatible chat endpoint (a judge, a data generator); `max_requests` caps the requests sent,
+    retries included (None: no cap)."""
 
     base_url: str
     model: str
@@ -121,13 +122,14 @@ class EndpointConfig:
     timeout: float = 120.0  # seconds per request
     max_tokens: int = 512
     concurrency: int = 4  # requests in flight at once
+    max_requests: int | None = None
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"The judge's base_url must start with http:// or https://, got '{self.base_url}' "
+            raise ConfigError(f"The endpoint's base_url must start with http:// or https://, got '{self.base_url}' "
                               "(e.g. http://localhost:8000/v1).")
         if not self.model:
-            raise ConfigError("The judge's model is empty; set it to a model served at base_url (e.g. gpt-4o-mini).")
+            raise ConfigError("The endpoint's model is empty; set it to a model served at base_url (e.g. gpt-4o-mini).")
         problems = []
         if self.concurrency < 1:
             problems.append(f"concurrency must be at least 1, got {self.concurrency}")
@@ -137,5 +139,7 @@ class EndpointConfig:
             problems.append(f"timeout must be a positive number of seconds, got {self.timeout}")
         if self.max_tokens < 1:
             problems.append(f"max_tokens must be at least 1, got {self.max_tokens}")
+        if self.max_requests is not None and self.max_requests < 1:
+            problems.append(f"max_requests must be at least 1 (or null for no cap), got {self.max_requests}")
         if problems:
-            raise ConfigError("The judge endpoint's " + "; ".join(problems) + ".")
+            raise ConfigError(f"The endpoint {self.base_url}: " + "; ".join(problems) + ".")

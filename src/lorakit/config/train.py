@@ -17,24 +17,29 @@ from lorakit.errors import ConfigError
 
 QUANTIZATIONS = ("none", "4bit", "8bit")
 FINETUNING = ("lora", "freeze", "full")
-STAGES = ("sft",)
+STAGES = ("sft", "dpo")
 # LLaMA-Factory's other stages: named in the error for a config that asks for one lorakit does not train yet.
-_OTHER_STAGES = ("pt", "rm", "ppo", "dpo", "kto")
+_OTHER_STAGES = ("pt", "rm", "ppo", "kto")
+# TRL's DPOTrainer loss types (DPOConfig.loss_type); "sft" is what `preference.sft_weight` adds.
+PREFERENCE_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                     "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+# LLaMA-Factory's `pref_loss` values that are stages of their own, not a DPO loss.
+_REFERENCE_FREE_LOSSES = ("orpo", "simpo", "kto_pair")
 OVERLONG = ("truncate", "drop")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")
 EXAMPLE_ORDERS = ("random", "sequential", "by_length")
-FORMATS = ("auto", "alpaca", "sharegpt", "openai", "qa", "prompt_completion", "text")
+FORMATS = ("auto", "alpaca", "sharegpt", "openai", "qa", "prompt_completion", "preference", "text")
 
 
 def _check_stage(stage: str) -> None:
     if stage in STAGES:
         return
     if stage in _OTHER_STAGES:
-        raise ConfigError(f"stage is '{stage}', which lorakit does not train yet: it trains stage {', '.join(STAGES)} "
-                          "(supervised fine-tuning) only. Training this config anyway would fit the wrong objective "
-                          "(e.g. SFT on the chosen answers of preference data). Set stage: sft to fine-tune on the "
-                          "conversations, or use another tool for this stage for now.")
+        raise ConfigError(f"stage is '{stage}', which lorakit does not train yet: it trains stages sft (supervised "
+                          "fine-tuning) and dpo (preference pairs) only. Training this config anyway would fit the "
+                          "wrong objective (e.g. SFT on the chosen answers of preference data). Set stage: sft or "
+                          "dpo, or use another tool for this stage for now.")
     check_choice("stage", stage, STAGES + _OTHER_STAGES)
 
 
@@ -116,14 +121,63 @@ class LoraConfig:
 
 
 @dataclass(frozen=True)
+class PreferenceConfig:
+    """How stage dpo weighs the chosen answer against the rejected one: TRL's DPOConfig in lorakit's words.
+
+    `losses` are TRL loss types, summed with `loss_weights` (one per loss; empty: 1 each). `sft_weight` adds the
+    negative log-likelihood of the chosen answer with that weight (LLaMA-Factory's `pref_ftx`, RPO).
+    `precompute_reference` computes the reference log-probs once before training.
+    """
+
+    beta: float = 0.1
+    losses: tuple[str, ...] = ("sigmoid",)
+    loss_weights: tuple[float, ...] = ()
+    label_smoothing: float = 0.0
+    sft_weight: float = 0.0
+    precompute_reference: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.losses:
+            raise ConfigError("preference.losses is empty; use sigmoid (the DPO paper's loss) or another of "
+                              f"{', '.join(PREFERENCE_LOSSES)}.")
+        for loss in self.losses:
+            if loss in _REFERENCE_FREE_LOSSES:
+                raise ConfigError(f"preference.losses names '{loss}', which is its own stage (reference-free or "
+                                  "unpaired) that lorakit does not train yet; use a DPO loss such as sigmoid, ipo "
+                                  "or hinge.")
+            if loss == "sft":
+                raise ConfigError("preference.losses names 'sft'; set preference.sft_weight (LLaMA-Factory's "
+                                  "pref_ftx) to add the SFT term with that weight instead.")
+            check_choice("preference.losses", loss, PREFERENCE_LOSSES)
+        problems = []
+        if self.beta <= 0:
+            problems.append(f"preference.beta must be positive (0.1 is typical), got {self.beta}")
+        if self.loss_weights and len(self.loss_weights) != len(self.losses):
+            problems.append(f"preference.loss_weights has {len(self.loss_weights)} values for "
+                            f"{len(self.losses)} losses; give one weight per loss, or none")
+        if not 0 <= self.label_smoothing < 0.5:
+            problems.append(f"preference.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.sft_weight < 0:
+            problems.append(f"preference.sft_weight must be 0 or more, got {self.sft_weight}")
+        if problems:
+            raise ConfigError("; ".join(problems) + ".")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    """One supervised fine-tuning run: model, data, adapter and the optimisation schedule."""
+    """One training run: model, data, adapter, the objective (`stage`) and the optimisation schedule.
+
+    `adapter` (a run folder or an adapter folder) is where stage dpo starts from: that adapter is trained further
+    and is also the reference the policy is kept close to (DPO after SFT); its own LoRA settings replace `lora`.
+    """
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    preference: PreferenceConfig = field(default_factory=PreferenceConfig)
     output_dir: Path = Path("outputs/latest")
     stage: str = "sft"
+    adapter: Path | None = None
     finetuning: str = "lora"
     freeze_trainable_layers: int = 2
     learning_rate: float = 2e-4
@@ -167,8 +221,22 @@ class TrainConfig:
             problems.append(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.early_stopping_patience is not None and self.data.val_size == 0:
             problems.append("early_stopping_patience needs a validation set; set data.val_size (e.g. 0.1)")
+        problems += self._stage_problems()
         if problems:
             raise ConfigError("; ".join(problems) + ".")
+
+
+    def _stage_problems(self) -> list[str]:
+        if self.stage == "sft":
+            return ["adapter (start from a trained adapter) is used by stage dpo only; for SFT leave it out, or "
+                    "continue an interrupted run with resume=true"] if self.adapter is not None else []
+        problems = []
+        if self.finetuning != "lora":
+            problems.append(f"stage dpo trains a LoRA adapter (its reference is the model without it), not "
+                            f"finetuning={self.finetuning}; set finetuning: lora")
+        if self.example_order == "by_length":
+            problems.append("example_order=by_length is not available for stage dpo; use random or sequential")
+        return problems
 
 
 def _split(value: Any) -> list[str]:
@@ -221,6 +289,10 @@ ALIASES: dict[str, tuple[str, Any]] = {
     "resume_from_checkpoint": ("resume", lambda v: bool(v)),
     "gradient_checkpointing": ("gradient_checkpointing", None),
     "neat_packing": ("padding_free", None),
+    "adapter_name_or_path": ("adapter", None),
+    "pref_beta": ("preference.beta", None),
+    "pref_loss": ("preference.losses", _split),
+    "pref_ftx": ("preference.sft_weight", None),
 }
 # LLaMA-Factory keys that carry no meaning for lorakit (it always trains, plots and overwrites its own outputs).
 IGNORED_KEYS = frozenset({

@@ -29,8 +29,10 @@ def datasets_cache_root() -> Path:
 _FORMAT = 2  # raised whenever what is stored changes (2: TokenizeSummary.shared_system), so old entries are not read
 
 
-def cache_key(config: DataConfig, tokenizer: Any, template_jinja: str) -> str | None:
-    """A hex key for these inputs, or None when a source is not a local file (a hub dataset: nothing to hash)."""
+def cache_key(config: DataConfig, tokenizer: Any, template_jinja: str, stage: str = "sft") -> str | None:
+    """A hex key for these inputs, or None when a source is not a local file (a hub dataset: nothing to hash).
+
+    `stage` is part of the key: the same file gives SFT examples or DPO pairs."""
     sources = [Path(entry.source) for entry in resolve_entries(config)]
     if not all(path.is_file() for path in sources):
         return None
@@ -38,7 +40,10 @@ def cache_key(config: DataConfig, tokenizer: Any, template_jinja: str) -> str | 
     settings = {name: value for name, value in to_dict(config).items() if name in _KEY_FIELDS}
     settings.pop("paths")
     digest = hashlib.sha256()
-    for part in (_FORMAT, files, settings, template_jinja, _tokenizer_fingerprint(tokenizer)):
+    parts = [_FORMAT, files, settings, template_jinja, _tokenizer_fingerprint(tokenizer)]
+    if stage != "sft":  # leaves the keys of SFT caches made before stages existed as they were
+        parts.append(stage)
+    for part in parts:
         digest.update(json.dumps(part, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:24]
 

@@ -1,7 +1,8 @@
 """Turn raw records of any common format into one canonical conversation, validating as it goes.
 
-Formats: alpaca, sharegpt, openai (messages), qa (question/answer), prompt_completion, text. Every error names the
-record's origin (file and line) and the field, and says what to do.
+Formats: alpaca, sharegpt, openai (messages), qa (question/answer), prompt_completion, preference (prompt/chosen/
+rejected, plain or conversational), text. alpaca and sharegpt records may carry chosen/rejected (LLaMA-Factory's
+`ranking: true`). Every error names the record's origin (file and line) and the field, and says what to do.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ FIELDS: dict[str, dict[str, str]] = {
     "openai": {"messages": "messages", "tools": "tools"},
     "qa": {"question": "question", "answer": "answer", "system": "system"},
     "prompt_completion": {"prompt": "prompt", "completion": "completion", "system": "system"},
+    "preference": {"prompt": "prompt", "chosen": "chosen", "rejected": "rejected", "system": "system"},
     "text": {"text": "text"},
 }
 # Optional fields of a preference (ranking) record, kept for DPO; SFT learns the chosen answer.
@@ -87,6 +89,8 @@ def detect_format(fields: Mapping[str, Any], columns: Mapping[str, str]) -> str:
         return "alpaca"
     if has("qa", "question"):
         return "qa"
+    if has("preference", "prompt") and (has("preference", "chosen") or has("preference", "rejected")):
+        return "preference"
     if has("prompt_completion", "prompt"):
         return "prompt_completion"
     if has("text", "text") and len(names) == 1 or has("text", "text") and not names & {"output", "answer"}:
@@ -111,6 +115,8 @@ def to_conversation(origin: str, fields: Mapping[str, Any], fmt: str, columns: M
         return _pair(reader, "question", "answer")
     if fmt == "prompt_completion":
         return _pair(reader, "prompt", "completion")
+    if fmt == "preference":
+        return _from_preference(reader)
     if fmt == "text":
         return Conversation(origin, text=reader.text("text"))
     raise DataError(f"{origin}: unknown format '{fmt}'.")
@@ -162,7 +168,8 @@ class _Fields:
 
 
 _REQUIRED = {"alpaca": ("instruction", "output"), "sharegpt": ("messages",), "openai": ("messages",),
-             "qa": ("question", "answer"), "prompt_completion": ("prompt", "completion"), "text": ("text",)}
+             "qa": ("question", "answer"), "prompt_completion": ("prompt", "completion"),
+             "preference": ("prompt", "chosen", "rejected"), "text": ("text",)}
 
 
 def _system(reader: _Fields) -> list[dict[str, Any]]:
@@ -196,6 +203,26 @@ def _pair(reader: _Fields, prompt_field: str, answer_field: str) -> Conversation
     return Conversation(reader.origin, tuple(messages))
 
 
+def _from_preference(reader: _Fields) -> Conversation:
+    """A prompt/chosen/rejected record: the prompt is a string or a list of role/content messages (TRL's layouts)."""
+    prompt = reader.raw("prompt")
+    if isinstance(prompt, list):
+        messages = []
+        for index, turn in enumerate(prompt, start=1):
+            where = f"{reader.name('prompt')}[{index}]"
+            if not isinstance(turn, dict) or turn.get("role") not in OPENAI_ROLES:
+                raise reader.fail(f"message {where} must be an object with 'role' ({', '.join(OPENAI_ROLES)}) and "
+                                  "'content'")
+            messages.append(_turn(reader, turn["role"], turn.get("content"), where))
+        if not messages:
+            raise reader.fail(f"field '{reader.name('prompt')}' is an empty list of messages")
+    else:
+        messages = [*_system(reader), {"role": "user", "content": reader.text("prompt")}]
+    if reader.raw("chosen") is None and reader.raw("rejected") is None:
+        raise reader.missing("chosen")
+    return _finish(reader, messages, tools=None)
+
+
 def _ranking(reader: _Fields) -> tuple[str | None, str | None]:
     """The chosen and rejected answers of a preference record, or (None, None) for an ordinary one."""
     chosen, rejected = reader.raw("chosen"), reader.raw("rejected")
@@ -203,12 +230,20 @@ def _ranking(reader: _Fields) -> tuple[str | None, str | None]:
         return None, None
     answers = []
     for canonical, value in (("chosen", chosen), ("rejected", rejected)):
+        if value is None:
+            raise reader.fail(f"missing field '{reader.name(canonical)}'", "A preference record needs both "
+                              f"'{reader.name('chosen')}' and '{reader.name('rejected')}' answers")
+        if isinstance(value, list) and len(value) == 1:  # TRL's conversational layout: [{"role": "assistant", ...}]
+            value = value[0]
         if isinstance(value, dict):
             value = value.get("value", value.get("content"))
         if not isinstance(value, str) or not value.strip():
             raise reader.fail(f"field '{reader.name(canonical)}' must be a non-empty answer (a string, or a turn "
                               "with 'value'/'content') in a preference record")
         answers.append(reader.fill(value))
+    if answers[0].strip() == answers[1].strip():
+        raise reader.fail(f"'{reader.name('chosen')}' and '{reader.name('rejected')}' are the same answer, so there "
+                          "is no preference to learn", "Fix or remove the record, or set data.skip_bad=true")
     return answers[0], answers[1]
 
 

@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerBase
 from lorakit.config import DataConfig
 from lorakit.data.formats import Conversation
 from lorakit.data.load import split_validation, validate_conversations
+from lorakit.data.preference import encode_pair, not_a_pair
 from lorakit.data.tokenize import IGNORE_INDEX, encode
 from lorakit.errors import ConfigError, DataError
 from lorakit.files import save_figure, write_json, write_text
@@ -46,17 +47,25 @@ class CheckReport:
     validation: int
     conversations: list[Conversation] = field(default_factory=list, repr=False)
     skip_bad: bool = False
+    pairs: int = 0
 
 
-def check_data(config: DataConfig) -> CheckReport:
+def check_data(config: DataConfig, stage: str = "sft") -> CheckReport:
     """Read and validate every record in `config.paths` and split off the validation set, as training would.
 
     Does not stop at a bad record, whatever `data.skip_bad` says: each one (and a validation split that cannot be
     made) is listed in `problems`, so a file is fixed in one round. Counts and the split are those of a training
-    run with `data.skip_bad` on. Raises DataError only where a dataset cannot be read at all (e.g. a missing file).
+    run with `data.skip_bad` on. Preference records (chosen/rejected) are checked for a non-empty prompt and two
+    different non-empty answers; with `stage` dpo a record that is not a pair is a problem too. Raises DataError
+    only where a dataset cannot be read at all (e.g. a missing file).
     """
     conversations, summary = validate_conversations(config)
     problems = list(summary.problems)
+    if stage == "dpo":
+        problems += [not_a_pair(conversation) for conversation in conversations if conversation.rejected is None]
+        summary.skipped += len(problems) - len(summary.problems)
+        conversations = [conversation for conversation in conversations if conversation.rejected is not None]
+        summary.used = len(conversations)
     train, validation = len(conversations), 0
     if conversations:
         try:
@@ -66,7 +75,8 @@ def check_data(config: DataConfig) -> CheckReport:
             problems.append(str(err))
     return CheckReport(read=summary.read, used=summary.used, skipped=summary.skipped,
                        per_source=dict(summary.per_source), formats=dict(summary.formats), problems=problems,
-                       train=train, validation=validation, conversations=conversations, skip_bad=config.skip_bad)
+                       train=train, validation=validation, conversations=conversations, skip_bad=config.skip_bad,
+                       pairs=sum(conversation.rejected is not None for conversation in conversations))
 
 
 def format_check(report: CheckReport, shown: int = 10) -> str:
@@ -74,6 +84,8 @@ def format_check(report: CheckReport, shown: int = 10) -> str:
     lines = [f"Read {report.read} records: {report.used} used, {report.skipped} skipped."]
     for source, count in report.per_source.items():
         lines.append(f"  {source}: {count} records ({report.formats.get(source, 'unknown')} format)")
+    if report.pairs:
+        lines.append(f"Preference pairs (chosen and rejected): {report.pairs}.")
     if report.validation:
         lines.append(f"Split: {report.train} for training, {report.validation} for validation.")
     if not report.problems:
@@ -161,6 +173,9 @@ class DataStats:
     duplicates: int
     duplicate_examples: list[tuple[str, str]] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list, repr=False)
+    # Preference pairs only: token counts of each side's answer (its end-of-turn marker included).
+    chosen_lengths: list[int] = field(default_factory=list, repr=False)
+    rejected_lengths: list[int] = field(default_factory=list, repr=False)
 
     @property
     def truncated_share(self) -> float:
@@ -210,6 +225,7 @@ def dataset_stats(conversations: Sequence[Conversation], tokenizer: PreTrainedTo
         tokens += len(labels)
         supervised += sum(label != IGNORE_INDEX for label in labels[1:])
     turns = [sum(m["role"] == "user" for m in c.messages) for c in conversations]
+    chosen_lengths, rejected_lengths = _answer_lengths(conversations, tokenizer, template, config)
     ordered = sorted(lengths)
     duplicates, examples = _duplicates(conversations)
     return DataStats(
@@ -221,7 +237,26 @@ def dataset_stats(conversations: Sequence[Conversation], tokenizer: PreTrainedTo
         multi_turn=sum(t > 1 for t in turns), with_tools=sum(_has_tools(c) for c in conversations),
         text_records=sum(c.text is not None for c in conversations),
         cjk=sum(bool(_CJK.search(_all_text(c))) for c in conversations), duplicates=duplicates,
-        duplicate_examples=examples, lengths=lengths)
+        duplicate_examples=examples, lengths=lengths, chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths)
+
+
+def _answer_lengths(conversations: Sequence[Conversation], tokenizer: PreTrainedTokenizerBase, template: Template,
+                    config: DataConfig) -> tuple[list[int], list[int]]:
+    """Token counts of the chosen and of the rejected answer of each preference pair among `conversations`."""
+    chosen, rejected = [], []
+    for conversation in conversations:
+        if conversation.rejected is not None:
+            pair = encode_pair(conversation, tokenizer, template, config)
+            chosen.append(len(pair.chosen_ids))
+            rejected.append(len(pair.rejected_ids))
+    return chosen, rejected
+
+
+def _describe_lengths(lengths: Sequence[int]) -> str:
+    ordered = sorted(lengths)
+    return (f"min {ordered[0]}, median {_percentile(ordered, 50)}, p90 {_percentile(ordered, 90)}, "
+            f"max {ordered[-1]}")
 
 
 def _percentile(ordered: list[int], percent: float) -> int:
@@ -273,6 +308,12 @@ def format_stats(stats: DataStats) -> str:
         f"User turns       mean {stats.turns_mean:.1f}, max {stats.turns_max}",
         f"Duplicates       {stats.duplicates} exact repeats",
     ]
+    if stats.chosen_lengths:
+        longer = sum(c > r for c, r in zip(stats.chosen_lengths, stats.rejected_lengths))
+        lines[2:2] = [f"Pairs            {len(stats.chosen_lengths)}; the chosen answer is the longer in {longer} "
+                      f"({longer / len(stats.chosen_lengths):.1%})",
+                      f"Chosen answer    {_describe_lengths(stats.chosen_lengths)} tokens",
+                      f"Rejected answer  {_describe_lengths(stats.rejected_lengths)} tokens"]
     lines += [f"  {repeat} repeats {first}" for repeat, first in stats.duplicate_examples]
     if stats.duplicates > len(stats.duplicate_examples):
         lines.append(f"  ... and {stats.duplicates - len(stats.duplicate_examples)} more.")
@@ -393,13 +434,18 @@ def convert(conversations: Sequence[Conversation], target_format: str, path: Pat
     suffix = path.suffix.lower()
     if suffix not in (".json", ".jsonl"):
         raise ConfigError(f"Cannot write {path}: name the output .jsonl (one record per line) or .json (an array).")
-    writer = _WRITERS[target_format]
-    records = [writer(conversation) for conversation in conversations]
+    records = [to_record(conversation, target_format) for conversation in conversations]
     if suffix == ".jsonl":
         write_text(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
     else:
         write_json(path, records)
     return len(records)
+
+
+def to_record(conversation: Conversation, target_format: str) -> dict[str, Any]:
+    """One conversation as a record of `target_format` (openai, sharegpt, alpaca or text); DataError where the
+    format cannot hold it."""
+    return _WRITERS[target_format](conversation)
 
 
 def _refuse(conversation: Conversation, problem: str, fix: str) -> DataError:

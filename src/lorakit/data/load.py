@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from lorakit.config import DataConfig
 from lorakit.data.formats import Conversation, Tags, detect_format, to_conversation
-from lorakit.data.read import read_records
+from lorakit.data.read import Record, read_records
 from lorakit.data.registry import DatasetEntry, lookup
 from lorakit.errors import DataError
 
@@ -116,10 +117,18 @@ def _combine(per_dataset: list[list[Conversation]], config: DataConfig) -> list[
 
 
 def _load_entry(entry: DatasetEntry, config: DataConfig, summary: LoadSummary) -> list[Conversation]:
-    conversations = []
+    return [conversation for _, _, conversation in read_entry(entry, config, summary)]
+
+
+def read_entry(entry: DatasetEntry, config: DataConfig,
+               summary: LoadSummary) -> Iterator[tuple[int, Record, Conversation]]:
+    """Each usable record of one dataset as (its index among the records read, the raw record, its conversation).
+
+    Bad records raise DataError, or with `config.skip_bad` are counted in `summary` and skipped (their index too).
+    """
     fmt = None if entry.format == "auto" else entry.format
     problems_before, bad_records = len(summary.problems), 0
-    for record in read_records(entry.source, config.skip_bad, summary.problems):
+    for index, record in enumerate(read_records(entry.source, config.skip_bad, summary.problems)):
         summary.read += 1
         try:
             if fmt is None:
@@ -128,18 +137,19 @@ def _load_entry(entry: DatasetEntry, config: DataConfig, summary: LoadSummary) -
                 except DataError as err:
                     raise DataError(f"{record.origin}: {err}") from None
                 summary.formats[entry.name] = fmt
-            conversations.append(to_conversation(record.origin, record.fields, fmt, entry.columns, entry.tags,
-                                                 config.replace))
+            conversation = to_conversation(record.origin, record.fields, fmt, entry.columns, entry.tags,
+                                           config.replace)
         except DataError as err:
             if not config.skip_bad:
                 raise
             summary.problems.append(str(err))
             bad_records += 1
+            continue
+        yield index, record, conversation
     summary.read += len(summary.problems) - problems_before - bad_records  # unreadable lines never became records
     summary.skipped = len(summary.problems)
     if fmt is not None:
         summary.formats[entry.name] = fmt
-    return conversations
 
 
 def _mix(per_dataset: list[list[Conversation]], config: DataConfig) -> list[Conversation]:
@@ -183,5 +193,5 @@ def data_files(config: DataConfig) -> list[Path]:
     return [Path(entry.source) for entry in resolve_entries(config) if Path(entry.source).is_file()]
 
 
-__all__ = ["LoadSummary", "Splits", "Tags", "data_files", "load_conversations", "resolve_entries",
+__all__ = ["LoadSummary", "Splits", "Tags", "data_files", "load_conversations", "read_entry", "resolve_entries",
            "split_validation", "validate_conversations"]

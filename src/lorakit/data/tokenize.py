@@ -101,7 +101,7 @@ def tokenize_conversations(conversations: list[Conversation], tokenizer: PreTrai
         summary.tokens += len(ids)
         summary.supervised_tokens += sum(label != IGNORE_INDEX for label in labels[1:])
     summary.examples = len(rows["input_ids"])
-    summary.shared_system = _shared_system(conversations, config)
+    summary.shared_system = shared_system(conversations, config)
     if conversations and summary.examples == 0:
         raise DataError(
             f"All {len(conversations)} examples would train on nothing: every supervised (assistant) token falls "
@@ -111,7 +111,8 @@ def tokenize_conversations(conversations: list[Conversation], tokenizer: PreTrai
     return Dataset.from_dict(rows), summary
 
 
-def _shared_system(conversations: list[Conversation], config: DataConfig) -> str | None:
+def shared_system(conversations: list[Conversation], config: DataConfig) -> str | None:
+    """The system prompt all `conversations` open with (their own or `config.system`), else None."""
     systems = {conversation.messages[0]["content"] if conversation.messages[0]["role"] == "system" else config.system
                for conversation in conversations if conversation.messages}
     if len(systems) != 1 or any(conversation.text is not None for conversation in conversations):

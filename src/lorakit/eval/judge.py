@@ -16,7 +16,6 @@ import difflib
 import json
 import re
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +23,7 @@ from typing import Any, Protocol
 from lorakit.config import EndpointConfig, ModelConfig
 from lorakit.errors import ConfigError, DataError
 from lorakit.files import write_json, write_text
+from lorakit.llm_client import ChatClient, Completion, parse_json_reply
 
 SCORES_FILE, PAIRWISE_FILE, SUMMARY_FILE = "judge_scores.jsonl", "judge_pairwise.jsonl", "judge_summary.json"
 
@@ -195,14 +195,6 @@ def _rubric_scale(raw: Any, problems: list[str]) -> tuple[int, int]:
 
 # ---------------------------------------------------------------- judges
 
-@dataclass(frozen=True)
-class Completion:
-    """A judge's reply, or why there is none (the request failed after its retries)."""
-
-    text: str
-    error: str | None = None
-
-
 class Judge(Protocol):
     name: str
 
@@ -210,50 +202,11 @@ class Judge(Protocol):
         """One reply per conversation, in order."""
 
 
-class OpenAIJudge:
-    """A judge behind an OpenAI-compatible /v1/chat/completions endpoint.
-
-    Errors the user must fix (unreachable server, bad key, unknown model) raise ConfigError and stop the run;
-    other failures of one request (a 400, a timeout, 5xx after the retries) are recorded for that item.
-    """
+class OpenAIJudge(ChatClient):
+    """A judge behind an OpenAI-compatible endpoint: lorakit's one chat client, asked greedily."""
 
     def __init__(self, config: EndpointConfig, http_client: Any = None):
-        from openai import OpenAI
-
-        self.config = config
-        self.name = f"{config.model} @ {config.base_url}"
-        self._client = OpenAI(base_url=config.base_url, api_key=config.api_key, max_retries=config.max_retries,
-                              timeout=config.timeout, http_client=http_client)
-
-    def complete(self, conversations: Sequence[list[dict]]) -> list[Completion]:
-        pool = ThreadPoolExecutor(max_workers=self.config.concurrency)
-        try:
-            return list(pool.map(self._complete_one, conversations))
-        finally:  # after a ConfigError (server down), drop the queued requests instead of failing each in turn
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def _complete_one(self, messages: list[dict]) -> Completion:
-        import openai
-
-        try:
-            response = self._client.chat.completions.create(model=self.config.model, messages=messages,
-                                                             temperature=0, max_tokens=self.config.max_tokens)
-        except openai.APITimeoutError as err:
-            return Completion("", f"timed out after {self.config.max_retries} retries: {err}")
-        except openai.APIConnectionError as err:
-            raise ConfigError(f"Cannot reach the judge at {self.config.base_url} ({err}). Start the server, or "
-                              "check the judge's base_url (it usually ends in /v1).") from None
-        except (openai.AuthenticationError, openai.PermissionDeniedError) as err:
-            raise ConfigError(f"The judge at {self.config.base_url} refused the API key ({err.status_code}). Set "
-                              "the judge's api_key.") from None
-        except openai.NotFoundError as err:
-            raise ConfigError(f"The judge at {self.config.base_url} has no model '{self.config.model}' or no chat "
-                              f"endpoint ({err.message}). Check the judge's model and base_url.") from None
-        except openai.APIError as err:
-            return Completion("", f"{type(err).__name__}: {err}")
-        if not response.choices:
-            return Completion("", "the judge returned no choices")
-        return Completion(response.choices[0].message.content or "")
+        super().__init__(config, http_client, role="judge")
 
 
 class LocalJudge:
@@ -306,16 +259,9 @@ def pairwise_prompt(question: str, answer_a: str, answer_b: str) -> str:
 
 
 def first_json_object(text: str) -> dict | None:
-    """The first JSON object in `text`, wherever it sits (after prose, inside a ```json fence), or None."""
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"\{", text):
-        try:
-            value, _ = decoder.raw_decode(text, match.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict):
-            return value
-    return None
+    """The first JSON object in `text`, wherever it sits (after prose or reasoning, inside a ```json fence), or
+    None."""
+    return parse_json_reply(text, dict)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,9 @@
 """Generation: `generate()` answers conversations in left-padded batches, `stream_generate()` one reply in pieces.
 
+`generate_batch()` is the one `model.generate` call every caller shares; `StepLogprobs` records the log-probabilities
+of the tokens it picks and `score_prompts()` those of given tokens (a prompt), both float32 log-softmax of the
+model's own logits.
+
 The prompt is rendered with the template the adapter was trained with (saved in its tokenizer), so inference
 sees exactly what training saw. Replies end at the tokenizer's EOS, the template's stop words or a user's stop
 strings, and never contain them.
@@ -7,9 +11,11 @@ strings, and never contain them.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,8 +27,6 @@ from lorakit.data.tokenize import left_pad, pad_token_id
 from lorakit.model import load_model, load_tokenizer
 from lorakit.runs import SETTINGS_FILE, check_same_base, find_adapter_dir, open_run
 from lorakit.templates import Template, render, resolve_template
-
-
 
 
 def inference_model(name: str | None, adapter: Path | None, device: str = "auto",
@@ -147,6 +151,84 @@ def generate_batch(model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad
     output = model.generate(**{name: tensor.to(device) for name, tensor in padded.items()}, pad_token_id=pad_id,
                             **options)
     return output[:, padded["input_ids"].shape[1]:]
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A token with its log-probability (None for a prompt's first token, which nothing predicts) and the `top`
+    most likely tokens at its position as (token id, log-probability), most likely first."""
+
+    token: int
+    logprob: float | None
+    top: tuple[tuple[int, float], ...] = ()
+
+
+class StepLogprobs:
+    """Within `recording(model)`, `latest` holds the float32 log-softmax of the last position's logits of the
+    model's newest forward pass, a row per sequence: during `generate`, the distribution its newest tokens were
+    picked from.
+
+    A forward hook, not a LogitsProcessor: processors see the logits after generate's own processors (a model's
+    repetition_penalty, say), while OpenAI and vLLM report the model's own log-probabilities.
+    """
+
+    def __init__(self) -> None:
+        self.latest: torch.Tensor | None = None
+
+    @contextlib.contextmanager
+    def recording(self, model: PreTrainedModel) -> Iterator[StepLogprobs]:
+        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+        handle = causal_lm.register_forward_hook(self._keep)
+        try:
+            yield self
+        finally:
+            handle.remove()
+            self.latest = None
+
+    def _keep(self, module, args, output) -> None:
+        self.latest = torch.log_softmax(output.logits[:, -1].float(), dim=-1)
+
+    def picked(self, tokens: Sequence[int], top: int) -> list[TokenLogprob]:
+        """Each row's `tokens[row]` with its log-probability and the `top` likeliest tokens, from `latest`."""
+        chosen = self.latest.gather(1, torch.tensor(tokens, device=self.latest.device)[:, None])[:, 0].tolist()
+        tops = _top(self.latest, top)
+        return [TokenLogprob(token, logprob, row_top) for token, logprob, row_top in zip(tokens, chosen, tops)]
+
+
+def _top(logprobs: torch.Tensor, k: int) -> list[tuple[tuple[int, float], ...]]:
+    """The k likeliest (token id, log-probability) of each row of a [rows, vocab] tensor."""
+    if k <= 0:
+        return [()] * logprobs.shape[0]
+    values, indices = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
+    return [tuple(zip(row_ids, row_values)) for row_ids, row_values in zip(indices.tolist(), values.tolist())]
+
+
+@torch.inference_mode()
+def score_prompts(model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_id: int, top: int = 0,
+                  **options) -> list[list[TokenLogprob]]:
+    """Each prompt's tokens with their log-probabilities given the tokens before them (one teacher-forced,
+    right-padded forward pass; the first token's is None) and the `top` likeliest tokens at each position.
+
+    `options` go to the model's forward (PEFT's `adapter_names`, a row each)."""
+    width = max(len(row) for row in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for index, row in enumerate(prompts):
+        ids[index, :len(row)] = torch.tensor(list(row), dtype=torch.long)
+        mask[index, :len(row)] = 1
+    device = next(model.parameters()).device
+    # Right padding: real tokens never attend to the pads after them, and their positions start at 0.
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False, **options).logits
+    scored = []
+    for index, row in enumerate(prompts):
+        logprobs = torch.log_softmax(logits[index, :len(row) - 1].float(), dim=-1)  # one row at a time: vocab-sized
+        targets = torch.tensor(list(row[1:]), dtype=torch.long, device=logprobs.device)
+        chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
+        entries = [TokenLogprob(row[0], None)]
+        entries += [TokenLogprob(token, logprob, row_top)
+                    for token, logprob, row_top in zip(row[1:], chosen, _top(logprobs, top))]
+        scored.append(entries)
+    return scored
 
 
 def stream_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, template: Template,

@@ -26,7 +26,8 @@ from lorakit.infer.generate import stop_token_ids
 from lorakit.serve.engine import (GREEDY_BELOW, Endpoint, Engine, EngineUnavailable, ErrorEvent, FinishEvent, Job,
                                   Sampling, TextEvent)
 from lorakit.serve.protocol import (ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, chat_chunk,
-                                    chat_completion, error_body, new_id, text_completion, usage)
+                                    chat_completion, chat_logprobs, completion_choice, completion_logprobs,
+                                    error_body, new_id, text_completion, usage)
 from lorakit.templates import Template, render, resolve_template
 
 class APIError(Exception):
@@ -77,6 +78,7 @@ def create_app(engine: Engine, endpoints: dict[str, Endpoint], api_key: str | No
     `Authorization: Bearer <api_key>`. Bad requests get OpenAI-style errors (400, 401, 404), never a 500.
     """
     context_length = getattr(engine.model.config, "max_position_embeddings", None)
+    vocab_size = engine.model.get_input_embeddings().num_embeddings
     base_name = next(name for name, endpoint in endpoints.items() if endpoint.adapter == BASE)
 
     @contextlib.asynccontextmanager
@@ -150,23 +152,52 @@ def create_app(engine: Engine, endpoints: dict[str, Endpoint], api_key: str | No
         except (TypeError, ValueError, UnicodeError) as err:
             raise APIError(400, f"The messages cannot be rendered ({type(err).__name__}: {err}). Send valid UTF-8 "
                            "text (no lone surrogates).", param="messages") from None
+        if body.top_logprobs is not None and not body.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true; set both, or leave top_logprobs out.",
+                           param="top_logprobs")
+        _refuse_streamed_logprobs(body, body.logprobs)
         stop = (*body.stop_strings(), *endpoint.template.stop_words)
-        job = _new_job(endpoint, prompt, body, body.max_completion_tokens or body.max_tokens or default_max_tokens,
-                       stop, context_length, "messages")
+        max_tokens = body.max_completion_tokens or body.max_tokens or default_max_tokens
+        job = _new_job(endpoint, _tokenize(endpoint, prompt, "messages"), body, max_tokens, stop, context_length,
+                       "messages", logprobs=body.top_count())
         engine.submit(job)
-        return await _respond(job, body, request, new_id("chatcmpl"), _chat_stream, chat_completion)
+        request_id = new_id("chatcmpl")
+        if body.stream:
+            return _respond_streaming(job, body, request, request_id, _chat_stream)
+        (text, finish), = await _collect([job], request)
+        logprobs = chat_logprobs(endpoint.tokenizer, finish.logprobs) if finish.logprobs is not None else None
+        return chat_completion(request_id, body.model, text, finish.reason,
+                               usage(finish.prompt_tokens, finish.completion_tokens), logprobs)
 
     @app.post("/v1/completions", dependencies=[Depends(check_key)])
     async def completions(body: CompletionRequest, request: Request):
         endpoint = find(body.model)
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if len(prompts) != 1:
-            raise APIError(400, f"prompt holds {len(prompts)} prompts; lorakit serve takes one per request. Send "
-                           "one request per prompt.", param="prompt", code="unsupported_parameter")
-        job = _new_job(endpoint, prompts[0], body, body.max_tokens or default_max_tokens, body.stop_strings(),
-                       context_length, "prompt")
-        engine.submit(job)
-        return await _respond(job, body, request, new_id("cmpl"), _completion_stream, text_completion)
+        prompts = body.prompts()
+        if not prompts:
+            raise APIError(400, "prompt is an empty list; send a prompt (text or token ids) or a list of them.",
+                           param="prompt")
+        if len(prompts) > 1 and body.stream:
+            raise APIError(400, f"prompt holds {len(prompts)} prompts, which lorakit serve answers together but does "
+                           "not stream; set stream to false, or send one prompt per streaming request.",
+                           param="stream", code="unsupported_parameter")
+        _refuse_streamed_logprobs(body, body.logprobs is not None or body.echo, "logprobs and echo")
+        max_tokens = body.max_tokens if body.max_tokens is not None else default_max_tokens
+        if max_tokens == 0 and not body.echo:
+            raise APIError(400, "max_tokens is 0, which only makes sense with echo: true (score the prompt). Ask "
+                           "for at least 1 token, or set echo.", param="max_tokens")
+        jobs = [_new_job(endpoint, _prompt_ids(endpoint, prompt, vocab_size), body, max_tokens, body.stop_strings(),
+                         context_length, "prompt", logprobs=body.logprobs, echo=body.echo)
+                for prompt in prompts]
+        engine.submit(*jobs)
+        request_id = new_id("cmpl")
+        if body.stream:
+            return _respond_streaming(jobs[0], body, request, request_id, _completion_stream)
+        answers = await _collect(jobs, request)
+        choices = [_completion_choice(index, endpoint, prompt, job, text, finish)
+                   for index, (prompt, job, (text, finish)) in enumerate(zip(prompts, jobs, answers))]
+        used = usage(sum(finish.prompt_tokens for _, finish in answers),
+                     sum(finish.completion_tokens for _, finish in answers))
+        return text_completion(request_id, body.model, "", None, used=used, choices=choices)
 
     return app
 
@@ -178,15 +209,14 @@ def _authorized(request: Request, api_key: str | None) -> bool:
     return scheme.lower() == "bearer" and secrets.compare_digest(token.strip().encode(), api_key.encode())
 
 
-def _new_job(endpoint: Endpoint, prompt: str, body: ChatCompletionRequest | CompletionRequest, max_tokens: int,
-             stop: tuple[str, ...], context_length: int | None, prompt_param: str) -> Job:
-    """The engine's Job for a request; APIError (400) for what lorakit serve does not do or cannot fit."""
-    if (body.n or 1) > 1:
-        raise APIError(400, f"n={body.n} is not supported: lorakit serve returns one choice per request (n=1). "
-                       "Send several requests instead.", param="n", code="unsupported_parameter")
-    if body.logprobs:
-        raise APIError(400, "logprobs are not supported by lorakit serve; leave them out.", param="logprobs",
-                       code="unsupported_parameter")
+def _refuse_streamed_logprobs(body: ChatCompletionRequest | CompletionRequest, asked: bool,
+                              what: str = "logprobs") -> None:
+    if body.stream and asked:
+        raise APIError(400, f"lorakit serve does not stream {what}; set stream to false to get them, or leave them "
+                       "out to stream.", param="stream", code="unsupported_parameter")
+
+
+def _tokenize(endpoint: Endpoint, prompt: str, prompt_param: str) -> list[int]:
     try:
         prompt_ids = endpoint.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     except (TypeError, ValueError, UnicodeError) as err:  # e.g. a lone surrogate the tokenizer cannot encode
@@ -196,9 +226,32 @@ def _new_job(endpoint: Endpoint, prompt: str, body: ChatCompletionRequest | Comp
         if endpoint.tokenizer.bos_token_id is None:
             raise APIError(400, "The prompt is empty; send some text.", param=prompt_param)
         prompt_ids = [endpoint.tokenizer.bos_token_id]
+    return prompt_ids
+
+
+def _prompt_ids(endpoint: Endpoint, prompt: str | list[int], vocab_size: int) -> list[int]:
+    """A completion prompt's token ids: text tokenized as is (no special tokens added), or ids checked."""
+    if isinstance(prompt, str):
+        return _tokenize(endpoint, prompt, "prompt")
+    if not prompt:
+        raise APIError(400, "A prompt of token ids is empty; send at least one token id.", param="prompt")
+    bad = next((token for token in prompt if not 0 <= token < vocab_size), None)
+    if bad is not None:
+        raise APIError(400, f"Token id {bad} in prompt is outside the vocabulary of model '{endpoint.name}' "
+                       f"(0 to {vocab_size - 1}).", param="prompt")
+    return list(prompt)
+
+
+def _new_job(endpoint: Endpoint, prompt_ids: list[int], body: ChatCompletionRequest | CompletionRequest,
+             max_tokens: int, stop: tuple[str, ...], context_length: int | None, prompt_param: str,
+             logprobs: int | None = None, echo: bool = False) -> Job:
+    """The engine's Job for a request; APIError (400) for what lorakit serve does not do or cannot fit."""
+    if (body.n or 1) > 1:
+        raise APIError(400, f"n={body.n} is not supported: lorakit serve returns one choice per prompt (n=1). "
+                       "Send several requests instead.", param="n", code="unsupported_parameter")
     if context_length is not None:
         room = context_length - len(prompt_ids)
-        if room < 1:
+        if room < (1 if max_tokens else 0):
             raise APIError(400, f"The prompt is {len(prompt_ids)} tokens; model '{endpoint.name}' takes at most "
                            f"{context_length}. Shorten it.", param=prompt_param, code="context_length_exceeded")
         max_tokens = min(max_tokens, room)
@@ -207,7 +260,20 @@ def _new_job(endpoint: Endpoint, prompt: str, body: ChatCompletionRequest | Comp
     sampling = Sampling(temperature=0.0 if greedy else temperature, top_p=body.top_p or 1.0,
                         top_k=max(body.top_k or 0, 0), seed=None if greedy else body.seed)
     return Job(endpoint=endpoint, prompt_ids=prompt_ids, max_tokens=max_tokens, stop=stop, sampling=sampling,
-               loop=asyncio.get_running_loop())
+               loop=asyncio.get_running_loop(), logprobs=logprobs, echo=echo)
+
+
+def _completion_choice(index: int, endpoint: Endpoint, prompt: str | list[int], job: Job, text: str,
+                       finish: FinishEvent) -> dict:
+    """One prompt's choice: with echo, the prompt's text before the reply and its tokens before the reply's."""
+    shown = ""
+    if job.echo:
+        shown = prompt if isinstance(prompt, str) else endpoint.tokenizer.decode(prompt, skip_special_tokens=False)
+    logprobs = None
+    if finish.logprobs is not None:
+        logprobs = completion_logprobs(endpoint.tokenizer, finish.prompt_logprobs or (), finish.logprobs,
+                                       reply_start=len(shown))
+    return completion_choice(index, shown + text, finish.reason, logprobs)
 
 
 def _unauthorized() -> APIError:
@@ -246,31 +312,35 @@ async def _cancel_on_disconnect(request: Request, job: Job, poll_s: float = 0.05
     job.events.put_nowait(ErrorEvent("The client disconnected."))
 
 
-async def _respond(job: Job, body: ChatCompletionRequest | CompletionRequest, request: Request, request_id: str,
-                   stream: Callable[[Job, str, str, bool], AsyncIterator[dict]],
-                   whole: Callable[..., dict]) -> StreamingResponse | dict:
-    """The job's answer as SSE chunks when the client asked to stream, else as one response object."""
-    if body.stream:
-        include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return _sse(stream(job, request_id, body.model, include_usage), job, request)
-    text, finish = await _collect(job, request)
-    return whole(request_id, body.model, text, finish.reason, usage(finish.prompt_tokens, finish.completion_tokens))
+def _respond_streaming(job: Job, body: ChatCompletionRequest | CompletionRequest, request: Request,
+                       request_id: str, stream: Callable[[Job, str, str, bool], AsyncIterator[dict]]
+                       ) -> StreamingResponse:
+    """The job's answer as SSE chunks."""
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    return _sse(stream(job, request_id, body.model, include_usage), job, request)
 
 
-async def _collect(job: Job, request: Request) -> tuple[str, FinishEvent]:
-    pieces, finish = [], None
-    watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
+async def _collect(jobs: list[Job], request: Request) -> list[tuple[str, FinishEvent]]:
+    """Each job's whole text and finish; all jobs are cancelled if the client goes away or one fails."""
+    watchers = [asyncio.create_task(_cancel_on_disconnect(request, job)) for job in jobs]
     try:
-        async for event in _events(job):
-            if isinstance(event, TextEvent):
-                pieces.append(event.text)
-            elif isinstance(event, ErrorEvent):
-                raise APIError(500, event.message, kind="server_error", code="generation_failed")
-            else:
-                finish = event
+        return list(await asyncio.gather(*(_collect_one(job) for job in jobs)))
     finally:
-        watcher.cancel()
-        job.cancelled = True  # a no-op once finished; stops the row if the client went away
+        for watcher in watchers:
+            watcher.cancel()
+        for job in jobs:
+            job.cancelled = True  # a no-op once finished; stops the row if the client went away
+
+
+async def _collect_one(job: Job) -> tuple[str, FinishEvent]:
+    pieces, finish = [], None
+    async for event in _events(job):
+        if isinstance(event, TextEvent):
+            pieces.append(event.text)
+        elif isinstance(event, ErrorEvent):
+            raise APIError(500, event.message, kind="server_error", code="generation_failed")
+        else:
+            finish = event
     return "".join(pieces), finish
 
 

@@ -3,7 +3,9 @@
 Requests wait in a queue; the engine takes every waiting request that can share a `generate` call (same sampling
 settings; any mix of adapters, through PEFT's per-row `adapter_names`) up to `max_batch_size`, left-pads them and
 runs one batched `generate`. Each row's new token goes to its request as text, decoded incrementally, and each row
-stops at its own stop strings, end-of-turn tokens or max_tokens while the others go on.
+stops at its own stop strings, end-of-turn tokens or max_tokens while the others go on. A request that asks for
+log-probabilities gets those of the tokens generate picked (from the same forward pass) and, with `echo`, those of
+its prompt from one teacher-forced pass over the batch's echo prompts.
 
 transformers 5.23 has continuous batching (`generate_batch`, `init_continuous_batching`), but it is not used: on
 CPU it took 20-40 s to answer two 8-token requests on a 6k-parameter model (paged-cache set-up), it cannot pick a
@@ -14,6 +16,7 @@ the next batch instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -27,7 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCrite
 from lorakit.adapters import use_adapter
 from lorakit.config import BASE
 from lorakit.data.tokenize import pad_token_id
-from lorakit.infer.generate import generate_batch, held_back
+from lorakit.infer.generate import StepLogprobs, TokenLogprob, generate_batch, held_back, score_prompts
 from lorakit.templates import Template
 
 _PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -76,6 +79,8 @@ class FinishEvent:
     reason: str  # "stop" or "length"
     prompt_tokens: int
     completion_tokens: int
+    logprobs: tuple[TokenLogprob, ...] | None = None  # the reply's tokens, when the request asked
+    prompt_logprobs: tuple[TokenLogprob, ...] | None = None  # the prompt's tokens, with echo
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,11 @@ _ids = itertools.count()
 
 @dataclass(eq=False)
 class Job:
-    """One request in the engine: its prompt tokens, limits and the asyncio queue its events go to."""
+    """One request in the engine: its prompt tokens, limits and the asyncio queue its events go to.
+
+    `logprobs`: None for none, else how many likeliest tokens to list at each position (0 or more); `echo` scores
+    the prompt too. `max_tokens` may be 0 with echo: the prompt is scored and nothing generated.
+    """
 
     endpoint: Endpoint
     prompt_ids: list[int]
@@ -96,6 +105,8 @@ class Job:
     stop: tuple[str, ...]
     sampling: Sampling
     loop: asyncio.AbstractEventLoop
+    logprobs: int | None = None
+    echo: bool = False
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: bool = False
     id: int = field(default_factory=lambda: next(_ids))
@@ -161,13 +172,14 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
-    def submit(self, job: Job) -> None:
-        """Queue `job`; EngineUnavailable when the engine thread is not running."""
+    def submit(self, *jobs: Job) -> None:
+        """Queue `jobs` together (they share a batch up to max_batch_size); EngineUnavailable when the engine
+        thread is not running."""
         with self._wake:
             if not self.alive:
                 raise EngineUnavailable("The generation engine is not running; the server cannot answer now. "
                                         "Restart `lorakit serve`.")
-            self._pending.append(job)
+            self._pending.extend(jobs)
             self._wake.notify()
 
     def _run(self) -> None:
@@ -233,22 +245,52 @@ class Engine:
         router = _Router(jobs)
         try:
             # Padding from token ids, not the tokenizer: each adapter may bring its own, but rows share one batch.
-            prompts, pad_id = [job.prompt_ids for job in jobs], pad_token_id(jobs[0].endpoint.tokenizer)
-            sampling = jobs[0].sampling
+            pad_id = pad_token_id(jobs[0].endpoint.tokenizer)
+            echoing = [row for row in router.rows if row.job.echo and row.job.logprobs is not None]
+            if echoing:
+                self._score_prompts(echoing, pad_id)
+            for row in router.rows:
+                if row.job.max_tokens == 0:
+                    row.finish("length")
+            generating = [row for row in router.rows if not row.done]
+            if not generating:
+                return
+            router.rows = generating
+            sampling = generating[0].job.sampling
             if sampling.seed is not None:
                 torch.manual_seed(sampling.seed)
-            kwargs = dict(max_new_tokens=max(job.max_tokens for job in jobs), stopping_criteria=[router],
+            kwargs = dict(max_new_tokens=max(row.job.max_tokens for row in generating), stopping_criteria=[router],
                           eos_token_id=None, **sampling.generate_kwargs())
-            adapters = {job.endpoint.adapter for job in jobs}
-            if len(adapters) == 1:
-                with use_adapter(self.model, adapters.pop()):
-                    generate_batch(self.model, prompts, pad_id, **kwargs)
-            else:
-                names = [_PEFT_BASE if job.endpoint.adapter == BASE else job.endpoint.adapter for job in jobs]
-                generate_batch(self.model, prompts, pad_id, **kwargs, adapter_names=names)
+            prompts = [row.job.prompt_ids for row in generating]
+            with contextlib.ExitStack() as stack:
+                if any(row.job.logprobs is not None for row in generating):
+                    router.steps = stack.enter_context(StepLogprobs().recording(self.model))
+                self._run_adapters([row.job for row in generating], stack, kwargs)
+                generate_batch(self.model, prompts, pad_id, **kwargs)
             router.finish_all("length")
         except Exception as err:  # a failed batch must not kill the engine thread; its requests get the error
             router.fail(f"Generation failed: {type(err).__name__}: {err}")
+
+    def _run_adapters(self, jobs: list[Job], stack: contextlib.ExitStack, kwargs: dict) -> None:
+        """Set the adapter for `jobs`: the one they share, or PEFT's per-row `adapter_names` in `kwargs`."""
+        adapters = {job.endpoint.adapter for job in jobs}
+        if len(adapters) == 1:
+            stack.enter_context(use_adapter(self.model, adapters.pop()))
+        else:
+            kwargs["adapter_names"] = [_PEFT_BASE if job.endpoint.adapter == BASE else job.endpoint.adapter
+                                       for job in jobs]
+
+    def _score_prompts(self, rows: list[_Row], pad_id: int) -> None:
+        jobs = [row.job for row in rows]
+        kwargs: dict = {}
+        with contextlib.ExitStack() as stack:
+            self._run_adapters(jobs, stack, kwargs)
+            scored = score_prompts(self.model, [job.prompt_ids for job in jobs], pad_id,
+                                   top=max(job.logprobs or 0 for job in jobs), **kwargs)
+        for row, entries in zip(rows, scored):
+            top = row.job.logprobs or 0
+            row.prompt_logprobs = tuple(TokenLogprob(entry.token, entry.logprob, entry.top[:top])
+                                        for entry in entries)
 
 
 class _Router(StoppingCriteria):
@@ -260,12 +302,16 @@ class _Router(StoppingCriteria):
 
     def __init__(self, jobs: list[Job]) -> None:
         self.rows = [_Row(job) for job in jobs]
+        self.steps: StepLogprobs | None = None  # set while generate runs for rows that asked for logprobs
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
         tokens = input_ids[:, -1].tolist()
-        for row, token in zip(self.rows, tokens):
+        picked = [None] * len(tokens)
+        if self.steps is not None and self.steps.latest is not None:
+            picked = self.steps.picked(tokens, max(row.job.logprobs or 0 for row in self.rows))
+        for row, token, entry in zip(self.rows, tokens, picked):
             if not row.done:
-                row.add(token)
+                row.add(token, entry)
         return torch.tensor([row.done for row in self.rows], dtype=torch.bool, device=input_ids.device)
 
     def finish_all(self, reason: str) -> None:
@@ -292,11 +338,13 @@ class _Row:
         self.tokenizer = job.endpoint.tokenizer
         self.stops = tuple(s for s in job.stop if s)
         self.ids: list[int] = []
+        self.logprobs: list[TokenLogprob] = []
+        self.prompt_logprobs: tuple[TokenLogprob, ...] | None = None
         self.count = 0
         self.sent = 0
         self.done = False
 
-    def add(self, token: int) -> None:
+    def add(self, token: int, logprob: TokenLogprob | None = None) -> None:
         if self.job.cancelled:
             self.done = True
             return
@@ -305,6 +353,8 @@ class _Row:
             self.finish("stop")
             return
         self.ids.append(token)
+        if logprob is not None and self.job.logprobs is not None:
+            self.logprobs.append(TokenLogprob(logprob.token, logprob.logprob, logprob.top[:self.job.logprobs]))
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
         cut = min((index for index in (text.find(stop) for stop in self.stops) if index >= 0), default=-1)
         if cut >= 0:
@@ -329,4 +379,5 @@ class _Row:
 
     def _finish_event(self, reason: str) -> None:
         self.done = True
-        self.job.send(FinishEvent(reason, len(self.job.prompt_ids), self.count))
+        logprobs = tuple(self.logprobs) if self.job.logprobs is not None else None
+        self.job.send(FinishEvent(reason, len(self.job.prompt_ids), self.count, logprobs, self.prompt_logprobs))

@@ -1,10 +1,12 @@
 """Training stage: `train()` fits LoRA adapters (or freeze/full fine-tuning); `run_training(config)` does the road.
 
-trainer.py holds the stage itself; packing.py removes padding (examples concatenated, attention kept per example);
-loss.py computes the loss without materialising the full logits; memory.py estimates memory before a run;
-lora_layers.py makes PEFT's LoRA layers cheaper on CPU.
+run.py picks the stage; trainer.py holds stage sft and what stages share; preference.py holds stage dpo (TRL);
+packing.py removes padding (examples concatenated, attention kept per example); loss.py computes the loss without
+materialising the full logits; memory.py estimates memory before a run; lora_layers.py makes PEFT's LoRA layers
+cheaper on CPU.
 """
 
-from lorakit.train.trainer import PreparedData, ProgressCallback, plot_loss, prepare_data, run_training, train
+from lorakit.train.run import run_training, train
+from lorakit.train.trainer import PreparedData, ProgressCallback, plot_loss, prepare_data
 
 __all__ = ["PreparedData", "ProgressCallback", "plot_loss", "prepare_data", "run_training", "train"]

@@ -1,7 +1,8 @@
-"""Training stage: `train()` fits LoRA adapters (or freeze/full fine-tuning) with the Hugging Face Trainer.
+"""Stage sft: `train_sft()` fits LoRA adapters (or freeze/full fine-tuning) with the Hugging Face Trainer.
 
-`run_training(config)` is the whole road a CLI or notebook user takes: data -> model -> train -> output folder with
-the adapter, tokenizer, resolved config, manifest, metrics, trainer state, loss curve and model card.
+Also what every stage shares: `prepare_data()` (tokens, cached), the Trainer arguments, `ProgressCallback`,
+`run_trainer()` and `save_outputs()` (the run folder: weights, tokenizer, config, manifest, metrics, trainer state,
+curves, model card). run.py picks the stage.
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from lorakit import __version__
 from lorakit.config import TrainConfig, save_config, to_dict
 from lorakit.data import LoadSummary, TokenizeSummary, data_files, load_conversations, pad_batch, split_validation
 from lorakit.data import cache, tokenize_conversations
+from lorakit.data.preference import load_preferences, tokenize_preferences
 from lorakit.errors import ConfigError
 from lorakit.files import atomic_dir, save_figure, sha256_file, write_json, write_text
-from lorakit.model import load_model, load_tokenizer, prepare_for_training, resolve_device
+from lorakit.model import prepare_for_training, resolve_device
 from lorakit.progress import OnProgress, ProgressTarget, TrainProgress, remaining_seconds, reporter
-from lorakit.runs import ADAPTER_DIR, CHECKPOINT_DIR, MODEL_DIR, model_card, track_status, write_settings
+from lorakit.runs import (ADAPTER_DIR, CHECKPOINT_DIR, MODEL_DIR, RunProgressFiles, model_card,
+                          write_settings)
 from lorakit.templates import Template, install_template, resolve_template
 from lorakit.train.lora_layers import use_fast_dropout, use_fast_lora_forward
 from lorakit.train.loss import ChunkedLossTrainer
@@ -56,9 +59,12 @@ class PreparedData:
 
 
 def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
-    """Load, validate, split and tokenise the configured datasets, or load the tokens cached by an earlier run."""
+    """Load, validate, split and tokenise the configured datasets, or load the tokens cached by an earlier run.
+
+    Stage sft gets input_ids/labels, stage dpo prompt_ids/chosen_ids/rejected_ids (data/preference.py).
+    """
     template = resolve_template(config.data.template, tokenizer)
-    key = cache.cache_key(config.data, tokenizer, template.jinja) if config.data.cache_tokens else None
+    key = cache.cache_key(config.data, tokenizer, template.jinja, config.stage) if config.data.cache_tokens else None
     cached = cache.load_cached(key) if key else None
     if cached is not None:
         splits, summary = cached
@@ -74,57 +80,23 @@ def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
 
 
 def _tokenize_from_scratch(config: TrainConfig, tokenizer: PreTrainedTokenizerBase, template: Template) -> PreparedData:
-    conversations, load_summary = load_conversations(config.data)
+    load, tokenize = ((load_preferences, tokenize_preferences) if config.stage == "dpo"
+                      else (load_conversations, tokenize_conversations))
+    conversations, load_summary = load(config.data)
     splits = split_validation(conversations, config.data.val_size, config.data.seed)
-    train_set, train_summary = tokenize_conversations(splits.train, tokenizer, template, config.data)
+    train_set, train_summary = tokenize(splits.train, tokenizer, template, config.data)
     validation_set, validation_summary = None, None
     if splits.validation:
-        validation_set, validation_summary = tokenize_conversations(splits.validation, tokenizer, template,
-                                                                    config.data)
+        validation_set, validation_summary = tokenize(splits.validation, tokenizer, template, config.data)
     return PreparedData(train_set, validation_set, template, load_summary, train_summary, validation_summary)
 
 
-def run_training(config: TrainConfig, *, progress: ProgressTarget = True,
-                 stop: threading.Event | None = None) -> Path:
-    """Train from a config alone (data and model loaded by name) and return the output folder.
-
-    `progress` and `stop` are passed to `train()`.
-    """
-    tokenizer = load_tokenizer(config.model)
-    data = prepare_data(config, tokenizer)
-    _check_precision(config)
-    model = load_model(config.model)
-    return train(model, tokenizer, data, config, progress=progress, stop=stop)
-
-
-def _check_precision(config: TrainConfig) -> None:
-    device = resolve_device(config.model.device)
-    if config.model.dtype == "float16" and device.type == "cpu":
-        raise ConfigError("model.dtype is float16 but training runs on the CPU, which cannot train in fp16; set "
-                          "model.dtype=auto (bf16 where supported, else float32).")
-    if config.finetuning == "full" and config.model.quantization != "none":
-        raise ConfigError("finetuning=full cannot train a quantized model; set model.quantization=none.")
-
-
-def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
-          config: TrainConfig, *, progress: ProgressTarget = True, stop: threading.Event | None = None) -> Path:
-    """Fit the model to `data.train` and write everything under `config.output_dir`; return that folder.
-
-    The base model's weights are left unchanged for LoRA. With `config.resume`, training continues from the
-    latest checkpoint in `output_dir/checkpoints`. `progress` gets a `TrainProgress` per optimizer step and per
-    logging step (True: a bar on the terminal). Setting `stop` ends training after the current optimizer step with
-    a checkpoint saved; the outputs are then written as usual, from that step, and metrics.json holds
-    `"stopped": true`. status.json says whether the run is running, finished, interrupted or failed (runs.py).
-    """
-    with track_status(config.output_dir):
-        return _train(model, tokenizer, data, config, progress, stop)
-
-
-def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData, config: TrainConfig,
-           progress: ProgressTarget, stop: threading.Event | None) -> Path:
+def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData, config: TrainConfig,
+              progress: ProgressTarget, stop: threading.Event | None) -> Path:
+    """Stage sft for `train()` (run.py): fit `data`'s input_ids/labels and write the run folder; return it."""
     output_dir = config.output_dir
     save_config(config, output_dir / "config.yaml")  # now, so an interrupted or failed run still says what it was
-    resume_from = _checkpoint_to_resume(config)
+    resume_from = checkpoint_to_resume(config)
     torch.manual_seed(config.seed)
     model = prepare_for_training(model, config)
     on_cpu = resolve_device(config.model.device).type == "cpu"
@@ -135,26 +107,33 @@ def _train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Pre
     padding_free = config.padding_free and supports_padding_free(model)
     # Training-only speed-ups, each undone on exit: the same model object generates right after training.
     with contextlib.ExitStack() as speedups:
-        if _computes_in_bf16(model):
+        if computes_in_bf16(model):
             # PEFT casts each LoRA input to the adapter's fp32; under bf16 autocast that copy buys nothing.
             speedups.enter_context(disable_input_dtype_casting(model))
         if padding_free:
             speedups.callback(model.set_attn_implementation, use_varlen_attention(model))
         speedups.callback(use_fast_lora_forward(model))
-        watcher = ProgressCallback(reporter(progress), stop)
+        watcher = ProgressCallback(reporter(progress), stop, RunProgressFiles(output_dir))
         trainer = _build_trainer(model, tokenizer, data, config, padding_free, watcher)
-        started = time.time()
-        result = trainer.train(resume_from_checkpoint=resume_from)
-        metrics = dict(result.metrics)
-        if watcher.stopped:
-            metrics["stopped"] = True
-        if data.validation is not None:
-            metrics.update(trainer.evaluate())
+        metrics = run_trainer(trainer, watcher, resume_from, data.validation is not None)
         if isinstance(trainer, ChunkedLossTrainer):
             trainer.loss_workspace.release()
-    metrics["train_seconds"] = round(time.time() - started, 2)
-    _save_outputs(trainer, tokenizer, data, config, metrics)
+    save_outputs(trainer, tokenizer, data, config, metrics)
     return output_dir
+
+
+def run_trainer(trainer: Trainer, watcher: ProgressCallback, resume_from: str | None,
+                evaluate: bool) -> dict[str, Any]:
+    """Train (then evaluate, with a validation set) and return what metrics.json holds."""
+    started = time.time()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    metrics = dict(result.metrics)
+    if watcher.stopped:
+        metrics["stopped"] = True
+    if evaluate:
+        metrics.update(trainer.evaluate())
+    metrics["train_seconds"] = round(time.time() - started, 2)
+    return metrics
 
 
 def _fit_memory(model: PreTrainedModel, data: PreparedData, config: TrainConfig) -> TrainConfig:
@@ -174,7 +153,7 @@ def _fit_memory(model: PreTrainedModel, data: PreparedData, config: TrainConfig)
     return fitted
 
 
-def _checkpoint_to_resume(config: TrainConfig) -> str | None:
+def checkpoint_to_resume(config: TrainConfig) -> str | None:
     checkpoints = config.output_dir / CHECKPOINT_DIR
     if not config.resume:
         return None
@@ -185,8 +164,9 @@ def _checkpoint_to_resume(config: TrainConfig) -> str | None:
     return last
 
 
-def _training_arguments(config: TrainConfig, has_validation: bool, steps_per_epoch: int,
-                        bf16: bool) -> TrainingArguments:
+def training_arguments(config: TrainConfig, has_validation: bool, steps_per_epoch: int,
+                       bf16: bool) -> dict[str, Any]:
+    """The Trainer's arguments from `config`, as keywords (stage dpo adds its own and builds TRL's DPOConfig)."""
     device = resolve_device(config.model.device)
     evaluate_by = "no"
     if has_validation:
@@ -197,7 +177,7 @@ def _training_arguments(config: TrainConfig, has_validation: bool, steps_per_epo
     eval_steps = config.eval_steps or config.save_steps
     if config.early_stopping_patience is not None and save_by == "steps":
         eval_steps = config.save_steps
-    return TrainingArguments(
+    return dict(
         output_dir=str(config.output_dir / CHECKPOINT_DIR),
         learning_rate=config.learning_rate,
         num_train_epochs=config.epochs,
@@ -234,7 +214,7 @@ def _training_arguments(config: TrainConfig, has_validation: bool, steps_per_epo
     )
 
 
-def _computes_in_bf16(model: PreTrainedModel) -> bool:
+def computes_in_bf16(model: PreTrainedModel) -> bool:
     """bf16 frozen weights get bf16 autocast, so fp32 LoRA weights compute in bf16 with fp32 master copies."""
     return any(p.dtype == torch.bfloat16 for p in model.parameters() if not p.requires_grad)
 
@@ -246,7 +226,8 @@ def _total_steps(config: TrainConfig, steps_per_epoch: int) -> int:
 def _build_trainer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
                    config: TrainConfig, padding_free: bool, watcher: ProgressCallback) -> Trainer:
     steps_per_epoch = max(1, math.ceil(len(data.train) / (config.batch_size * config.gradient_accumulation)))
-    args = _training_arguments(config, data.validation is not None, steps_per_epoch, _computes_in_bf16(model))
+    args = TrainingArguments(**training_arguments(config, data.validation is not None, steps_per_epoch,
+                                                  computes_in_bf16(model)))
     callbacks: list[TrainerCallback] = [watcher]
     if config.early_stopping_patience is not None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
@@ -271,11 +252,17 @@ def _loraplus_optimizer(model: PreTrainedModel, config: TrainConfig) -> torch.op
 
 
 class ProgressCallback(TrainerCallback):
-    """Turns the Trainer's hooks into `TrainProgress` events for `report`, and ends training once `stop` is set."""
+    """Turns the Trainer's hooks into `TrainProgress` events for `report`, and ends training once `stop` is set.
 
-    def __init__(self, report: OnProgress | None, stop: threading.Event | None = None) -> None:
+    With `files`, the main process (rank 0) also keeps the events in the run folder (progress.json, metrics.jsonl)
+    for readers in other processes: the web UI, `lorakit.jobs`.
+    """
+
+    def __init__(self, report: OnProgress | None, stop: threading.Event | None = None,
+                 files: RunProgressFiles | None = None) -> None:
         self.report = report
         self.stop = stop
+        self.files = files
         self.stopped = False
         self.running = False
         self.started = 0.0
@@ -287,6 +274,8 @@ class ProgressCallback(TrainerCallback):
         self.started = time.time()
         self.steps_at_start = state.global_step
         self.tokens_at_start = state.num_input_tokens_seen
+        if self.files is not None and state.is_world_process_zero:
+            self.files.begin(state.global_step)
         self._send(state)
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -308,16 +297,20 @@ class ProgressCallback(TrainerCallback):
 
     def _send(self, state, **fields: Any) -> None:
         # The evaluation train() runs after the Trainer's own end is not a training event.
-        if self.report is None or not self.running:
+        files = self.files if self.files is not None and state.is_world_process_zero else None
+        if (self.report is None and files is None) or not self.running:
             return
         elapsed = max(time.time() - self.started, 1e-6)
         speed = (state.num_input_tokens_seen - self.tokens_at_start) / elapsed
         left = remaining_seconds(elapsed, state.global_step - self.steps_at_start, state.max_steps - state.global_step)
-        self.report(TrainProgress("train", state.global_step, state.max_steps, "step", elapsed, left,
-                                  tokens_per_second=speed, **fields))
+        event = TrainProgress("train", state.global_step, state.max_steps, "step", elapsed, left,
+                              tokens_per_second=speed, **fields)
+        for target in (self.report, files):
+            if target is not None:
+                target(event)
 
 
-def _save_outputs(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, data: PreparedData, config: TrainConfig,
+def save_outputs(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, data: PreparedData, config: TrainConfig,
                   metrics: dict[str, Any]) -> None:
     output_dir = config.output_dir
     weights_dir = output_dir / (ADAPTER_DIR if config.finetuning == "lora" else MODEL_DIR)
@@ -332,6 +325,8 @@ def _save_outputs(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, data: Pr
     manifest = _manifest(config, data, tokenizer, weights_dir)
     write_json(output_dir / "manifest.json", manifest)
     plot_loss(trainer.state.log_history, output_dir / "loss.png")
+    if any("rewards/margins" in entry for entry in trainer.state.log_history):
+        plot_rewards(trainer.state.log_history, output_dir / "rewards.png")
     card = model_card(config, metrics, manifest, template)
     write_text(output_dir / "README.md", card)
     write_text(weights_dir / "README.md", card)
@@ -380,15 +375,34 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4))
-    for key, label in (("loss", "train"), ("eval_loss", "eval")):
-        points = [(entry["step"], entry[key]) for entry in log_history if key in entry]
-        if points:
-            steps, values = zip(*points)
-            axes.plot(steps, values, marker="o" if key == "eval_loss" else None, label=label)
-    axes.set_xlabel("step")
-    axes.set_ylabel("loss")
+    _plot_series(axes, log_history, "loss", "loss")
     axes.set_title("lorakit training loss")
-    axes.grid(alpha=0.3)
-    axes.legend()
     figure.tight_layout()
     save_figure(figure, path)
+
+
+def plot_rewards(log_history: list[dict[str, Any]], path: Path) -> None:
+    """Stage dpo: reward accuracy and chosen-minus-rejected margin, train and eval, against the step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (accuracy, margin) = plt.subplots(1, 2, figsize=(11, 4))
+    _plot_series(accuracy, log_history, "rewards/accuracies", "reward accuracy")
+    _plot_series(margin, log_history, "rewards/margins", "reward margin (chosen - rejected)")
+    figure.suptitle("lorakit preference training")
+    figure.tight_layout()
+    save_figure(figure, path)
+
+
+def _plot_series(axes: Any, log_history: list[dict[str, Any]], key: str, label: str) -> None:
+    for name, series in (("train", key), ("eval", f"eval_{key}")):
+        points = [(entry["step"], entry[series]) for entry in log_history if series in entry]
+        if points:
+            steps, values = zip(*points)
+            axes.plot(steps, values, marker="o" if name == "eval" else None, label=name)
+    axes.set_xlabel("step")
+    axes.set_ylabel(label)
+    axes.grid(alpha=0.3)
+    axes.legend()

@@ -1,0 +1,50 @@
+"""What the web UI may touch: paths confined to allowed folders, uploads kept small and in a folder the UI owns."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from lorakit.config import WebUIConfig
+from lorakit.errors import ConfigError
+
+UPLOAD_DIR = "webui-uploads"
+
+
+def allowed_folders(config: WebUIConfig, cwd: Path | None = None) -> tuple[Path, ...]:
+    """The folders a typed or picked path may lie in: the working directory, `outputs`, lorakit's cache and
+    `allow_dirs`, all resolved (so a symlink cannot lead out of them)."""
+    from lorakit.bundled import cache_root
+
+    cwd = Path.cwd() if cwd is None else cwd
+    folders = [cwd, cwd / config.outputs, cache_root(), *(cwd / folder for folder in config.allow_dirs)]
+    return tuple(dict.fromkeys(Path(folder).expanduser().resolve() for folder in folders))
+
+
+def confine(text: str, allowed: Sequence[Path], cwd: Path | None = None) -> Path:
+    """The path `text` names, resolved, or ConfigError when it lies outside every folder of `allowed`."""
+    if not text or not text.strip():
+        raise ConfigError("No path given: type a file path or pick a file.")
+    cwd = Path.cwd() if cwd is None else cwd
+    path = Path(text.strip()).expanduser()
+    resolved = (path if path.is_absolute() else cwd / path).resolve()
+    if any(resolved.is_relative_to(folder) for folder in allowed):
+        return resolved
+    raise ConfigError(f"{text.strip()} is outside the folders the web UI may read ({', '.join(map(str, allowed))}). "
+                      "Move the file into one of them, or start `lorakit webui --allow-dir FOLDER`.")
+
+
+def keep_upload(uploaded: Path, config: WebUIConfig, cwd: Path | None = None) -> Path:
+    """Copy an uploaded file into `outputs/webui-uploads/` and return the copy; ConfigError above the size limit."""
+    uploaded = Path(uploaded)
+    size = uploaded.stat().st_size
+    if size > config.max_upload_mb * 2**20:
+        raise ConfigError(f"{uploaded.name} is {size / 2**20:.1f} MiB, above the upload limit of "
+                          f"{config.max_upload_mb} MiB. Copy it into an allowed folder and type its path, or start "
+                          "`lorakit webui --max-upload-mb N`.")
+    folder = (Path.cwd() if cwd is None else cwd) / config.outputs / UPLOAD_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / Path(uploaded.name).name
+    shutil.copyfile(uploaded, target)
+    return target

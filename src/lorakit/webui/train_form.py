@@ -1,0 +1,104 @@
+"""The Train tab's form as data: its fields with defaults, and the `key=value` overrides and TrainConfig it means.
+
+The form builds the same overrides a user would type after `lorakit train`, and `load_config` turns them into the
+TrainConfig, so the page, the YAML it shows and the command it shows are one config.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lorakit.config import TrainConfig, WebUIConfig, load_config
+from lorakit.errors import ConfigError
+from lorakit.webui.safety import allowed_folders, confine
+
+METHODS = ("lora", "dora", "qlora", "freeze", "full")
+# What each method sets; the page offers the names LLaMA-Factory users know, the config keeps lorakit's keys.
+_METHOD_OVERRIDES = {"lora": ["finetuning=lora"], "dora": ["finetuning=lora", "lora.dora=true"],
+                     "qlora": ["finetuning=lora", "model.quantization=4bit"], "freeze": ["finetuning=freeze"],
+                     "full": ["finetuning=full"]}
+
+
+@dataclass(frozen=True)
+class FormField:
+    """One input of the form: `name` is its i18n key; `key` the config key it sets (None: handled by hand);
+    a value equal to `off` leaves the key unset (0 max_steps trains by epochs)."""
+
+    name: str
+    default: Any
+    key: str | None = None
+    off: Any = None
+    integer: bool = False
+
+
+FIELDS = (
+    FormField("model", "smollm2-135m"),
+    FormField("method", "lora"),
+    FormField("data_path", ""),
+    FormField("template", "auto", "data.template"),
+    FormField("run_name", "webui-run"),
+    FormField("learning_rate", 2e-4, "learning_rate"),
+    FormField("epochs", 3.0, "epochs"),
+    FormField("max_steps", 0, "max_steps", off=0, integer=True),
+    FormField("batch_size", 4, "batch_size", integer=True),
+    FormField("gradient_accumulation", 1, "gradient_accumulation", integer=True),
+    FormField("lora_rank", 8, "lora.rank", integer=True),
+    FormField("lora_alpha", 16, "lora.alpha", integer=True),
+    FormField("max_seq_len", 1024, "data.max_seq_len", integer=True),
+    FormField("val_size", 0.0, "data.val_size", off=0),
+    FormField("eval_steps", 0, "eval_steps", off=0, integer=True),
+    FormField("early_stopping", 0, "early_stopping_patience", off=0, integer=True),
+)
+FIELD_NAMES = tuple(field.name for field in FIELDS)
+
+
+def train_overrides(values: dict[str, Any], config: WebUIConfig, cwd: Path | None = None) -> list[str]:
+    """The `key=value` overrides the form's `values` (by field name) stand for; paths confined to allowed folders."""
+    cwd = Path.cwd() if cwd is None else cwd
+    allowed = allowed_folders(config, cwd)
+    method = values.get("method") or "lora"
+    if method not in _METHOD_OVERRIDES:
+        raise ConfigError(f"Unknown method '{method}'; choose one of {', '.join(METHODS)}.")
+    run_name = str(values.get("run_name") or "").strip()
+    if not re.fullmatch(r"[\w.-]+", run_name) or run_name in (".", ".."):
+        raise ConfigError(f"Run name '{run_name}' must be a plain folder name (letters, digits, _ . -), no slashes.")
+    data = confine(str(values.get("data_path") or ""), allowed, cwd)
+    overrides = [f"model.name={_model_name(str(values.get('model') or ''), allowed, cwd)}",
+                 *_METHOD_OVERRIDES[method], f"data.paths={json.dumps([str(data)])}",
+                 f"output_dir={json.dumps(str(config.outputs / run_name))}"]
+    for field in FIELDS:
+        value = values.get(field.name, field.default)
+        if field.key is None or value is None or value == "" or (field.off is not None and value == field.off):
+            continue
+        overrides.append(f"{field.key}={_scalar(int(value) if field.integer else value)}")
+    return overrides
+
+
+def build_train_config(values: dict[str, Any], config: WebUIConfig,
+                       cwd: Path | None = None) -> tuple[TrainConfig, list[str]]:
+    """The TrainConfig of the form, as `lorakit train` would build it from the same overrides, and the overrides."""
+    overrides = train_overrides(values, config, cwd)
+    return load_config(None, overrides, TrainConfig), overrides
+
+
+def train_command(overrides: list[str]) -> str:
+    """The shell command that trains the same config: `lorakit train key=value ...`, quoted for a POSIX shell."""
+    return shlex.join(["lorakit", "train", *overrides])
+
+
+def _model_name(name: str, allowed: tuple[Path, ...], cwd: Path) -> str:
+    """A model folder is confined like any path; a bundled name or hub id is passed through."""
+    name = name.strip()
+    if not name:
+        raise ConfigError("No model given: pick a bundled or cached model, or type a model folder.")
+    looks_like_path = name.startswith(("/", ".", "~")) or (cwd / name).exists()
+    return json.dumps(str(confine(name, allowed, cwd))) if looks_like_path else name
+
+
+def _scalar(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, str) else str(value)

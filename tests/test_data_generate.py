@@ -1,0 +1,372 @@
+"""`lorakit data generate` against a scripted OpenAI-compatible server on loopback: replies with reasoning blocks,
+code fences, trailing commas, malformed and truncated JSON, a 429, a 500 and a timeout; a run killed with SIGKILL
+and started again writes every record exactly once."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from lorakit.config import DataConfig, EndpointConfig, GenerateConfig, JudgeSettings
+from lorakit.data import load_conversations
+from lorakit.data.chunks import Document, chunk_documents, read_documents
+from lorakit.data.generate import clients, generate_dataset, preview_generation
+from lorakit.errors import ConfigError, DataError
+from lorakit.llm_client import ChatClient, parse_json_reply, strip_think
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# One Markdown section per behaviour of the scripted server; each section becomes one chunk.
+SECTIONS = {
+    "ALPHA": ["What is the alpha stone?", "Who found the alpha stone?"],
+    "THINK": ["Why does the river think?"],
+    "FENCE": ["What is a fence for?", "Is this question truncated?"],
+    "MALFORMED": None,
+    "FLAKY": ["What is flaky?"],
+    "RATE": ["What is a rate limit?"],
+    "FIVEHUNDRED": ["What is five hundred?"],
+    "SLOW": ["What is slow?"],
+    "TWIN1": ["What is the twin?"],
+    "TWIN2": ["What is the twin?"],
+}
+
+
+def _document() -> str:
+    return "\n\n".join(f"# Section {marker.lower()}\n\n{marker}: a short paragraph about {marker.lower()}, which "
+                       f"the scripted server recognises by its marker." for marker in SECTIONS)
+
+
+class ScriptedServer:
+    """A tiny OpenAI-compatible /v1/chat/completions whose replies depend only on the request's content (and, for
+    the flaky behaviours, on how often that content was asked)."""
+
+    def __init__(self, delay: float = 0.0):
+        self.delay, self.seen, self.log, self.lock = delay, Counter(), [], threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's name)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                status, payload, headers = server.reply(body)
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    for key, value in {"Content-Type": "application/json", **headers}.items():
+                        self.send_header(key, value)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def reply(self, body: dict) -> tuple[int, dict, dict]:
+        prompt = body["messages"][-1]["content"]
+        with self.lock:
+            self.seen[prompt] += 1
+            count = self.seen[prompt]
+        time.sleep(self.delay)
+        marker = re.search(r"\n([A-Z0-9]+): a short paragraph", prompt)
+        marker = marker[1] if marker else ""
+        if count == 1 and marker == "RATE":
+            return self._record(429, {"error": {"message": "slow down"}}, {"retry-after-ms": "10"})
+        if count == 1 and marker == "FIVEHUNDRED" and "[Rubric]" not in prompt:
+            return self._record(500, {"error": {"message": "oops"}}, {"retry-after-ms": "10"})
+        late = count == 1 and marker == "SLOW"
+        if late:
+            time.sleep(2.5)  # beyond the client's timeout (1.5 s): the client has given up on this reply
+        text, finish = self._text(prompt, marker, count)
+        usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
+                 "total_tokens": len(prompt) // 4 + len(text) // 4}
+        return self._record(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                  "usage": usage, "choices": [{"index": 0, "finish_reason": finish, "message": {
+                                      "role": "assistant", "content": text}}]}, {}, late)
+
+    def _record(self, status: int, payload: dict, headers: dict, late: bool = False) -> tuple[int, dict, dict]:
+        with self.lock:
+            self.log.append((status, None if late else payload.get("usage")))
+        return status, payload, headers
+
+    @staticmethod
+    def _text(prompt: str, marker: str, count: int) -> tuple[str, str]:
+        if "[Rubric]" in prompt:
+            if "five hundred" in prompt:
+                return "I like it.", "stop"
+            score = 3 if "Who found" in prompt else 8
+            verdict = f'```json\n{{"score": {score}, "reason": "scripted",}}\n```'
+            return (f"<think>weighing it</think>{verdict}" if marker == "THINK" else verdict), "stop"
+        if "[Question]" in prompt:
+            question = prompt.split("[Question]\n")[1].split("\n")[0]
+            if "truncated" in question:
+                return '{"answer": "cut sh', "length"
+            return f"The answer to '{question}' is in the {marker.lower()} paragraph.", "stop"
+        if prompt.startswith("Summarise"):
+            return f"<think>short</think>A summary of {marker.lower()}.", "stop"
+        if "multi-turn conversation" in prompt:
+            turns = [{"role": "user", "content": f"Tell me about {marker.lower()}."},
+                     {"role": "assistant", "content": "It is a marker."},
+                     {"role": "user", "content": "Why?"}, {"role": "assistant", "content": "The server says so."}]
+            return json.dumps({"messages": turns}), "stop"
+        questions = SECTIONS.get(marker, ["What is the twin?"] if marker.startswith("TWIN") else None)
+        if questions is None or (marker == "FLAKY" and count == 1):
+            return "Sorry, here are some questions: 1. what? 2. why?", "stop"
+        reply = json.dumps({"questions": questions})
+        if marker == "THINK":
+            return f'<think>Maybe {{"questions": ["wrong"]}}?</think>\n{reply}', "stop"
+        if marker == "FENCE":
+            return "Here you go:\n```json\n" + reply[:-2] + ",],}\n```\nDone.", "stop"
+        return reply, "stop"
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    scripted = ScriptedServer()
+    yield scripted
+    scripted.close()
+
+
+def _config(server, tmp_path, **changes) -> GenerateConfig:
+    document = tmp_path / "docs" / "notes.md"
+    if not document.exists():
+        document.parent.mkdir(parents=True)
+        document.write_text(_document(), encoding="utf-8")
+    generator = EndpointConfig(base_url=server.url, model="gen-1", timeout=1.5, max_retries=2, concurrency=3,
+                               **changes.pop("generator", {}))
+    values = {"input": document.parent, "output_dir": tmp_path / "out", "generator": generator,
+              "judge": JudgeSettings(model="judge-1", threshold=6), "chunk_chars": 400, "chunk_overlap": 0,
+              **changes}
+    return GenerateConfig(**values)
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_replies_are_parsed_retried_judged_and_counted(server, tmp_path):
+    config = _config(server, tmp_path)
+
+    report = generate_dataset(config, *clients(config))
+
+    assert (report.chunks, report.items, report.generated, report.kept) == (10, 12, 10, 8)
+    assert report.rejected == {"score below 6": 1, "unusable generation reply": 2, "unusable judge reply": 1}
+    assert report.parse_failures == 3  # malformed questions, a truncated answer, a judge reply without JSON
+    assert report.retried_replies == 4  # each of those asked twice, and FLAKY's first reply
+    assert report.scores == {"3": 1, "8": 8} and report.complete
+    assert report.requests == len(server.log)  # the 429, the 500 and the timed-out request counted
+    statuses = [status for status, _ in server.log]
+    assert (statuses.count(429), statuses.count(500)) == (3, 2)  # the first of each RATE and FIVEHUNDRED request
+    assert report.prompt_tokens == sum(usage["prompt_tokens"] for _, usage in server.log if usage)
+    out = config.output_dir
+    kept = _lines(out / "generated.jsonl")
+    assert [record["instruction"] for record in kept] == [
+        "What is the alpha stone?", "Why does the river think?", "What is a fence for?", "What is flaky?",
+        "What is a rate limit?", "What is slow?", "What is the twin?", "What is the twin?"]
+    assert kept[0]["_source"].endswith("notes.md") and kept[0]["_generator"] == "gen-1"
+    assert (kept[0]["_judge"], kept[0]["_score"], kept[0]["_reason"]) == ("judge-1", 8.0, "scripted")
+    text = Path(kept[0]["_source"]).read_text(encoding="utf-8")
+    start, end = kept[0]["_span"]
+    assert "ALPHA" in text[start:end] and kept[0]["_chunk"] == f"{kept[0]['_source']}:{start}-{end}"
+    rejects = {(record["reason"], record.get("error")) for record in _lines(out / "rejects.jsonl")}
+    assert ("score below 6", None) in rejects
+    raw = {record["raw"] for record in _lines(out / "rejects.jsonl") if record["reason"] != "unusable judge reply"}
+    assert "Sorry, here are some questions: 1. what? 2. why?" in raw and '{"answer": "cut sh' in raw
+    saved = json.loads((out / "generate_report.json").read_text())
+    assert saved["kept"] == 8 and (out / "scores.png").stat().st_size > 1000
+    conversations, _ = load_conversations(DataConfig(paths=("generated",), dataset_dir=out))
+    assert len(conversations) == 8 and conversations[0].messages[1]["content"].startswith("The answer to")
+
+
+@pytest.mark.parametrize("output_format", ["sharegpt", "openai"])
+def test_every_output_format_loads_through_the_registry(server, tmp_path, output_format):
+    config = _config(server, tmp_path, output_format=output_format, max_chunks=2, mode="qa")
+
+    generate_dataset(config, *clients(config))
+
+    conversations, _ = load_conversations(DataConfig(paths=("generated",), dataset_dir=config.output_dir))
+    assert [c.messages[0]["content"] for c in conversations] == ["What is the alpha stone?",
+                                                                 "Why does the river think?"]
+
+
+def test_changed_settings_are_refused_threshold_is_not_and_force_starts_over(server, tmp_path):
+    config = _config(server, tmp_path, max_chunks=1)
+    generate_dataset(config, *clients(config))
+    requests = len(server.log)
+
+    with pytest.raises(ConfigError, match="other settings \\(they differ in: chunk_chars\\).*force=true"):
+        changed = _config(server, tmp_path, max_chunks=1, chunk_chars=300)
+        generate_dataset(changed, *clients(changed))
+    stricter = _config(server, tmp_path, max_chunks=1, judge=JudgeSettings(model="judge-1", threshold=9))
+    report = generate_dataset(stricter, *clients(stricter))
+    assert (report.kept, report.resumed, len(server.log)) == (0, 2, requests)  # nothing asked again
+    forced = _config(server, tmp_path, max_chunks=1, chunk_chars=300, force=True)
+    assert generate_dataset(forced, *clients(forced)).resumed == 0
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "mine.txt").write_text("x")
+    with pytest.raises(ConfigError, match="already holds other files"):
+        elsewhere = _config(server, tmp_path, output_dir=tmp_path / "other")
+        generate_dataset(elsewhere, *clients(elsewhere))
+
+
+def test_a_spent_request_budget_stops_early_and_a_rerun_goes_on(server, tmp_path):
+    config = _config(server, tmp_path, max_chunks=2, generator={"max_requests": 3})
+
+    report = generate_dataset(config, *clients(config))
+
+    assert not report.complete and "max_requests" in report.stopped
+    config = _config(server, tmp_path, max_chunks=2)
+    report = generate_dataset(config, *clients(config))
+    assert report.complete and (report.items, report.kept) == (3, 2) and report.resumed >= 1
+
+
+def test_summary_dialogue_continuation_and_custom_modes(server, tmp_path):
+    template = tmp_path / "prompt.j2"
+    template.write_text("From {{ source }} ({{ language }}):\n{{ chunk }}\nWrite one Q&A as JSON.")
+    config = _config(server, tmp_path, mode="continuation", judge=JudgeSettings(enabled=False), max_chunks=3)
+
+    report = generate_dataset(config, *clients(config))
+
+    assert (report.items, report.kept, report.requests) == (2, 2, 0)  # continuation asks no model
+    kept = _lines(config.output_dir / "generated.jsonl")
+    assert kept[0]["instruction"].startswith("Continue the following text.") and "THINK:" in kept[0]["output"]
+    summary = _config(server, tmp_path, mode="summary", output_dir=tmp_path / "summary", max_chunks=2)
+    assert generate_dataset(summary, *clients(summary)).kept == 2
+    assert _lines(summary.output_dir / "generated.jsonl")[1]["output"] == "A summary of think."
+    dialogue = _config(server, tmp_path, mode="dialogue", output_dir=tmp_path / "dialogue", max_chunks=1,
+                       output_format="sharegpt")
+    assert generate_dataset(dialogue, *clients(dialogue)).kept == 1
+    conversations, _ = load_conversations(DataConfig(paths=("generated",), dataset_dir=dialogue.output_dir))
+    assert [message["role"] for message in conversations[0].messages] == ["user", "assistant"] * 2
+    custom = _config(server, tmp_path, mode="custom", template=template, output_dir=tmp_path / "custom",
+                     max_chunks=1)
+    chunks, items = preview_generation(custom, *clients(custom))
+    assert len(chunks) == 1 and items[0]["error"] and not (tmp_path / "custom").exists()  # preview writes nothing
+    with pytest.raises(ConfigError, match="mode custom needs template"):
+        _config(server, tmp_path, mode="custom")
+
+
+def test_chunks_follow_headings_paragraphs_and_chinese_sentences(tmp_path):
+    text = ("# 第一回\n\n灵根育孕源流出，心性修持大道生。盖闻天地之数，有十二万九千六百岁为一元。"
+            "将一元分为十二会，乃子、丑、寅、卯、辰、巳、午、未、申、酉、戌、亥之十二支也！\n\n"
+            "# Chapter 2\n\nIt was the best of times. It was the worst of times! Was it? Yes.\n\nShort.")
+    chunks = chunk_documents([Document("book.md", text)], max_chars=40, overlap=12)
+
+    assert all(text[chunk.start:chunk.end] == chunk.text and len(chunk.text) <= 40 for chunk in chunks)
+    assert [chunk.heading for chunk in chunks][0] == "第一回" and chunks[-1].heading == "Chapter 2"
+    assert chunks[0].language == "zh" and chunks[-1].language == "en"
+    assert all(chunk.text.rstrip().endswith(("。", "！", ".", "!", "?", "生。")) or chunk.text.endswith("Short.")
+               or chunk.text.startswith("#") for chunk in chunks)
+    assert not any("第一回" in chunk.text and "Chapter" in chunk.text for chunk in chunks)  # never across a heading
+    assert any(a.end > b.start for a, b in zip(chunks, chunks[1:]) if a.source == b.source)  # some overlap
+    (tmp_path / "bad.jsonl").write_text('{"text": "fine"}\n{"body": 1}\n')
+    with pytest.raises(DataError, match="bad.jsonl, line 2: needs a string field 'text'"):
+        read_documents(tmp_path / "bad.jsonl")
+
+
+def test_reply_parsing_is_tolerant():
+    assert strip_think("<think>a {\"x\": 1}</think>\n answer") == "answer"
+    assert strip_think("<think>never closed {\"x\": 1}") == ""
+    assert strip_think("cut</think>rest") == "rest"
+    assert parse_json_reply('Sure:\n```json\n{"a": [1, 2,],}\n```') == {"a": [1, 2]}
+    assert parse_json_reply('<think>{"a": 0}</think> text {"a": 1} more') == {"a": 1}
+    assert parse_json_reply('["q1", "q2",]', list) == ["q1", "q2"]
+    assert parse_json_reply('{"a": "unterminated') is None
+
+
+def test_a_killed_run_restarted_writes_every_record_exactly_once(tmp_path):
+    slow = ScriptedServer(delay=0.05)
+    try:
+        docs = tmp_path / "docs"
+        docs.mkdir()
+        (docs / "book.md").write_text("\n\n".join(
+            f"# Part {n}\n\nTWIN{n}: a short paragraph about part {n}, which the scripted server recognises."
+            for n in range(1, 13)), encoding="utf-8")
+        args = [sys.executable, "-m", "lorakit.cli", "data", "generate", "-i", str(docs), "-o", str(tmp_path / "out"),
+                "--base-url", slow.url, "--model", "gen-1", "generator.concurrency=2", "chunk_chars=300",
+                "chunk_overlap=0"]
+        env = {**os.environ, "PYTHONPATH": str(SRC)}
+        process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        checkpoint = tmp_path / "out" / "checkpoint.jsonl"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            if checkpoint.exists() and checkpoint.read_text().count('"index": 0') >= 4:
+                break
+            time.sleep(0.02)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert not (tmp_path / "out" / "generated.jsonl").exists()  # killed mid-way
+        finished = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+        assert finished.returncode == 0, finished.stdout + finished.stderr
+    finally:
+        slow.close()
+
+    records = _lines(tmp_path / "out" / "generated.jsonl")
+    assert len(records) == 12 and len({record["_chunk"] for record in records}) == 12
+    assert [record["instruction"] for record in records] == ["What is the twin?"] * 12  # identical, all kept
+    items = [line for line in _lines(checkpoint)[1:] if line["index"] != "questions"]
+    assert sorted(Counter((line["chunk"], line["index"]) for line in items).values()) == [1] * 12
+    assert "from the checkpoint" in finished.stdout
+
+
+def test_the_judge_shares_the_one_client():
+    from lorakit.eval.judge import OpenAIJudge
+
+    assert issubclass(OpenAIJudge, ChatClient)
+
+
+@pytest.mark.slow
+def test_generate_against_lorakit_serve_then_train_on_the_output(tmp_path):
+    """The whole road over real HTTP: `lorakit serve` of the bundled SmolLM2-135M summarises a Chinese
+    public-domain passage (tests/fixtures/generate), every reply is accounted for, and `lorakit train` fits
+    the generated records (with continuation records of the English and Chinese texts) for a few steps, unedited.
+    A 135M model's summaries are poor and often cut off at max_tokens (then rejected): the road is what is tested."""
+    from lorakit.config import ModelConfig, load_config
+    from lorakit.serve import Engine, create_app, load_endpoints
+    from lorakit.serve import ServeConfig as ServerConfig
+    from lorakit.train import run_training
+    from test_serve import running
+
+    fixtures = Path(__file__).parent / "fixtures" / "generate"
+    model, endpoints = load_endpoints(ServerConfig(model=ModelConfig(name="smollm2-135m")))
+    with running(create_app(Engine(model, max_batch_size=2), endpoints)) as base_url:
+        generator = EndpointConfig(base_url=f"{base_url}/v1", model="smollm2-135m", max_tokens=64, concurrency=2)
+        summary = GenerateConfig(input=fixtures / "xiyouji.md", output_dir=tmp_path / "data", generator=generator,
+                                 mode="summary", judge=JudgeSettings(enabled=False), output_format="openai",
+                                 dataset_name="summaries", temperature=0.0)
+        report = generate_dataset(summary, *clients(summary))
+
+    assert report.chunks == report.items == 1 and report.kept + sum(report.rejected.values()) == 1
+    assert report.requests in (1, 2) and report.completion_tokens > 0
+    summaries = _lines(tmp_path / "data" / "summaries.jsonl")
+    assert all(record["messages"][0]["content"].startswith("请概括") for record in summaries)  # Chinese prompts
+    continuation = GenerateConfig(input=fixtures, output_dir=tmp_path / "more", generator=generator,
+                                  mode="continuation", judge=JudgeSettings(enabled=False), chunk_chars=300,
+                                  chunk_overlap=0, output_format="openai", dataset_name="continuations")
+    assert generate_dataset(continuation, *clients(continuation)).kept >= 3
+    paths = ["continuations", *([str(tmp_path / "data" / "summaries.jsonl")] if summaries else [])]
+    config = load_config(Path(__file__).parents[1] / "configs" / "smollm2-lora.yaml", [
+        f"data.paths=[{', '.join(paths)}]", f"data.dataset_dir={tmp_path / 'more'}", "data.val_size=0",
+        f"output_dir={tmp_path / 'run'}", "max_steps=2", "batch_size=2", "lora.rank=4", "logging_steps=1"])
+    output_dir = run_training(config, progress=False)
+    assert (output_dir / "adapter" / "adapter_config.json").is_file()

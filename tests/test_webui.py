@@ -1,0 +1,139 @@
+"""The web UI without a browser: its form makes the CLI's config, its safety rules, its two languages."""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+pytest.importorskip("gradio", reason="the web UI needs gradio (pip install 'lorakit[webui]')")
+
+from lorakit.config import TrainConfig, WebUIConfig, load_config, save_config  # noqa: E402
+from lorakit.errors import ConfigError  # noqa: E402
+from lorakit.webui.i18n import STRINGS  # noqa: E402
+from lorakit.webui.safety import allowed_folders, confine, keep_upload  # noqa: E402
+from lorakit.webui.train_form import FIELDS, build_train_config, train_command  # noqa: E402
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "train.json").write_text(json.dumps([{"instruction": "say hi", "output": "hi."}]))
+    return tmp_path
+
+
+def form(**values):
+    return {**{field.name: field.default for field in FIELDS}, "data_path": "train.json", **values}
+
+
+def test_every_string_exists_in_both_languages():
+    assert set(STRINGS["en"]) == set(STRINGS["zh"])
+    assert all(STRINGS["zh"][key].strip() for key in STRINGS["zh"])
+    assert {field.name for field in FIELDS} <= set(STRINGS["en"])
+    assert all(f"{field.name}.info" in STRINGS["en"] for field in FIELDS)  # every field has a tooltip
+
+
+@pytest.mark.parametrize("values", [
+    {},
+    {"method": "dora", "max_steps": 50, "val_size": 0.1, "eval_steps": 10, "early_stopping": 2, "lora_rank": 16},
+    {"method": "full", "learning_rate": 1e-5, "template": "chatml", "run_name": "full-run"},
+])
+def test_shown_yaml_and_command_resolve_to_the_form_config(workdir, values):
+    config, overrides = build_train_config(form(**values), WebUIConfig(), workdir)
+    save_config(config, workdir / "shown.yaml")
+
+    command = shlex.split(train_command(overrides))
+
+    assert command[:2] == ["lorakit", "train"]
+    assert load_config(None, command[2:], TrainConfig) == config
+    assert load_config(workdir / "shown.yaml", (), TrainConfig) == config
+    assert config.data.paths == (str(workdir / "train.json"),)
+    assert str(config.output_dir).startswith("outputs/")
+
+
+def test_form_values_reach_the_config(workdir):
+    config, _ = build_train_config(form(method="qlora", max_steps=7, val_size=0.2, early_stopping=3), WebUIConfig(),
+                                   workdir)
+    assert (config.finetuning, config.model.quantization, config.max_steps) == ("lora", "4bit", 7)
+    assert (config.data.val_size, config.early_stopping_patience) == (0.2, 3)
+    by_epochs, _ = build_train_config(form(), WebUIConfig(), workdir)
+    assert by_epochs.max_steps is None and by_epochs.early_stopping_patience is None
+
+
+def test_paths_outside_the_allowed_folders_are_refused(workdir, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("elsewhere") / "secret.json"
+    outside.write_text("[]")
+    with pytest.raises(ConfigError, match="outside the folders the web UI may read.*--allow-dir"):
+        build_train_config(form(data_path=str(outside)), WebUIConfig(), workdir)
+    with pytest.raises(ConfigError, match="outside the folders"):
+        build_train_config(form(data_path="../" * 10 + "etc/passwd"), WebUIConfig(), workdir)
+    with pytest.raises(ConfigError, match="outside the folders"):
+        build_train_config(form(model=str(outside.parent)), WebUIConfig(), workdir)
+    allowed = WebUIConfig(allow_dirs=(outside.parent,))
+    assert confine(str(outside), allowed_folders(allowed, workdir), workdir) == outside.resolve()
+
+
+def test_a_symlink_out_of_an_allowed_folder_is_refused(workdir, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("elsewhere")
+    (workdir / "link").symlink_to(outside)
+    with pytest.raises(ConfigError, match="outside the folders"):
+        confine("link/x.json", allowed_folders(WebUIConfig(), workdir), workdir)
+
+
+def test_run_name_cannot_leave_outputs(workdir):
+    with pytest.raises(ConfigError, match="plain folder name"):
+        build_train_config(form(run_name="../../etc"), WebUIConfig(), workdir)
+
+
+def test_non_loopback_host_needs_auth():
+    with pytest.raises(ConfigError, match="host is 0.0.0.0.*auth is not set"):
+        WebUIConfig(host="0.0.0.0")
+    with pytest.raises(ConfigError, match="user:password"):
+        WebUIConfig(host="0.0.0.0", auth="admin")
+    assert WebUIConfig(host="0.0.0.0", auth="admin:s3cret").credentials == ("admin", "s3cret")
+    assert WebUIConfig(host="::1").auth is None and WebUIConfig(host="localhost").auth is None
+
+
+def test_webui_command_refuses_to_start_exposed_without_auth():
+    result = subprocess.run([sys.executable, "-m", "lorakit.cli", "webui", "--host", "0.0.0.0"], capture_output=True,
+                            text=True, timeout=120, env={**os.environ, "LORAKIT_WEBUI_AUTH": ""})
+    assert result.returncode == 2
+    assert "auth is not set" in result.stderr and "--auth user:password" in result.stderr
+
+
+def test_uploads_are_size_limited_and_kept_in_the_ui_folder(workdir):
+    small, big = workdir / "small.json", workdir / "big.json"
+    small.write_text("[]")
+    big.write_bytes(b"x" * (2 * 2**20))
+    kept = keep_upload(small, WebUIConfig(max_upload_mb=1), workdir)
+    assert kept == workdir / "outputs" / "webui-uploads" / "small.json" and kept.read_text() == "[]"
+    with pytest.raises(ConfigError, match="above the upload limit of 1 MiB"):
+        keep_upload(big, WebUIConfig(max_upload_mb=1), workdir)
+
+
+def test_page_builds_and_relabels_in_chinese(workdir):
+    import gradio as gr
+
+    from lorakit.webui.app import _live_view, _relabel, build_app
+
+    app = build_app(WebUIConfig())
+    assert isinstance(app, gr.Blocks)
+    updates = _relabel("中文", [(gr.Button("Start"), "start"), (gr.Number(label="Learning rate"), "learning_rate")])
+    assert updates[0] == "zh"
+    assert updates[1]["value"] == "开始" and updates[2]["label"] == "学习率" and "LoRA" in updates[2]["info"]
+    run = workdir / "outputs" / "r"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"output_dir": str(run)}))
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "loss": 2.0}\n{"step": 2, "eval_loss": 2.2}\n')
+    (run / "progress.json").write_text(json.dumps({"completed": 2, "total": 4, "elapsed_seconds": 3.0,
+                                                   "remaining_seconds": 3.0, "tokens_per_second": 100.0}))
+    status, curve, _, config_text, _ = _live_view(WebUIConfig(), "en", "r")
+    assert "Step 2/4 (50%)" in status
+    assert curve.to_dict("records") == [{"step": 1, "loss": 2.5, "split": "train"},
+                                        {"step": 2, "loss": 2.0, "split": "train"},
+                                        {"step": 2, "loss": 2.2, "split": "eval"}]
+    assert "output_dir" in config_text

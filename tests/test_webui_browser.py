@@ -1,0 +1,108 @@
+"""The web UI in a real headless Chromium (Debian's, through Playwright): train, re-attach, stop, switch language.
+
+Screenshots of the page in English and Chinese go to docs/webui/.
+"""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio", reason="the web UI needs gradio (pip install 'lorakit[webui]')")
+playwright = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install playwright)")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+if not Path(CHROMIUM).exists():
+    pytest.skip("needs Debian's chromium (apt-get install chromium; `make install-webui`)", allow_module_level=True)
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = REPO / "docs" / "webui"
+RECORDS = [{"instruction": f"say {w}", "output": f"{w}."} for w in ("hi", "yes", "no", "cat", "dog", "sun")]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path, tiny_model_dir):
+    (tmp_path / "train.json").write_text(json.dumps(RECORDS))
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+           "LORAKIT_CACHE": str(tmp_path / "cache"), "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = (tmp_path / "webui.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "lorakit.cli", "webui", "--port", str(port)], cwd=tmp_path,
+                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.5)
+    yield url, tmp_path
+    from lorakit.jobs import list_jobs, stop_job
+
+    for job in list_jobs(tmp_path / "outputs"):
+        if job.state == "running":
+            stop_job(job.folder, grace_seconds=5)
+    os.killpg(process.pid, 15)
+    process.wait(30)
+
+
+def step(page) -> int:
+    text = page.locator("#status").inner_text()
+    return int(text.split("Step ")[1].split("/")[0]) if "Step " in text else -1
+
+
+@pytest.mark.slow  # a web server, a training job and a browser (~60 s on 2 cores)
+def test_train_reattach_stop_and_switch_language(server):
+    url, workdir = server
+    DOCS.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(url)
+        page.locator("#field-model input").fill("tiny-llama")
+        page.locator("#field-model input").press("Enter")
+        page.locator("#field-data_path textarea").fill("train.json")
+        page.locator("#field-template input").fill("chatml")
+        page.locator("#field-template input").press("Enter")
+        page.locator("#field-max_steps input").fill("100000")
+        page.locator("#field-batch_size input").fill("2")
+        page.locator("#start").click()
+        page.wait_for_function("document.querySelector('#status').innerText.includes('Step ')", timeout=120_000)
+        run_dir = workdir / "outputs" / "webui-run"
+        deadline = time.monotonic() + 120
+        while sum("loss" in json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()) < 3:
+            assert time.monotonic() < deadline, "the loss curve gained no points"
+            time.sleep(0.5)
+        time.sleep(2)  # a refresh tick draws the new points
+        assert page.locator("#loss-plot canvas, #loss-plot svg").count() > 0
+        page.screenshot(path=str(DOCS / "train-en.png"), full_page=True)
+
+        page.reload()
+        page.wait_for_function("document.querySelector('#status').innerText.includes('Step ')", timeout=60_000)
+        assert page.locator("#run input").input_value() == "webui-run"  # re-attached to the running job
+        before = step(page)
+        time.sleep(3)
+        assert step(page) > before  # still training after the page went away
+
+        page.locator("#stop").click()
+        page.wait_for_function("document.querySelector('#message').innerText.includes('every process exited')",
+                               timeout=90_000)
+        page.wait_for_function("document.querySelector('#status').innerText.includes('stopped')", timeout=30_000)
+
+        page.get_by_label("中文").check()
+        page.wait_for_function("document.querySelector('#start').innerText.includes('开始')", timeout=30_000)
+        assert "学习率" in page.content()
+        page.wait_for_function("document.querySelector('#status').innerText.includes('已停止')", timeout=30_000)
+        page.screenshot(path=str(DOCS / "train-zh.png"), full_page=True)
+        browser.close()
