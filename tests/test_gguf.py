@@ -325,7 +325,7 @@ def test_adapter_only_gguf_on_the_base_answers_as_the_merged_gguf(tmp_path, smol
 
 @pytest.mark.slow
 def test_a_trained_smollm2_adapter_ships_through_every_route(tmp_path):
-    """Train a few steps on the demo set, then merge, f16, q8_0, q4_k_m, LoRA-only and Ollama, each checked."""
+    """Train a few steps on the demo set, then f16, merge, q8_0, q4_k_m, LoRA-only and Ollama, each checked."""
     from dataclasses import replace
 
     from peft import PeftModel
@@ -361,6 +361,16 @@ def test_a_trained_smollm2_adapter_ships_through_every_route(tmp_path):
     assert len(answer) == 20
     assert _greedy_gguf(llm, ids, 20) == answer
     llm.close()
+    del reference
+
+    from lorakit.config import MergeConfig
+    from lorakit.export.merge import merge_adapter
+
+    merged_folder = merge_adapter(MergeConfig(source=run, output=tmp_path / "merged", dtype="float32"))
+    assert merged_folder.merged_onto == "full" and merged_folder.kl_divergence < 1e-3
+    plain_load = AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))  # no PEFT, no lorakit
+    assert plain_load.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False)[0, len(ids):].tolist() == answer
+    del plain_load
 
     quantized = {}
     for outtype in ("q8_0", "q4_k_m"):
