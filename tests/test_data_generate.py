@@ -47,6 +47,10 @@ def _document() -> str:
                        f"the scripted server recognises by its marker." for marker in SECTIONS)
 
 
+# Far above what a reply takes on a loaded machine; the scripted SLOW reply waits longer still.
+CLIENT_TIMEOUT = 4.0
+
+
 class ScriptedServer:
     """A tiny OpenAI-compatible /v1/chat/completions whose replies depend only on the request's content (and, for
     the flaky behaviours, on how often that content was asked)."""
@@ -91,14 +95,15 @@ class ScriptedServer:
         if count == 1 and marker == "FIVEHUNDRED" and "[Rubric]" not in prompt:
             return self._record(500, {"error": {"message": "oops"}}, {"retry-after-ms": "10"})
         late = count == 1 and marker == "SLOW"
-        if late:
-            time.sleep(2.5)  # beyond the client's timeout (1.5 s): the client has given up on this reply
         text, finish = self._text(prompt, marker, count)
         usage = {"prompt_tokens": len(prompt) // 4, "completion_tokens": len(text) // 4,
                  "total_tokens": len(prompt) // 4 + len(text) // 4}
-        return self._record(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
-                                  "usage": usage, "choices": [{"index": 0, "finish_reason": finish, "message": {
-                                      "role": "assistant", "content": text}}]}, {}, late)
+        answer = self._record(200, {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                                    "usage": usage, "choices": [{"index": 0, "finish_reason": finish, "message": {
+                                        "role": "assistant", "content": text}}]}, {}, late)
+        if late:  # recorded on arrival, so the log is complete whenever the run ends
+            time.sleep(CLIENT_TIMEOUT + 3)  # the client gives up on this reply and asks again
+        return answer
 
     def _record(self, status: int, payload: dict, headers: dict, late: bool = False) -> tuple[int, dict, dict]:
         with self.lock:
@@ -152,8 +157,8 @@ def _config(server, tmp_path, **changes) -> GenerateConfig:
     if not document.exists():
         document.parent.mkdir(parents=True)
         document.write_text(_document(), encoding="utf-8")
-    generator = EndpointConfig(base_url=server.url, model="gen-1", timeout=1.5, max_retries=2, concurrency=3,
-                               **changes.pop("generator", {}))
+    generator = EndpointConfig(base_url=server.url, model="gen-1", timeout=CLIENT_TIMEOUT, max_retries=2,
+                               concurrency=3, **changes.pop("generator", {}))
     values = {"input": document.parent, "output_dir": tmp_path / "out", "generator": generator,
               "judge": JudgeSettings(model="judge-1", threshold=6), "chunk_chars": 400, "chunk_overlap": 0,
               **changes}
