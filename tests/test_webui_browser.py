@@ -57,6 +57,11 @@ def server(tmp_path, tiny_model_dir):
     process.wait(30)
 
 
+# How many points the loss plot's line has drawn: Vega draws each line as one SVG path, "M x,y L x,y L ...".
+LINE_POINTS = """() => { const line = document.querySelector('#loss-plot .mark-line path');
+                         return line ? (line.getAttribute('d').match(/L/g) || []).length + 1 : 0; }"""
+
+
 def step(page) -> int:
     text = page.locator("#status").inner_text()
     return int(text.split("Step ")[1].split("/")[0]) if "Step " in text else -1
@@ -78,31 +83,32 @@ def test_train_reattach_stop_and_switch_language(server):
         page.locator("#field-max_steps input").fill("100000")
         page.locator("#field-batch_size input").fill("2")
         page.locator("#start").click()
-        page.wait_for_function("document.querySelector('#status').innerText.includes('Step ')", timeout=120_000)
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('Step ')", timeout=120_000)
         run_dir = workdir / "outputs" / "webui-run"
         deadline = time.monotonic() + 120
         while sum("loss" in json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()) < 3:
             assert time.monotonic() < deadline, "the loss curve gained no points"
             time.sleep(0.5)
-        time.sleep(2)  # a refresh tick draws the new points
-        assert page.locator("#loss-plot canvas, #loss-plot svg").count() > 0
+        page.wait_for_function(f"({LINE_POINTS})() >= 3", timeout=60_000)  # the line is drawn, not just the axes
+        drawn = page.evaluate(LINE_POINTS)
         page.screenshot(path=str(DOCS / "train-en.png"), full_page=True)
 
         page.reload()
-        page.wait_for_function("document.querySelector('#status').innerText.includes('Step ')", timeout=60_000)
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('Step ')", timeout=60_000)
         assert page.locator("#run input").input_value() == "webui-run"  # re-attached to the running job
         before = step(page)
         time.sleep(3)
         assert step(page) > before  # still training after the page went away
+        page.wait_for_function(f"({LINE_POINTS})() > {drawn}", timeout=60_000)  # the plot gains points
 
         page.locator("#stop").click()
-        page.wait_for_function("document.querySelector('#message').innerText.includes('every process exited')",
+        page.wait_for_function("document.querySelector('#message')?.innerText.includes('every process exited')",
                                timeout=90_000)
-        page.wait_for_function("document.querySelector('#status').innerText.includes('stopped')", timeout=30_000)
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('stopped')", timeout=30_000)
 
         page.get_by_label("中文").check()
-        page.wait_for_function("document.querySelector('#start').innerText.includes('开始')", timeout=30_000)
+        page.wait_for_function("document.querySelector('#start')?.innerText.includes('开始')", timeout=30_000)
         assert "学习率" in page.content()
-        page.wait_for_function("document.querySelector('#status').innerText.includes('已停止')", timeout=30_000)
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('已停止')", timeout=30_000)
         page.screenshot(path=str(DOCS / "train-zh.png"), full_page=True)
         browser.close()

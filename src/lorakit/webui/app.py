@@ -51,7 +51,7 @@ def build_app(config: WebUIConfig) -> gr.Blocks:
                                       allow_custom_value=True, elem_id="run"), "run")
                 refresh = add(gr.Button(text("refresh", language), scale=0), "refresh")
             status = gr.Markdown(elem_id="status")
-            plot = add(gr.LinePlot(_empty_curve(), x="step", y="loss", color="split", label=text("loss_plot", language),
+            plot = add(gr.LinePlot(None, x="step", y="loss", color="split", label=text("loss_plot", language),
                                    elem_id="loss-plot"), "loss_plot")
             log = add(gr.Textbox(label=text("log", language), lines=10, max_lines=10, elem_id="log"), "log")
             with gr.Row():
@@ -185,7 +185,7 @@ def _live_view(config: WebUIConfig, language: str, name: str | None):
     """Status with progress and ETA, the loss curve, the log tail, config and metrics of the run `name`."""
     run_dir = config.outputs / name if name else None
     if run_dir is None or not is_run_folder(run_dir):
-        return text("msg.no_run", language), _empty_curve(), "", "", None
+        return text("msg.no_run", language), None, "", "", None
     job = job_in(run_dir)
     state = job.state if job is not None else run_status(run_dir).state
     lines = [text("state", language, state=text(f"state.{state}", language))]
@@ -208,15 +208,15 @@ def _live_view(config: WebUIConfig, language: str, name: str | None):
             read_json_dict(run_dir / "metrics.json") or None)
 
 
-def _curve(run_dir: Path) -> pd.DataFrame:
+def _curve(run_dir: Path) -> pd.DataFrame | None:
+    """The run's logged losses for the plot; None before the first one.
+
+    None, not an empty frame: Gradio 6's LinePlot, once given an empty frame with a color column, draws the axes of
+    later updates but never their lines (seen in Chromium).
+    """
     rows = [{"step": entry["step"], "loss": entry[key], "split": split} for entry in read_metrics_log(run_dir)
             for key, split in (("loss", "train"), ("eval_loss", "eval")) if key in entry]
-    return pd.DataFrame(rows, columns=["step", "loss", "split"]) if rows else _empty_curve()
-
-
-def _empty_curve() -> pd.DataFrame:
-    return pd.DataFrame({"step": pd.Series(dtype="int64"), "loss": pd.Series(dtype="float64"),
-                         "split": pd.Series(dtype="str")})
+    return pd.DataFrame(rows, columns=["step", "loss", "split"]) if rows else None
 
 
 def _duration(seconds: float | None) -> str:
