@@ -206,3 +206,17 @@ def test_cli_runs_each_tool_and_reports_counts(tmp_path):
         assert expected in result.output, result.output
     result = runner.invoke(app, ["data", "sample", str(source), "-o", str(tmp_path / "s.jsonl"), "--size", "3"])
     assert isinstance(result.exception, ConfigError) and "already exists" in str(result.exception)
+
+
+def test_skip_bad_flag_the_error_names_works_for_every_tool(tmp_path):
+    source = tmp_path / "broken.jsonl"
+    source.write_text('{"instruction": "hi", "output": "a"}\n{broken\n{"instruction": "yo", "output": "b"}\n')
+    runner = CliRunner()
+    refused = runner.invoke(app, ["data", "sample", str(source), "-o", str(tmp_path / "r.jsonl"), "--size", "1"])
+    assert refused.exit_code != 0 and "line 2" in str(refused.exception) and "skip_bad" in str(refused.exception)
+    for tool, extra in (("dedupe", []), ("sample", ["--size", "2"]), ("filter", []), ("mix", []),
+                        ("split", ["--validation", "1"])):
+        output = tmp_path / (tool if tool == "split" else f"{tool}.jsonl")
+        result = runner.invoke(app, ["data", tool, str(source), "-o", str(output), *extra, "--skip-bad"])
+        assert result.exit_code == 0, (tool, result.output)
+        assert "1 skipped" in result.output, (tool, result.output)

@@ -102,7 +102,7 @@ Force = Annotated[bool, typer.Option("--force", help="Replace an existing output
 Seed = Annotated[int, typer.Option(help="Random seed.")]
 
 
-def _tool_config(cls, args: list[str], keys: dict):
+def _tool_config(cls, args: list[str], keys: dict, skip_bad: bool):
     """A dataset tool's config from `source... key=value...` and the command's options (None: not given)."""
     from lorakit.config import load_config
 
@@ -110,7 +110,8 @@ def _tool_config(cls, args: list[str], keys: dict):
     overrides = [arg for arg in args if "=" in arg]
     given = [f"{key}={value}" for key, value in keys.items() if value is not None and value != ()]
     paths = [f"data.paths=[{', '.join(repr(s) for s in sources)}]"] if sources else []
-    return load_config(None, [*paths, *given, *overrides], cls)
+    skip = ["data.skip_bad=true"] if skip_bad else []
+    return load_config(None, [*paths, *given, *skip, *overrides], cls)
 
 
 def _print_report(report) -> None:
@@ -130,14 +131,15 @@ def data_dedupe(sources: Sources, output: Output, to: OutputFormat = "keep", for
                 )] = None,
                 exact: Annotated[bool, typer.Option("--exact", help="Exact duplicates only (no MinHash).")] = False,
                 threshold: Annotated[Optional[float], typer.Option(
-                    help="Near-duplicate Jaccard similarity threshold (default 0.6).")] = None):
+                    help="Near-duplicate Jaccard similarity threshold (default 0.6).")] = None,
+                skip_bad: SkipBad = False):
     """Drop exact and near-duplicate records (MinHash LSH), keeping the first; clusters go to <output>.dedupe.json."""
     from lorakit.config import DedupeConfig
     from lorakit.data.tools import dedupe
 
     config = _tool_config(DedupeConfig, sources, {"output": output, "output_format": to, "force": force,
                                                   "seed": seed, "fields": _fields(field), "threshold": threshold,
-                                                  "method": "exact" if exact else None})
+                                                  "method": "exact" if exact else None}, skip_bad)
     _print_report(dedupe(config))
 
 
@@ -147,14 +149,15 @@ def data_split(sources: Sources,
                validation: Annotated[float, typer.Option(help="Validation share (<1) or count.")] = 0.1,
                test: Annotated[float, typer.Option(help="Test share (<1) or count.")] = 0.0,
                stratify: Annotated[bool, typer.Option("--stratify", help="Cut each source file alike.")] = False,
-               to: OutputFormat = "keep", force: Force = False, seed: Seed = 42):
+               to: OutputFormat = "keep", force: Force = False, seed: Seed = 42,
+               skip_bad: SkipBad = False):
     """Split into train/validation/test .jsonl files in a folder, seeded, optionally stratified by source."""
     from lorakit.config import SplitConfig
     from lorakit.data.tools import split
 
     config = _tool_config(SplitConfig, sources, {"output": output, "validation": validation, "test": test,
                                                  "stratify_by_source": stratify, "output_format": to,
-                                                 "force": force, "seed": seed})
+                                                 "force": force, "seed": seed}, skip_bad)
     _print_report(split(config))
 
 
@@ -163,27 +166,29 @@ def data_mix(sources: Sources, output: Output,
              ratios: Annotated[Optional[str], typer.Option(help="Comma-separated, one per dataset: 0.8,0.2.")] = None,
              counts: Annotated[Optional[str], typer.Option(help="Comma-separated records per dataset.")] = None,
              size: Annotated[Optional[int], typer.Option(help="Records in all, with --ratios.")] = None,
-             to: OutputFormat = "keep", force: Force = False, seed: Seed = 42):
+             to: OutputFormat = "keep", force: Force = False, seed: Seed = 42,
+             skip_bad: SkipBad = False):
     """Mix datasets by ratios or counts (e.g. replay general data against forgetting), shuffled, seeded."""
     from lorakit.config import MixConfig
     from lorakit.data.tools import mix
 
     config = _tool_config(MixConfig, sources, {"output": output, "ratios": f"[{ratios}]" if ratios else None,
                                                "counts": f"[{counts}]" if counts else None, "size": size,
-                                               "output_format": to, "force": force, "seed": seed})
+                                               "output_format": to, "force": force, "seed": seed}, skip_bad)
     _print_report(mix(config))
 
 
 @data_app.command("sample")
 def data_sample(sources: Sources, output: Output,
                 size: Annotated[float, typer.Option(help="A fraction (<1) or a record count.")],
-                to: OutputFormat = "keep", force: Force = False, seed: Seed = 42):
+                to: OutputFormat = "keep", force: Force = False, seed: Seed = 42,
+                skip_bad: SkipBad = False):
     """Draw a random sample of records, seeded, in their original order."""
     from lorakit.config import SampleConfig
     from lorakit.data.tools import sample
 
     config = _tool_config(SampleConfig, sources, {"output": output, "size": size, "output_format": to,
-                                                  "force": force, "seed": seed})
+                                                  "force": force, "seed": seed}, skip_bad)
     _print_report(sample(config))
 
 
@@ -201,7 +206,8 @@ def data_filter(sources: Sources, output: Output,
                 max_score: Annotated[Optional[float], typer.Option()] = None,
                 include: Annotated[Optional[str], typer.Option(help="Keep records this regex matches.")] = None,
                 exclude: Annotated[Optional[str], typer.Option(help="Drop records this regex matches.")] = None,
-                to: OutputFormat = "keep", force: Force = False):
+                to: OutputFormat = "keep", force: Force = False,
+                skip_bad: SkipBad = False):
     """Keep records by token length, language (script), score and regular expressions; counts removals by reason."""
     from lorakit.config import FilterConfig, ModelConfig
     from lorakit.data.tools import filter_records
@@ -209,7 +215,7 @@ def data_filter(sources: Sources, output: Output,
     keys = {"output": output, "fields": _fields(field), "tokenizer": tokenizer, "min_tokens": min_tokens,
             "max_tokens": max_tokens, "languages": _fields(language), "score_field": score_field,
             "min_score": min_score, "max_score": max_score, "output_format": to, "force": force}
-    config = _tool_config(FilterConfig, sources, keys)
+    config = _tool_config(FilterConfig, sources, keys, skip_bad)
     patterns = {key: value for key, value in (("include", include), ("exclude", exclude)) if value is not None}
     config = replace(config, **patterns)  # set after parsing: a regex is not a YAML scalar
     loaded = None
