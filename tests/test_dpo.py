@@ -54,17 +54,24 @@ def reference_and_policy(trainer, batch):
     return torch.cat([chosen, rejected]), policy
 
 
-def test_reference_stays_the_base_while_the_policy_moves(tiny_tokenizer, tmp_path, pairs_file):
-    config = make_config(tmp_path, pairs_file, max_steps=4)
+def train_measured(config, tiny_tokenizer):
+    """A DPO trainer trained on `config`, a batch of its pairs, and the reference and policy log-probs of that batch
+    before and after training."""
     data = prepare_data(config, tiny_tokenizer)
-    base = make_model("llama", len(tiny_tokenizer))  # same seed: the same weights as the policy's base
     policy, peft_config = _policy(make_model("llama", len(tiny_tokenizer)), config)
     trainer = build_dpo_trainer(policy, peft_config, tiny_tokenizer, data, config, [])
     batch = trainer.data_collator([data.train[i] for i in range(4)])
-
     reference_before, policy_before = reference_and_policy(trainer, batch)
     trainer.train()
     reference_after, policy_after = reference_and_policy(trainer, batch)
+    return trainer, batch, reference_before, policy_before, reference_after, policy_after
+
+
+def test_reference_stays_the_base_while_the_policy_moves(tiny_tokenizer, tmp_path, pairs_file):
+    config = make_config(tmp_path, pairs_file, max_steps=4)
+    base = make_model("llama", len(tiny_tokenizer))  # same seed: the same weights as the policy's base
+
+    _, batch, reference_before, policy_before, reference_after, policy_after = train_measured(config, tiny_tokenizer)
 
     assert torch.allclose(reference_before, completion_logps(base, batch), atol=1e-4)
     assert torch.equal(reference_before, reference_after)
@@ -99,16 +106,11 @@ def sft_run(tiny_tokenizer, tmp_path, pairs_file):
 def test_dpo_after_sft_starts_from_and_is_kept_near_the_sft_adapter(tiny_tokenizer, tmp_path, pairs_file):
     sft_dir = sft_run(tiny_tokenizer, tmp_path, pairs_file)
     config = make_config(tmp_path, pairs_file, adapter=sft_dir)
-    data = prepare_data(config, tiny_tokenizer)
     sft_model = PeftModel.from_pretrained(make_model("llama", len(tiny_tokenizer)), str(sft_dir / "adapter"))
     base = make_model("llama", len(tiny_tokenizer))
-    policy, peft_config = _policy(make_model("llama", len(tiny_tokenizer)), config)
-    trainer = build_dpo_trainer(policy, peft_config, tiny_tokenizer, data, config, [])
-    batch = trainer.data_collator([data.train[i] for i in range(4)])
 
-    reference_before, policy_before = reference_and_policy(trainer, batch)
-    trainer.train()
-    reference_after, policy_after = reference_and_policy(trainer, batch)
+    trainer, batch, reference_before, policy_before, reference_after, policy_after = train_measured(
+        config, tiny_tokenizer)
 
     sft_logps = completion_logps(sft_model, batch)
     assert torch.allclose(reference_before, sft_logps, atol=1e-4)
