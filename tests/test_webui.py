@@ -118,7 +118,8 @@ def test_uploads_are_size_limited_and_kept_in_the_ui_folder(workdir):
 def test_page_builds_and_relabels_in_chinese(workdir):
     import gradio as gr
 
-    from lorakit.webui.app import _live_view, _relabel, build_app
+    from lorakit.webui.app import _relabel, build_app
+    from lorakit.webui.train_tab import _live_view
 
     app = build_app(WebUIConfig())
     assert isinstance(app, gr.Blocks)

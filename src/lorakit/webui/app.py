@@ -1,111 +1,39 @@
 """`lorakit webui`: `build_app(config)` makes the Gradio page, `launch(config)` serves it.
 
-The page holds no training logic: the Train tab builds a TrainConfig from its form (train_form.py) and starts
-`lorakit train` as a job (lorakit.jobs); what it shows of a run it reads from the run folder (lorakit.runs), so a
-reloaded or reopened page re-attaches to running jobs and shows past runs.
+The page holds no logic of its own: each tab (a module `<name>_tab.py` with `build(page)`) builds the same configs
+as the CLI and starts the same `lorakit` commands as jobs (lorakit.jobs); what it shows of a run it reads from the run
+folder (lorakit.runs), so a reloaded or reopened page re-attaches to running jobs and shows past runs.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
-import pandas as pd
 
 from lorakit.config import WebUIConfig
-from lorakit.errors import LorakitError
-from lorakit.jobs import job_in, list_jobs, resume_job, start_training, stop_job
-from lorakit.runs import is_run_folder, list_runs, read_json_dict, read_metrics_log, read_progress, run_status
+from lorakit.webui import train_tab
 from lorakit.webui.i18n import LANGUAGE_NAMES, text
-from lorakit.webui.train_form import FIELDS, METHODS, build_train_config, train_command
+from lorakit.webui.page import Page
 
-REFRESH_SECONDS = 1.0
-LOG_LINES = 40
+TABS = [("train", train_tab)]  # (i18n key tab.<name> and elem_id tab-<name>, module with build(page))
 
 
 def build_app(config: WebUIConfig) -> gr.Blocks:
-    """The whole page: a language switch, then the tabs (Train)."""
+    """The whole page: a language switch, then the tabs."""
     language = config.language
-    labelled: list[tuple[Any, str]] = []  # (component, i18n key): relabelled when the language changes
-
-    def add(component: Any, key: str) -> Any:
-        labelled.append((component, key))
-        return component
-
     with gr.Blocks(title="lorakit") as app:
+        page = Page(config, app, gr.State(language), language)
         with gr.Row():
-            add(gr.Markdown(text("title", language)), "title")
-            switch = add(gr.Radio(list(LANGUAGE_NAMES.values()), value=LANGUAGE_NAMES[language],
-                                  label=text("language", language), elem_id="language", scale=0), "language")
-        with add(gr.Tab(text("tab.train", language), elem_id="tab-train"), "tab.train"):
-            form = _train_form(language, add)
-            with gr.Row():
-                show = add(gr.Button(text("show_config", language), elem_id="show-config"), "show_config")
-                start = add(gr.Button(text("start", language), variant="primary", elem_id="start"), "start")
-                stop = add(gr.Button(text("stop", language), variant="stop", elem_id="stop"), "stop")
-                resume = add(gr.Button(text("resume", language), elem_id="resume"), "resume")
-            message = gr.Markdown(elem_id="message")
-            with gr.Row():
-                run = add(gr.Dropdown(_run_names(config), label=text("run", language), info=text("run.info", language),
-                                      allow_custom_value=True, elem_id="run"), "run")
-                refresh = add(gr.Button(text("refresh", language), scale=0), "refresh")
-            status = gr.Markdown(elem_id="status")
-            plot = add(gr.LinePlot(None, x="step", y="loss", color="split", label=text("loss_plot", language),
-                                   elem_id="loss-plot"), "loss_plot")
-            log = add(gr.Textbox(label=text("log", language), lines=10, max_lines=10, elem_id="log"), "log")
-            with gr.Row():
-                config_yaml = add(gr.Code(language="yaml", label=text("config_yaml", language)), "config_yaml")
-                metrics = add(gr.JSON(label=text("metrics", language)), "metrics")
-            command = add(gr.Textbox(label=text("command", language), elem_id="command"), "command")
-            runs_table = add(gr.Dataframe(_runs_table(config), label=text("runs_table", language),
-                                          interactive=False), "runs_table")
-        lang = gr.State(language)
-        timer = gr.Timer(REFRESH_SECONDS)
-
-        inputs = [lang, *form]
-        live = [status, plot, log, config_yaml, metrics]
-        show.click(lambda *v: _show_config(config, *v), inputs, [config_yaml, command, message])
-        start.click(lambda *v: _start(config, *v), inputs, [message, run, command])
-        stop.click(lambda lg, name: _stop(config, lg, name), [lang, run], message)
-        resume.click(lambda lg, name: _resume(config, lg, name), [lang, run], message)
-        for trigger in (run.change, timer.tick):
-            trigger(lambda lg, name: _live_view(config, lg, name), [lang, run], live)
-        refresh.click(lambda name: (gr.update(choices=_run_names(config), value=name), _runs_table(config)),
-                      run, [run, runs_table])
-        app.load(lambda: (gr.update(choices=_run_names(config), value=_attach(config)), _runs_table(config)), None,
-                 [run, runs_table])
-
-        components = [component for component, _ in labelled]
-        switch.change(lambda name: _relabel(name, labelled), switch, [lang, *components])
+            page.add(gr.Markdown(text("title", language)), "title")
+            switch = page.add(gr.Radio(list(LANGUAGE_NAMES.values()), value=LANGUAGE_NAMES[language],
+                                       label=text("language", language), elem_id="language", scale=0), "language")
+        for name, module in TABS:
+            with page.add(gr.Tab(text(f"tab.{name}", language), elem_id=f"tab-{name}"), f"tab.{name}"):
+                module.build(page)
+        components = [component for component, _ in page.labelled]
+        switch.change(lambda name: _relabel(name, page.labelled), switch, [page.lang, *components])
     return app
-
-
-def _train_form(language: str, add) -> list[Any]:
-    from lorakit.bundled import list_models
-    from lorakit.templates import TEMPLATES
-
-    models = [item.name for item in list_models()]
-    inputs = []
-    with gr.Row():
-        for field in FIELDS[:5]:
-            if field.name == "model":
-                widget = gr.Dropdown(models, value=field.default, allow_custom_value=True)
-            elif field.name == "method":
-                widget = gr.Dropdown(list(METHODS), value=field.default)
-            elif field.name == "template":
-                widget = gr.Dropdown(["auto", *TEMPLATES], value=field.default)
-            else:
-                widget = gr.Textbox(value=field.default)
-            inputs.append(widget)
-    with gr.Row():
-        for field in FIELDS[5:]:
-            inputs.append(gr.Number(value=field.default, precision=0 if field.integer else None, min_width=140))
-    for widget, field in zip(inputs, FIELDS):
-        widget.label, widget.info, widget.elem_id = text(field.name, language), text(f"{field.name}.info", language), \
-            f"field-{field.name}"
-        add(widget, field.name)
-    return inputs
 
 
 def _relabel(language_name: str, labelled: list[tuple[Any, str]]) -> list[Any]:
@@ -129,126 +57,6 @@ def _keys(language: str) -> set[str]:
     from lorakit.webui.i18n import STRINGS
 
     return set(STRINGS[language])
-
-
-def _values(values: tuple[Any, ...]) -> dict[str, Any]:
-    return {field.name: value for field, value in zip(FIELDS, values)}
-
-
-def _show_config(config: WebUIConfig, language: str, *values: Any):
-    try:
-        train_config, overrides = build_train_config(_values(values), config)
-    except LorakitError as err:
-        return gr.update(), gr.update(), text("msg.error", language, message=err)
-    import yaml
-
-    from lorakit.config import to_dict
-
-    return yaml.safe_dump(to_dict(train_config), sort_keys=False, allow_unicode=True), train_command(overrides), ""
-
-
-def _start(config: WebUIConfig, language: str, *values: Any):
-    try:
-        train_config, overrides = build_train_config(_values(values), config)
-        job = start_training(train_config)
-    except LorakitError as err:
-        return text("msg.error", language, message=err), gr.update(), gr.update()
-    name = job.folder.name
-    return (text("msg.started", language, run=name, pid=job.pid), gr.update(choices=_run_names(config), value=name),
-            train_command(overrides))
-
-
-def _stop(config: WebUIConfig, language: str, name: str | None):
-    if not name:
-        return text("msg.no_run", language)
-    try:
-        result = stop_job(config.outputs / name)
-    except LorakitError as err:
-        return text("msg.error", language, message=err)
-    if not result.exited:
-        return text("msg.stop_failed", language, run=name)
-    how = text("msg.by_sigkill" if result.killed else "msg.by_sigterm", language)
-    return text("msg.stopped", language, run=name, how=how, seconds=result.seconds)
-
-
-def _resume(config: WebUIConfig, language: str, name: str | None):
-    if not name:
-        return text("msg.no_run", language)
-    try:
-        job = resume_job(config.outputs / name)
-    except LorakitError as err:
-        return text("msg.error", language, message=err)
-    return text("msg.resumed", language, run=name, pid=job.pid)
-
-
-def _live_view(config: WebUIConfig, language: str, name: str | None):
-    """Status with progress and ETA, the loss curve, the log tail, config and metrics of the run `name`."""
-    run_dir = config.outputs / name if name else None
-    if run_dir is None or not is_run_folder(run_dir):
-        return text("msg.no_run", language), None, "", "", None
-    job = job_in(run_dir)
-    state = job.state if job is not None else run_status(run_dir).state
-    lines = [text("state", language, state=text(f"state.{state}", language))]
-    progress = read_progress(run_dir)
-    if progress.get("total"):
-        lines.append(text("progress", language, completed=progress["completed"], total=progress["total"],
-                          percent=100 * progress["completed"] / progress["total"],
-                          speed=f"{progress.get('tokens_per_second') or 0:,.0f}",
-                          elapsed=_duration(progress.get("elapsed_seconds")),
-                          eta=_duration(progress.get("remaining_seconds") if state == "running" else 0)))
-    detail = run_status(run_dir).detail
-    if detail and state != "running":
-        lines.append(detail)
-    log_file = run_dir / f"{job.stage if job else 'train'}.log"
-    log = "\n".join(log_file.read_text(encoding="utf-8", errors="replace").splitlines()[-LOG_LINES:]) \
-        if log_file.is_file() else ""
-    config_file = run_dir / "config.yaml"
-    return ("  \n".join(lines), _curve(run_dir), log,
-            config_file.read_text(encoding="utf-8") if config_file.is_file() else "",
-            read_json_dict(run_dir / "metrics.json") or None)
-
-
-def _curve(run_dir: Path) -> pd.DataFrame | None:
-    """The run's logged losses for the plot; None before the first one.
-
-    None, not an empty frame: Gradio 6's LinePlot, once given an empty frame with a color column, draws the axes of
-    later updates but never their lines (seen in Chromium).
-    """
-    rows = [{"step": entry["step"], "loss": entry[key], "split": split} for entry in read_metrics_log(run_dir)
-            for key, split in (("loss", "train"), ("eval_loss", "eval")) if key in entry]
-    return pd.DataFrame(rows, columns=["step", "loss", "split"]) if rows else None
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _run_names(config: WebUIConfig) -> list[str]:
-    if not config.outputs.is_dir():
-        return []
-    return [summary.path.name for summary in list_runs(config.outputs) if summary.path != config.outputs]
-
-
-def _attach(config: WebUIConfig) -> str | None:
-    """The run a freshly opened page shows: a running job's, else the newest run."""
-    running = [job for job in list_jobs(config.outputs) if job.state == "running"]
-    if running:
-        return running[0].folder.name
-    names = _run_names(config)
-    return names[0] if names else None
-
-
-def _runs_table(config: WebUIConfig) -> pd.DataFrame:
-    columns = ["run", "status", "base model", "method", "steps", "train loss", "eval loss", "date"]
-    if not config.outputs.is_dir():
-        return pd.DataFrame(columns=columns)
-    rows = [[summary.path.name, summary.status.state, summary.base_model, summary.method, summary.steps,
-             summary.train_loss, summary.eval_loss, (summary.date or "")[:16]]
-            for summary in list_runs(config.outputs) if summary.path != config.outputs]
-    return pd.DataFrame(rows, columns=columns)
 
 
 def launch(config: WebUIConfig) -> None:

@@ -1,0 +1,33 @@
+"""What every tab of the web UI shares: the settings, the language, and the labels to switch with it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from lorakit.config import WebUIConfig
+from lorakit.webui.i18n import text
+
+
+@dataclass
+class Page:
+    """One page being built: each tab's `build(page)` adds its components and events to it.
+
+    `language` is the language the page opens in; `lang` holds the one chosen on the page, for event handlers.
+    Components added with `add(component, key)` are relabelled when the language changes.
+    """
+
+    config: WebUIConfig
+    app: gr.Blocks
+    lang: gr.State
+    language: str
+    labelled: list[tuple[Any, str]] = field(default_factory=list)
+
+    def add(self, component: Any, key: str) -> Any:
+        self.labelled.append((component, key))
+        return component
+
+    def text(self, key: str, **values: Any) -> str:
+        return text(key, self.language, **values)
