@@ -31,7 +31,10 @@ if TYPE_CHECKING:
     from lorakit.config import TrainConfig
 
 JOB_FILE = "job.json"
-STAGES = ("train",)
+# The `lorakit` command of each job stage. `train` takes a config file; an export stage takes the folder it exports
+# and its options (lorakit.cli.export and lorakit.cli.merge make them from a config).
+STAGES = {"train": ("train",), "merge": ("merge",), "export-gguf": ("export", "gguf"),
+          "export-ollama": ("export", "ollama"), "export-hub": ("export", "hub")}
 # Popen objects of the jobs this process started: polling them reaps an exited child, which would otherwise stay a
 # zombie and still count as a member of its process group.
 _CHILDREN: dict[int, subprocess.Popen] = {}
@@ -64,10 +67,12 @@ class StopResult:
 
 
 def command_for(stage: str, config_path: Path, overrides: Sequence[str] = ()) -> list[str]:
-    """The argv of `lorakit <stage> CONFIG key=value ...` with this Python, so the job uses the same install."""
+    """The argv of `lorakit <stage> CONFIG key=value ...` with this Python, so the job uses the same install.
+
+    For an export stage `config_path` is the folder exported and `overrides` the command's options."""
     if stage not in STAGES:
         raise ConfigError(f"Unknown job stage '{stage}'; jobs run one of: {', '.join(STAGES)}.")
-    return [sys.executable, "-m", "lorakit.cli", stage, str(config_path), *overrides]
+    return [sys.executable, "-m", "lorakit.cli", *STAGES[stage], str(config_path), *overrides]
 
 
 def start_job(stage: str, config_path: Path, run_dir: Path, overrides: Sequence[str] = ()) -> Job:

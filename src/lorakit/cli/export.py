@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from lorakit.cli.app import app, console
+
+if TYPE_CHECKING:
+    from lorakit.config import GGUFConfig, HubConfig, OllamaConfig
 
 export_app = typer.Typer(help="Take a trained model out of lorakit: GGUF for llama.cpp, Ollama, the Hugging Face Hub.",
                          no_args_is_help=True)
@@ -106,6 +109,38 @@ def hub(source: Annotated[Path, typer.Argument(
         console.print("Dry run: nothing was uploaded.")
     else:
         console.print(f"Uploaded to {upload.url}", highlight=False)
+
+
+# The options of each command that make a config (the web UI starts these commands as jobs).
+
+
+def gguf_options(config: GGUFConfig) -> list[str]:
+    """The options of `lorakit export gguf SOURCE` that make `config`."""
+    options = ["--output", str(config.output), "--outtype", config.outtype, "--onto", config.onto]
+    if config.perplexity_data is not None:
+        options += ["--perplexity-data", str(config.perplexity_data)]
+    return options + _shared_options(config)
+
+
+def ollama_options(config: OllamaConfig) -> list[str]:
+    """The options of `lorakit export ollama SOURCE` that make `config`."""
+    options = ["--output", str(config.output), "--quant", config.quant]
+    for flag, value in (("--system", config.system), ("--name", config.name)):
+        if value is not None:
+            options += [flag, value]
+    return options + _shared_options(config)
+
+
+def hub_options(config: HubConfig) -> list[str]:
+    """The options of `lorakit export hub SOURCE` that make `config`."""
+    options = ["--repo-id", config.repo_id, "--commit-message", config.commit_message]
+    return options + (["--private"] if config.private else []) + (["--dry-run"] if config.dry_run else [])
+
+
+def _shared_options(config: GGUFConfig | OllamaConfig) -> list[str]:
+    options = ["--adapter-only"] if config.adapter_only else []
+    options += ["--base", config.base] if config.base else []
+    return options + (["--force"] if config.force else [])
 
 
 def _size(size: float) -> str:

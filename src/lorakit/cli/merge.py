@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from lorakit.cli.app import app, console
+
+if TYPE_CHECKING:
+    from lorakit.config.export import MergeConfig
 
 _ONTO = {"full": "the base's full-precision weights",
          "4bit": "the dequantised 4-bit weights the QLoRA adapter was trained against",
@@ -42,3 +45,10 @@ def merge(source: Annotated[Path, typer.Argument(help="A run folder or an adapte
                   f"merged onto {_ONTO[report.merged_onto]}.{check} Load it with "
                   "AutoModelForCausalLM.from_pretrained, or `lorakit chat --model` it.",
                   highlight=False, markup=False, soft_wrap=True)
+
+
+def merge_options(config: MergeConfig) -> list[str]:
+    """The options of `lorakit merge SOURCE` that make `config` (the web UI starts that command as a job)."""
+    options = ["--output", str(config.output), "--onto", config.onto, "--dtype", config.dtype, "--max-shard-size",
+               config.max_shard_size, "--device", config.device]
+    return options + (["--base", config.base] if config.base else []) + (["--force"] if config.force else [])

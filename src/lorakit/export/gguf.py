@@ -55,6 +55,8 @@ class GGUFExport:
     merged_onto: str | None
     perplexity: dict[str, float] | None
     perplexity_data: str | None
+    # The merge check of an adapter merged for the export: max abs logit diff and KL per token (see merge.py).
+    merge_check: dict[str, float] | None = None
 
     @property
     def report_path(self) -> Path:
@@ -85,8 +87,9 @@ def export_gguf(config: GGUFConfig, progress: ProgressTarget = True) -> GGUFExpo
     with _work_dir(output) as work:
         if config.adapter_only:
             written, merged_onto, model_dir, stripped = _write_adapter_gguf(config, source, work), None, None, False
+            merge_check = None
         else:
-            model_dir, merged_onto = _model_folder(config, source, work, progress)
+            model_dir, merged_onto, merge_check = _model_folder(config, source, work, progress)
             written, stripped = _write_model_gguf(config, model_dir, source.template, work)
         context_length = _context_length(model_dir or _base_dir(source))
         perplexity = None
@@ -97,7 +100,7 @@ def export_gguf(config: GGUFConfig, progress: ProgressTarget = True) -> GGUFExpo
                             bos_stripped_from_template=stripped, context_length=context_length,
                             merged_onto=merged_onto, perplexity=perplexity,
                             perplexity_data=str(config.perplexity_data) if perplexity and config.perplexity_data
-                            else ("the run's data" if perplexity else None))
+                            else ("the run's data" if perplexity else None), merge_check=merge_check)
         write_json(work / (output.name + REPORT_SUFFIX), {**asdict(result), "path": output.name})
         output.parent.mkdir(parents=True, exist_ok=True)
         os.replace(work / (output.name + REPORT_SUFFIX), result.report_path)
@@ -148,15 +151,19 @@ def _base_dir(source: _Source) -> Path:
     return Path(resolve_model_path(source.base_model)) if source.base_model else source.adapter_dir
 
 
-def _model_folder(config: GGUFConfig, source: _Source, work: Path, progress: ProgressTarget) -> tuple[Path, str | None]:
-    """The Hugging Face folder to convert: the source itself, or base + adapter merged into `work`."""
+def _model_folder(config: GGUFConfig, source: _Source, work: Path,
+                  progress: ProgressTarget) -> tuple[Path, str | None, dict[str, float] | None]:
+    """The Hugging Face folder to convert: the source itself, or base + adapter merged into `work`; what it was
+    merged onto and the merge check's figures."""
     if source.model_dir is not None:
-        return source.model_dir, None
+        return source.model_dir, None, None
     from lorakit.export.merge import merge_adapter
 
     report = merge_adapter(MergeConfig(source=config.source, output=work / "merged", base=config.base,
                                        onto=config.onto, force=True), progress=progress)
-    return report.output, report.merged_onto
+    check = {"max_abs_diff": report.max_abs_diff, "kl_divergence": report.kl_divergence} \
+        if report.max_abs_diff is not None else None
+    return report.output, report.merged_onto, check
 
 
 @contextmanager

@@ -3,7 +3,7 @@
 The folder loads with plain `AutoModelForCausalLM.from_pretrained` (no PEFT) and prompts the way training did: the
 tokenizer carries the training chat template, generation_config.json stops at its end-of-turn tokens and
 lorakit.json keeps the template's options for chat, predict and serve. A merge check compares the merged model's
-logits with base + adapter before anything is moved into place.
+logits with base + adapter before anything is moved into place; merge_check.json keeps its figures.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+MERGE_CHECK_FILE = "merge_check.json"  # the merge check's figures, beside the merged weights
 _PEFT_PREFIX = "base_model.model."
 _SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -127,6 +128,8 @@ def merge_adapter(config: MergeConfig, progress: ProgressTarget = False) -> Merg
             _write_tokenizer_files(tokenizer, template, base_dir, tmp)
             write_settings(tmp, base_name, "merged", template)
             max_abs_diff, kl = check_merge(base_dir, adapter_dir, tmp, tokenizer, template, quantization, config)
+            write_json(tmp / MERGE_CHECK_FILE, {"max_abs_diff": max_abs_diff, "kl_divergence": kl,
+                                                "check_prompts": CHECK_PROMPTS, "tolerance": config.check_tolerance})
             write_text(tmp / "README.md", _card(run, base_name, template, quantization, max_abs_diff, kl))
     except OSError as err:
         raise _write_error(config.output, err) from err

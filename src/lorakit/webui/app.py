@@ -12,11 +12,11 @@ from typing import Any
 import gradio as gr
 
 from lorakit.config import WebUIConfig
-from lorakit.webui import train_tab
+from lorakit.webui import chat_tab, export_tab, train_tab
 from lorakit.webui.i18n import LANGUAGE_NAMES, text
 from lorakit.webui.page import Page
 
-TABS = [("train", train_tab)]  # (i18n key tab.<name> and elem_id tab-<name>, module with build(page))
+TABS = [("train", train_tab), ("chat", chat_tab), ("export", export_tab)]  # (i18n key tab.<name> and elem_id tab-<name>, module with build(page))
 
 
 def build_app(config: WebUIConfig) -> gr.Blocks:

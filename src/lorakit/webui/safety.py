@@ -35,6 +35,17 @@ def confine(text: str, allowed: Sequence[Path], cwd: Path | None = None) -> Path
                       "Move the file into one of them, or start `lorakit webui --allow-dir FOLDER`.")
 
 
+def confine_model(name: str, allowed: Sequence[Path], cwd: Path | None = None) -> str:
+    """A model as `model.name` takes it: a folder is confined like any path (and returned resolved); a bundled name
+    or hub id is passed through."""
+    name = name.strip()
+    if not name:
+        raise ConfigError("No model given: pick a bundled or cached model, or type a model folder.")
+    cwd = Path.cwd() if cwd is None else cwd
+    looks_like_path = name.startswith(("/", ".", "~")) or (cwd / name).exists()
+    return str(confine(name, allowed, cwd)) if looks_like_path else name
+
+
 def keep_upload(uploaded: Path, config: WebUIConfig, cwd: Path | None = None) -> Path:
     """Copy an uploaded file into `outputs/webui-uploads/` and return the copy; ConfigError above the size limit."""
     uploaded = Path(uploaded)

@@ -15,7 +15,7 @@ from typing import Any
 
 from lorakit.config import TrainConfig, WebUIConfig, load_config
 from lorakit.errors import ConfigError
-from lorakit.webui.safety import allowed_folders, confine
+from lorakit.webui.safety import allowed_folders, confine, confine_model
 
 METHODS = ("lora", "dora", "qlora", "freeze", "full")
 # What each method sets; the page offers the names LLaMA-Factory users know, the config keeps lorakit's keys.
@@ -68,7 +68,8 @@ def train_overrides(values: dict[str, Any], config: WebUIConfig, cwd: Path | Non
     if not re.fullmatch(r"[\w.-]+", run_name) or run_name in (".", ".."):
         raise ConfigError(f"Run name '{run_name}' must be a plain folder name (letters, digits, _ . -), no slashes.")
     data = confine(str(values.get("data_path") or ""), allowed, cwd)
-    overrides = [f"model.name={_model_name(str(values.get('model') or ''), allowed, cwd)}",
+    model = confine_model(str(values.get("model") or ""), allowed, cwd)
+    overrides = [f"model.name={json.dumps(model) if Path(model).is_absolute() else model}",
                  *_METHOD_OVERRIDES[method], f"data.paths={json.dumps([str(data)])}",
                  f"output_dir={json.dumps(str(config.outputs / run_name))}"]
     for field in FIELDS:
@@ -89,15 +90,6 @@ def build_train_config(values: dict[str, Any], config: WebUIConfig,
 def train_command(overrides: list[str]) -> str:
     """The shell command that trains the same config: `lorakit train key=value ...`, quoted for a POSIX shell."""
     return shlex.join(["lorakit", "train", *overrides])
-
-
-def _model_name(name: str, allowed: tuple[Path, ...], cwd: Path) -> str:
-    """A model folder is confined like any path; a bundled name or hub id is passed through."""
-    name = name.strip()
-    if not name:
-        raise ConfigError("No model given: pick a bundled or cached model, or type a model folder.")
-    looks_like_path = name.startswith(("/", ".", "~")) or (cwd / name).exists()
-    return json.dumps(str(confine(name, allowed, cwd))) if looks_like_path else name
 
 
 def _scalar(value: Any) -> str:
