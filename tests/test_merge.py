@@ -105,6 +105,8 @@ def test_shards_index_and_plain_loading(adapter, tmp_path):
     assert all(path.stat().st_size < 4000 + 1024 for path in shards if len(_tensor_names(path)) > 1)
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert torch.allclose(_logits(merged), _logits(peft_model), atol=1e-5)
+    check = json.loads((tmp_path / "merged" / "merge_check.json").read_text())  # what the web UI shows
+    assert (check["max_abs_diff"], check["kl_divergence"]) == (report.max_abs_diff, report.kl_divergence)
 
 
 def _tensor_names(path: Path) -> list[str]:

@@ -138,3 +138,164 @@ def test_page_builds_and_relabels_in_chinese(workdir):
                                         {"step": 2, "loss": 2.0, "split": "train"},
                                         {"step": 2, "loss": 2.2, "split": "eval"}]
     assert "output_dir" in config_text
+
+
+# --- Chat tab -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def adapter_run(workdir, tiny_model_dir):
+    """A finished run under outputs/ whose adapter (trained values, not zeros) changes the tiny model's answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    generator = torch.Generator().manual_seed(1)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            parameter.data += torch.randn(parameter.shape, generator=generator)
+    run = workdir / "outputs" / "tuned"
+    model.save_pretrained(run / "adapter")
+    (run / "status.json").write_text(json.dumps({"state": "finished"}))
+    return run
+
+
+def test_chat_sides_load_what_lorakit_chat_loads(workdir, adapter_run, tiny_model_dir):
+    from lorakit.webui.chat_session import adapter_runs, side_targets
+
+    config = WebUIConfig()
+    assert adapter_runs(config) == ["outputs/tuned"]
+    tuned, base = side_targets(None, "outputs/tuned", "none", True, config, workdir)
+    assert (tuned.model.name, tuned.adapter_dir) == (str(tiny_model_dir), adapter_run / "adapter")
+    assert (base.model.name, base.adapter_dir) == (str(tiny_model_dir), None)  # base vs tuned: the adapter's base
+    assert len(side_targets(None, "outputs/tuned", "outputs/tuned", False, config, workdir)) == 1
+    with pytest.raises(ConfigError, match="outside the folders"):
+        side_targets(None, "/etc", "none", False, config, workdir)
+
+
+def test_side_by_side_streams_what_each_side_answers_alone(workdir, adapter_run):
+    from dataclasses import replace
+
+    from lorakit.config import GenerationConfig
+    from lorakit.infer import generate
+    from lorakit.webui.chat_session import ModelCache, open_side, side_targets, stream_together
+
+    targets = side_targets(None, "outputs/tuned", "none", True, WebUIConfig(), workdir)
+    cache = ModelCache()
+    loaded = [cache.get(target) for target in targets]
+    settings = GenerationConfig(max_new_tokens=12, temperature=0.0)
+    chats = [open_side(models, [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], "Be brief.",
+                       settings) for models in loaded]
+
+    shown = list(stream_together([chat.respond("how are you?") for chat in chats]))
+
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "yo"}, {"role": "user", "content": "how are you?"}]
+    alone = [generate(*models, [conversation], replace(settings, batch_size=1))[0] for models in loaded]
+    assert shown[-1] == alone and alone[0] != alone[1]  # the adapter answers differently from its base
+    assert all(later[side].startswith(earlier[side]) for earlier, later in zip(shown, shown[1:]) for side in (0, 1))
+    assert cache.get(targets[0]) is loaded[0]  # loaded once, then kept
+
+
+def test_stream_together_raises_a_side_error_after_the_other_side_ends():
+    from lorakit.errors import DataError
+    from lorakit.webui.chat_session import stream_together
+
+    def failing():
+        yield "a"
+        raise DataError("cannot render")
+
+    shown = []
+    with pytest.raises(DataError, match="cannot render"):
+        for texts in stream_together([iter(["x", "y"]), failing()]):
+            shown.append(texts)
+    assert shown[-1] == ["xy", "a"]
+
+
+def test_thinking_switch_applies_only_to_templates_that_have_it():
+    from lorakit.config import GenerationConfig
+    from lorakit.templates import TEMPLATES
+    from lorakit.webui.chat_session import open_side
+
+    settings = GenerationConfig()
+    assert open_side((None, None, TEMPLATES["qwen3"]), [], None, settings, thinking=False).template.thinking is False
+    assert open_side((None, None, TEMPLATES["qwen3"]), [], None, settings).template.thinking is None
+    assert open_side((None, None, TEMPLATES["chatml"]), [], None, settings, thinking=True).template.thinking is None
+
+
+# --- Export tab ---------------------------------------------------------------------------------------------------
+
+
+class _Captured(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind, function", [("merge", "lorakit.export.merge.merge_adapter"),
+                                            ("gguf", "lorakit.export.gguf.export_gguf"),
+                                            ("ollama", "lorakit.export.ollama.export_ollama"),
+                                            ("hub", "lorakit.export.hub.upload_to_hub")])
+def test_export_job_runs_the_command_that_makes_the_tab_config(workdir, adapter_run, monkeypatch, kind, function):
+    from typer.testing import CliRunner
+
+    from lorakit.cli import app
+    from lorakit.jobs import command_for
+    from lorakit.webui.export_form import export_request
+
+    request = export_request("outputs/tuned", kind, "q4_k_m", "alice/tuned", WebUIConfig(), workdir)
+    seen = []
+
+    def capture(config, *args, **kwargs):
+        seen.append(config)
+        raise _Captured
+
+    monkeypatch.setattr(function, capture)
+    command = command_for(request.stage, request.source, request.options)
+    result = CliRunner().invoke(app, command[3:])
+
+    assert isinstance(result.exception, _Captured), result.output
+    assert seen == [request.config] and request.source == adapter_run.resolve()
+    assert request.output is None or request.output.is_relative_to(adapter_run.resolve() / "exports")
+
+
+def test_export_request_refuses_what_cannot_be_exported(workdir, adapter_run, tmp_path_factory):
+    from lorakit.webui.export_form import export_request
+
+    with pytest.raises(ConfigError, match="outside the folders"):
+        export_request(str(tmp_path_factory.mktemp("elsewhere")), "gguf", "f16", "", WebUIConfig(), workdir)
+    with pytest.raises(ConfigError, match="not a LoRA adapter folder"):
+        export_request("train.json", "merge", "f16", "", WebUIConfig(), workdir)
+    with pytest.raises(ConfigError, match="repo_id must be OWNER/NAME"):
+        export_request("outputs/tuned", "hub", "f16", "", WebUIConfig(), workdir)
+    with pytest.raises(ConfigError, match="outtype"):
+        export_request("outputs/tuned", "gguf", "q9", "", WebUIConfig(), workdir)
+
+
+def test_export_state_and_checks_are_read_from_the_run_folder(workdir, adapter_run, monkeypatch):
+    from lorakit.jobs import wait_for_job
+    from lorakit.webui.export_form import export_request, export_status, start_export, verification
+
+    gguf = export_request("outputs/tuned", "gguf", "q8_0", "", WebUIConfig(), workdir)
+    report = {"path": "model-q8_0.gguf", "outtype": "q8_0", "template": "chatml",
+              "merge_check": {"max_abs_diff": 2e-6, "kl_divergence": 0.0},
+              "perplexity": {"hf": 10.0, "gguf_f16": 10.01, "gguf_q8_0": 10.2}}
+    writes = (f"import json, pathlib; pathlib.Path({str(gguf.output) + '.json'!r}).write_text(json.dumps({report!r})); "
+              f"pathlib.Path({str(gguf.output)!r}).write_bytes(b'GGUF'); print('wrote')")
+    monkeypatch.setattr("lorakit.jobs.command_for", lambda stage, path, options=(): [sys.executable, "-c", writes])
+    start_export(gguf)
+    wait_for_job(gguf.folder, 60)
+
+    status = export_status(adapter_run)
+    assert (status.kind, status.state, status.output) == ("gguf", "finished", gguf.output) and "wrote" in status.log
+    rows = dict(verification(status))
+    assert rows["verify.max_abs_diff"] == "2e-06" and rows["verify.outtype"] == "q8_0"
+    assert rows["verify.perplexity:gguf_q8_0"] == "10.2000 (+2.00%)" and rows["verify.perplexity:hf"] == "10.0000"
+
+    monkeypatch.setattr("lorakit.jobs.command_for", lambda stage, path, options=(): [
+        sys.executable, "-c", "import sys; print('ConfigError: no base model'); sys.exit(2)"])
+    start_export(export_request("outputs/tuned", "merge", "f16", "", WebUIConfig(), workdir))
+    wait_for_job(gguf.folder, 60)
+    status = export_status(adapter_run)
+    assert (status.kind, status.state) == ("merge", "failed") and "no base model" in status.log
+    assert verification(status) == []

@@ -45,6 +45,17 @@ def chat_target(model: str | None, adapter: str | None, config: WebUIConfig, cwd
     return ChatTarget(model_config, adapter_dir)
 
 
+def side_targets(model: str | None, adapter: str | None, adapter_b: str | None, side_by_side: bool,
+                 config: WebUIConfig, cwd: Path | None = None) -> list[ChatTarget]:
+    """The left side (model + adapter) and, side by side, the right one: `adapter_b` on the same model, where
+    adapter_b `none` means the left side's base model alone (base vs tuned)."""
+    left = chat_target(model, adapter, config, cwd)
+    if not side_by_side:
+        return [left]
+    alone = (adapter_b or NO_ADAPTER).strip() == NO_ADAPTER
+    return [left, chat_target(model or (left.model.name if alone else None), adapter_b, config, cwd)]
+
+
 def adapter_runs(config: WebUIConfig) -> list[str]:
     """The run folders under `config.outputs` that hold an adapter, as paths a chat side can name, newest first."""
     return [str(path) for path, is_adapter in _trained(config) if is_adapter]

@@ -12,7 +12,7 @@ import gradio as gr
 
 from lorakit.config import GenerationConfig, WebUIConfig
 from lorakit.errors import LorakitError
-from lorakit.webui.chat_session import (NO_ADAPTER, ModelCache, adapter_runs, chat_target, model_runs, open_side,
+from lorakit.webui.chat_session import (NO_ADAPTER, ModelCache, adapter_runs, model_runs, open_side, side_targets,
                                         stream_together)
 from lorakit.webui.i18n import text
 from lorakit.webui.page import Page
@@ -97,9 +97,7 @@ def _reply(config: WebUIConfig, language: str, model: str | None, adapter: str |
         yield histories[0], histories[1], "", message
         return
     try:
-        targets = [chat_target(model, adapter, config)]
-        if side_by_side:
-            targets.append(chat_target(model, adapter_b, config))
+        targets = side_targets(model, adapter, adapter_b, side_by_side, config)
         settings = GenerationConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                                     top_p=float(top_p))
         loaded = []

@@ -25,14 +25,21 @@ REQUEST_FILE = "export.json"
 
 @dataclass(frozen=True)
 class ExportRequest:
-    """One export of a run: the job stage, the folder exported, the command's options and what it writes (None for
-    a Hub upload)."""
+    """One export of a run: its config, the job stage, the folder exported and the command's options."""
 
     kind: str
+    config: MergeConfig | GGUFConfig | OllamaConfig | HubConfig
     stage: str
-    source: Path
     options: tuple[str, ...]
-    output: Path | None
+
+    @property
+    def source(self) -> Path:
+        return self.config.source
+
+    @property
+    def output(self) -> Path | None:
+        """What the export writes; None for a Hub upload."""
+        return getattr(self.config, "output", None)
 
     @property
     def folder(self) -> Path:
@@ -56,17 +63,17 @@ def export_request(run: str, kind: str, quantization: str, repo_id: str, config:
     exports = source / EXPORTS_DIR
     if kind == "merge":
         merge = MergeConfig(source=source, output=exports / "merged", force=True)
-        return ExportRequest(kind, "merge", source, tuple(merge_options(merge)), merge.output)
+        return ExportRequest(kind, merge, "merge", tuple(merge_options(merge)))
     if kind == "gguf":
         gguf = GGUFConfig(source=source, output=exports / f"model-{quantization}.gguf", outtype=quantization,
                           force=True)
-        return ExportRequest(kind, "export-gguf", source, tuple(gguf_options(gguf)), gguf.output)
+        return ExportRequest(kind, gguf, "export-gguf", tuple(gguf_options(gguf)))
     if kind == "ollama":
         ollama = OllamaConfig(source=source, output=exports / f"ollama-{quantization}", quant=quantization,
                               force=True)
-        return ExportRequest(kind, "export-ollama", source, tuple(ollama_options(ollama)), ollama.output)
+        return ExportRequest(kind, ollama, "export-ollama", tuple(ollama_options(ollama)))
     hub = HubConfig(source=source, repo_id=(repo_id or "").strip())
-    return ExportRequest(kind, "export-hub", source, tuple(hub_options(hub)), None)
+    return ExportRequest(kind, hub, "export-hub", tuple(hub_options(hub)))
 
 
 def start_export(request: ExportRequest) -> Job:
