@@ -112,3 +112,107 @@ def test_train_reattach_stop_and_switch_language(server):
         page.wait_for_function("document.querySelector('#status')?.innerText.includes('已停止')", timeout=30_000)
         page.screenshot(path=str(DOCS / "train-zh.png"), full_page=True)
         browser.close()
+
+
+def _gguf_tools_missing() -> str | None:
+    import importlib.util
+
+    from lorakit.errors import ConfigError
+    from lorakit.export.gguf import converter_dir
+
+    try:
+        converter_dir()
+    except ConfigError:
+        return "llama.cpp's converter scripts are not installed (run `make install-export`)"
+    return None if importlib.util.find_spec("llama_cpp") else "llama-cpp-python is not installed (make install-export)"
+
+
+def _small_llama(folder: Path) -> Path:
+    """A random 2-layer llama with SmolLM2's real tokenizer (llama.cpp's converter needs a tokenizer it knows)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from lorakit.bundled import bundled_path
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(bundled_path("smollm2-135m")))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _fill(page, selector: str, value: str) -> None:
+    page.locator(selector).fill(value)
+    page.locator(selector).press("Enter")
+
+
+def _answers(page, chatbot: str) -> list[str]:
+    return [text.strip() for text in page.locator(f"#{chatbot} .bot-row").all_inner_texts()]
+
+
+@pytest.mark.slow  # a web server, a short training job, two models chatting, a GGUF export (~2 min on 2 cores)
+@pytest.mark.skipif(_gguf_tools_missing() is not None, reason=_gguf_tools_missing() or "")
+def test_train_then_chat_side_by_side_and_export_gguf(server):
+    url, workdir = server
+    _small_llama(workdir / "small-llama")
+    DOCS.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True)
+        page = browser.new_page(viewport={"width": 1400, "height": 1800})
+        page.goto(url)
+        _fill(page, "#field-model input", "small-llama")
+        page.locator("#field-data_path textarea").fill("train.json")
+        _fill(page, "#field-template input", "chatml")
+        page.locator("#field-max_steps input").fill("3")
+        page.locator("#field-batch_size input").fill("2")
+        page.locator("#start").click()
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('finished')", timeout=180_000)
+
+        page.get_by_role("tab", name="Chat").click()
+        page.locator("#chat-refresh").click()  # the run that just finished joins the adapter choices
+        page.wait_for_function("document.querySelector('#chat-adapter input')?.value === 'outputs/webui-run'",
+                               timeout=30_000)
+        page.locator("#chat-side-by-side input").check()
+        page.locator("#chat-temperature input[type=number]").fill("0")
+        page.locator("#chat-max-new-tokens input[type=number]").fill("24")
+        page.locator("#chat-input textarea").fill("say hi")
+        page.locator("#chat-send").click()
+        page.wait_for_function("document.querySelector('#chat-status')?.innerText.includes('right:')",
+                               timeout=120_000)
+        deadline = time.monotonic() + 120
+        while not (all(_answers(page, "chat-a")) and _answers(page, "chat-a") and all(_answers(page, "chat-b"))
+                   and _answers(page, "chat-b")):
+            assert time.monotonic() < deadline, "the two answers did not both appear"
+            time.sleep(0.5)
+        assert "say hi" in page.locator("#chat-a").inner_text() and "say hi" in page.locator("#chat-b").inner_text()
+        page.screenshot(path=str(DOCS / "chat-en.png"), full_page=True)
+
+        page.get_by_role("tab", name="Export").click()
+        page.locator("#export-refresh").click()
+        page.wait_for_function("document.querySelector('#export-run input')?.value === 'outputs/webui-run'",
+                               timeout=30_000)
+        page.get_by_label("gguf", exact=True).check()
+        _fill(page, "#export-type input", "q8_0")
+        page.locator("#export-start").click()
+        page.wait_for_function("document.querySelector('#export-status')?.innerText.includes('finished')",
+                               timeout=300_000)
+        page.wait_for_function("document.querySelector('#export-checks')?.innerText.includes('gguf_q8_0')",
+                               timeout=30_000)
+        checks = page.locator("#export-checks").inner_text()
+        assert "Merge check" in checks and "Held-out perplexity" in checks
+        assert (workdir / "outputs" / "webui-run" / "exports" / "model-q8_0.gguf").is_file()
+        page.screenshot(path=str(DOCS / "export-en.png"), full_page=True)
+
+        page.get_by_label("中文").check()
+        page.wait_for_function("document.querySelector('#export-start')?.innerText.includes('导出')", timeout=30_000)
+        page.wait_for_function("document.querySelector('#export-checks')?.innerText.includes('合并校验')",
+                               timeout=30_000)
+        page.screenshot(path=str(DOCS / "export-zh.png"), full_page=True)
+        page.get_by_role("tab", name="对话").click()
+        page.wait_for_function("document.querySelector('#chat-send')?.innerText.includes('发送')", timeout=30_000)
+        page.screenshot(path=str(DOCS / "chat-zh.png"), full_page=True)
+        browser.close()
