@@ -297,5 +297,19 @@ def test_export_state_and_checks_are_read_from_the_run_folder(workdir, adapter_r
     start_export(export_request("outputs/tuned", "merge", "f16", "", WebUIConfig(), workdir))
     wait_for_job(gguf.folder, 60)
     status = export_status(adapter_run)
-    assert (status.kind, status.state) == ("merge", "failed") and "no base model" in status.log
+    assert (status.kind, status.state) == ("merge", "failed") and status.reason == "ConfigError: no base model"
     assert verification(status) == []
+
+
+def test_hub_export_offline_fails_with_the_reason_shown(workdir, adapter_run, monkeypatch):
+    from lorakit.jobs import wait_for_job
+    from lorakit.webui.export_form import export_request, export_status, start_export
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub = export_request("outputs/tuned", "hub", "f16", "alice/tuned", WebUIConfig(), workdir)
+    start_export(hub)
+    wait_for_job(hub.folder, 120)
+
+    status = export_status(adapter_run)
+    assert (status.kind, status.state, status.output) == ("hub", "failed", None)
+    assert "Hugging Face Hub cannot be reached" in status.reason and "nothing was uploaded" in status.reason

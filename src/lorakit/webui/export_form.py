@@ -7,6 +7,7 @@ was asked). One export of a run runs at a time.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -77,7 +78,13 @@ def export_request(run: str, kind: str, quantization: str, repo_id: str, config:
 
 
 def start_export(request: ExportRequest) -> Job:
-    """Start the request's command as a job in `<run>/exports/`; its log holds this attempt only."""
+    """Start the request's command as a job in `<run>/exports/`; its log holds this attempt only.
+
+    ConfigError while another export of the run still runs."""
+    running = job_in(request.folder)
+    if running is not None and running.state == "running":
+        raise ConfigError(f"An export of {request.source} is still running (process {running.pid}); wait for it "
+                          "to end, then export again.")
     request.folder.mkdir(parents=True, exist_ok=True)
     (request.folder / f"{request.stage}.log").unlink(missing_ok=True)
     job = start_job(request.stage, request.source, request.folder, request.options)
@@ -94,6 +101,14 @@ class ExportStatus:
     output: Path | None
     state: str
     log: str
+
+    @property
+    def reason(self) -> str | None:
+        """Why a failed export failed: the error line the command printed last (`lorakit` prints a user's
+        mistake as one line, `ConfigError: ...`), else None."""
+        if self.state != "failed":
+            return None
+        return next((line for line in reversed(self.log.splitlines()) if re.match(r"\w*Error: ", line)), None)
 
 
 def export_status(run_dir: Path) -> ExportStatus | None:

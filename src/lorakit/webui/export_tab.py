@@ -82,8 +82,9 @@ def _live_view(config: WebUIConfig, language: str, run: str | None):
         return text("export.none", language), _table([], language), ""
     line = text("state", language, state=text(f"state.{current.state}", language))
     where = f" · `{current.output}`" if current.output is not None else ""
+    reason = f"  \n{current.reason}" if current.reason else ""
     log = "\n".join(current.log.splitlines()[-LOG_LINES:])
-    return f"{current.kind}: {line}{where}", _table(verification(current), language), log
+    return f"{current.kind}: {line}{where}{reason}", _table(verification(current), language), log
 
 
 def _table(rows: list[tuple[str, str]], language: str) -> pd.DataFrame:
