@@ -313,3 +313,22 @@ def test_hub_export_offline_fails_with_the_reason_shown(workdir, adapter_run, mo
     status = export_status(adapter_run)
     assert (status.kind, status.state, status.output) == ("hub", "failed", None)
     assert "Hugging Face Hub cannot be reached" in status.reason and "nothing was uploaded" in status.reason
+
+
+def test_chat_tab_streams_both_sides_into_their_chatbots(workdir, adapter_run):
+    from lorakit.webui.chat_tab import _reply
+
+    earlier = [{"role": "user", "content": [{"type": "text", "text": "hi"}]},  # as Gradio 6 hands a chatbot over
+               {"role": "assistant", "content": [{"type": "text", "text": "yo"}]}]
+    updates = list(_reply(WebUIConfig(), "en", None, "outputs/tuned", True, "none", "", 0.0, 1.0, 8, "auto",
+                          "how are you?", earlier, earlier))
+
+    left, right, status, box = updates[-1]
+    assert box == "" and status == "Left: tiny-llama + outputs/tuned/adapter · right: tiny-llama."
+    for chatbot in (left, right):
+        assert chatbot[:3] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+                               {"role": "user", "content": "how are you?"}]
+        assert chatbot[3]["role"] == "assistant" and chatbot[3]["content"]
+    assert left[3] != right[3]
+    error = list(_reply(WebUIConfig(), "en", None, "/etc", False, "none", "", 0.0, 1.0, 8, "auto", "hi", [], []))
+    assert "outside the folders" in error[-1][2] and error[-1][3] == "hi"  # the message stays to send again

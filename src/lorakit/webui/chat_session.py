@@ -32,7 +32,13 @@ class ChatTarget:
     adapter_dir: Path | None
 
     def describe(self) -> str:
-        return self.model.name + (f" + {self.adapter_dir}" if self.adapter_dir else "")
+        """The model and adapter, folders shown from the working directory where they lie in it."""
+        return _short(self.model.name) + (f" + {_short(str(self.adapter_dir))}" if self.adapter_dir else "")
+
+
+def _short(name: str) -> str:
+    path = Path(name)
+    return str(path.relative_to(Path.cwd())) if path.is_absolute() and path.is_relative_to(Path.cwd()) else name
 
 
 def chat_target(model: str | None, adapter: str | None, config: WebUIConfig, cwd: Path | None = None) -> ChatTarget:
