@@ -6,8 +6,6 @@ Models load once and stay cached in the UI process (chat_session.ModelCache); ea
 
 from __future__ import annotations
 
-from typing import Any
-
 import gradio as gr
 
 from lorakit.config import GenerationConfig, WebUIConfig
@@ -26,26 +24,25 @@ def build(page: Page) -> None:
     config = page.config
     adapters = adapter_runs(config)
     with gr.Row():
-        model = _labelled(page, gr.Dropdown(_model_choices(config), value=None, allow_custom_value=True),
-                          "chat.model")
-        adapter = _labelled(page, gr.Dropdown([NO_ADAPTER, *adapters], value=(adapters or [NO_ADAPTER])[0],
-                                              allow_custom_value=True), "chat.adapter")
-        side_by_side = _labelled(page, gr.Checkbox(False), "chat.side_by_side")
-        adapter_b = _labelled(page, gr.Dropdown([NO_ADAPTER, *adapters], value=NO_ADAPTER, allow_custom_value=True,
-                                                visible=False), "chat.adapter_b")
+        model = page.field(gr.Dropdown(_model_choices(config), value=None, allow_custom_value=True), "chat.model")
+        adapter = page.field(gr.Dropdown([NO_ADAPTER, *adapters], value=(adapters or [NO_ADAPTER])[0],
+                                         allow_custom_value=True), "chat.adapter")
+        side_by_side = page.field(gr.Checkbox(False), "chat.side_by_side")
+        adapter_b = page.field(gr.Dropdown([NO_ADAPTER, *adapters], value=NO_ADAPTER, allow_custom_value=True,
+                                           visible=False), "chat.adapter_b")
         refresh = page.add(gr.Button(page.text("refresh"), scale=0, elem_id="chat-refresh"), "refresh")
     with gr.Row():
-        system = _labelled(page, gr.Textbox(lines=1), "chat.system")
-        temperature = _labelled(page, gr.Slider(0.0, 2.0, value=0.7, step=0.05), "chat.temperature")
-        top_p = _labelled(page, gr.Slider(0.05, 1.0, value=0.9, step=0.05), "chat.top_p")
-        max_new_tokens = _labelled(page, gr.Slider(1, 2048, value=256, step=1), "chat.max_new_tokens")
-        thinking = _labelled(page, gr.Radio(list(THINKING), value="auto"), "chat.thinking")
+        system = page.field(gr.Textbox(lines=1), "chat.system")
+        temperature = page.field(gr.Slider(0.0, 2.0, value=0.7, step=0.05), "chat.temperature")
+        top_p = page.field(gr.Slider(0.05, 1.0, value=0.9, step=0.05), "chat.top_p")
+        max_new_tokens = page.field(gr.Slider(1, 2048, value=256, step=1), "chat.max_new_tokens")
+        thinking = page.field(gr.Radio(list(THINKING), value="auto"), "chat.thinking")
     with gr.Row():
         chat_a = page.add(gr.Chatbot(label=page.text("chat.side_a"), elem_id="chat-a", height=360), "chat.side_a")
         chat_b = page.add(gr.Chatbot(label=page.text("chat.side_b"), elem_id="chat-b", height=360, visible=False),
                           "chat.side_b")
     with gr.Row():
-        message = _labelled(page, gr.Textbox(lines=2, scale=4), "chat.input")
+        message = page.field(gr.Textbox(lines=2, scale=4), "chat.input")
         send = page.add(gr.Button(page.text("chat.send"), variant="primary", scale=0, elem_id="chat-send"),
                         "chat.send")
         clear = page.add(gr.Button(page.text("chat.clear"), scale=0, elem_id="chat-clear"), "chat.clear")
@@ -66,13 +63,6 @@ def build(page: Page) -> None:
 
     refresh.click(choices, [adapter, adapter_b], [model, adapter, adapter_b])
     page.app.load(choices, [adapter, adapter_b], [model, adapter, adapter_b])
-
-
-def _labelled(page: Page, component: Any, key: str) -> Any:
-    """`component` with the label and tooltip of `key` and the element id chat-<name>, relabelled with the page."""
-    component.label, component.info = page.text(key), page.text(f"{key}.info")
-    component.elem_id = key.replace(".", "-").replace("_", "-")
-    return page.add(component, key)
 
 
 def _model_choices(config: WebUIConfig) -> list[str]:

@@ -26,11 +26,10 @@ def build(page: Page) -> None:
     config = page.config
     runs = _runs(config)
     with gr.Row():
-        run = _labelled(page, gr.Dropdown(runs, value=runs[0] if runs else None, allow_custom_value=True),
-                        "export.run")
-        kind = _labelled(page, gr.Radio(list(KINDS), value="gguf"), "export.kind")
-        quantization = _labelled(page, gr.Dropdown(list(GGUF_OUTTYPES), value="q8_0"), "export.type")
-        repo_id = _labelled(page, gr.Textbox(placeholder="user/model"), "export.repo_id")
+        run = page.field(gr.Dropdown(runs, value=runs[0] if runs else None, allow_custom_value=True), "export.run")
+        kind = page.field(gr.Radio(list(KINDS), value="gguf"), "export.kind")
+        quantization = page.field(gr.Dropdown(list(GGUF_OUTTYPES), value="q8_0"), "export.type")
+        repo_id = page.field(gr.Textbox(placeholder="user/model"), "export.repo_id")
     with gr.Row():
         start = page.add(gr.Button(page.text("export.start"), variant="primary", elem_id="export-start"),
                          "export.start")
@@ -49,12 +48,6 @@ def build(page: Page) -> None:
                   run, run)
     page.app.load(lambda name: gr.update(choices=_runs(config), value=name or next(iter(_runs(config)), None)),
                   run, run)
-
-
-def _labelled(page: Page, component, key: str):
-    component.label, component.info = page.text(key), page.text(f"{key}.info")
-    component.elem_id = key.replace(".", "-").replace("_", "-")
-    return page.add(component, key)
 
 
 def _runs(config: WebUIConfig) -> list[str]:

@@ -29,5 +29,12 @@ class Page:
         self.labelled.append((component, key))
         return component
 
+    def field(self, component: Any, key: str) -> Any:
+        """`component` labelled `key` with the tooltip `key.info` and the element id of `key` in kebab case
+        (chat.max_new_tokens: chat-max-new-tokens), relabelled when the language changes."""
+        component.label, component.info = self.text(key), self.text(f"{key}.info")
+        component.elem_id = key.replace(".", "-").replace("_", "-")
+        return self.add(component, key)
+
     def text(self, key: str, **values: Any) -> str:
         return text(key, self.language, **values)
