@@ -19,7 +19,7 @@ from lorakit.config import GenerationConfig, ModelConfig, WebUIConfig
 from lorakit.errors import ConfigError
 from lorakit.infer import Chat, inference_model, load_for_inference
 from lorakit.runs import open_run
-from lorakit.webui.safety import allowed_folders, confine, confine_model
+from lorakit.webui.safety import allowed_folders, confine, confine_model, shown_path
 
 NO_ADAPTER = "none"  # the adapter choice that talks to the base model alone
 
@@ -33,12 +33,7 @@ class ChatTarget:
 
     def describe(self) -> str:
         """The model and adapter, folders shown from the working directory where they lie in it."""
-        return _short(self.model.name) + (f" + {_short(str(self.adapter_dir))}" if self.adapter_dir else "")
-
-
-def _short(name: str) -> str:
-    path = Path(name)
-    return str(path.relative_to(Path.cwd())) if path.is_absolute() and path.is_relative_to(Path.cwd()) else name
+        return shown_path(self.model.name) + (f" + {shown_path(self.adapter_dir)}" if self.adapter_dir else "")
 
 
 def chat_target(model: str | None, adapter: str | None, config: WebUIConfig, cwd: Path | None = None) -> ChatTarget:

@@ -52,8 +52,12 @@ def build(page: Page) -> None:
                         [adapter_b, chat_b])
     inputs = [page.lang, model, adapter, side_by_side, adapter_b, system, temperature, top_p, max_new_tokens,
               thinking, message, chat_a, chat_b]
+
+    def reply(*values):  # a generator function itself: Gradio streams only those
+        yield from _reply(config, *values)
+
     for trigger in (send.click, message.submit):
-        trigger(lambda *values: _reply(config, *values), inputs, [chat_a, chat_b, status, message])
+        trigger(reply, inputs, [chat_a, chat_b, status, message])
     clear.click(lambda: ([], [], ""), None, [chat_a, chat_b, status])
 
     def choices(current_a: str, current_b: str):

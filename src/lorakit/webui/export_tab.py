@@ -15,7 +15,7 @@ from lorakit.webui.chat_session import adapter_runs, model_runs
 from lorakit.webui.export_form import KINDS, export_request, export_status, start_export, verification
 from lorakit.webui.i18n import text
 from lorakit.webui.page import Page
-from lorakit.webui.safety import allowed_folders, confine
+from lorakit.webui.safety import allowed_folders, confine, shown_path
 
 REFRESH_SECONDS = 1.0
 LOG_LINES = 30
@@ -74,7 +74,7 @@ def _live_view(config: WebUIConfig, language: str, run: str | None):
     if current is None:
         return text("export.none", language), _table([], language), ""
     line = text("state", language, state=text(f"state.{current.state}", language))
-    where = f" · `{current.output}`" if current.output is not None else ""
+    where = f" · `{shown_path(current.output)}`" if current.output is not None else ""
     reason = f"  \n{current.reason}" if current.reason else ""
     log = "\n".join(current.log.splitlines()[-LOG_LINES:])
     return f"{current.kind}: {line}{where}{reason}", _table(verification(current), language), log

@@ -46,6 +46,13 @@ def confine_model(name: str, allowed: Sequence[Path], cwd: Path | None = None) -
     return str(confine(name, allowed, cwd)) if looks_like_path else name
 
 
+def shown_path(name: str | Path, cwd: Path | None = None) -> str:
+    """A path as the page shows it: from the working directory where it lies in it, else as it is."""
+    cwd = Path.cwd() if cwd is None else cwd
+    path = Path(name)
+    return str(path.relative_to(cwd)) if path.is_absolute() and path.is_relative_to(cwd) else str(name)
+
+
 def keep_upload(uploaded: Path, config: WebUIConfig, cwd: Path | None = None) -> Path:
     """Copy an uploaded file into `outputs/webui-uploads/` and return the copy; ConfigError above the size limit."""
     uploaded = Path(uploaded)
