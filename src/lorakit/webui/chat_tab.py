@@ -45,6 +45,7 @@ def build(page: Page) -> None:
         message = page.field(gr.Textbox(lines=2, scale=4), "chat.input")
         send = page.add(gr.Button(page.text("chat.send"), variant="primary", scale=0, elem_id="chat-send"),
                         "chat.send")
+        stop = page.add(gr.Button(page.text("stop"), variant="stop", scale=0, elem_id="chat-stop"), "stop")
         clear = page.add(gr.Button(page.text("chat.clear"), scale=0, elem_id="chat-clear"), "chat.clear")
     status = gr.Markdown(elem_id="chat-status")
 
@@ -56,8 +57,9 @@ def build(page: Page) -> None:
     def reply(*values):  # a generator function itself: Gradio streams only those
         yield from _reply(config, *values)
 
-    for trigger in (send.click, message.submit):
-        trigger(reply, inputs, [chat_a, chat_b, status, message])
+    # Stop cancels the event; closing its generator stops both generations after their token in flight.
+    replies = [trigger(reply, inputs, [chat_a, chat_b, status, message]) for trigger in (send.click, message.submit)]
+    stop.click(None, None, None, cancels=replies)
     clear.click(lambda: ([], [], ""), None, [chat_a, chat_b, status])
 
     def choices(current_a: str, current_b: str):
