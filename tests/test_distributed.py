@@ -1,4 +1,5 @@
-"""Several processes: two CPU processes (gloo) under torchrun train exactly as one process with the same global batch."""
+"""Several processes: two CPU processes (gloo) under torchrun train exactly as one process with the same global batch;
+the accelerate config files shipped in configs/accelerate/ parse as `accelerate launch` reads them."""
 
 import json
 import os
@@ -8,13 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch.distributed
 
 from lorakit.config import DataConfig, LoraConfig, ModelConfig, TrainConfig, save_config
 
 from distributed_worker import train_and_record
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
-SRC = Path(__file__).resolve().parents[1] / "src"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+ACCELERATE_CONFIGS = sorted((ROOT / "configs" / "accelerate").glob("*.yaml"))
 RECORDS = [{"instruction": f"say {word}", "output": f"{word}, {word}!"} for word in
            ("hi", "yes", "no", "cat", "dog", "sun", "moon", "tea", "red", "blue",
             "one", "two", "six", "ten", "owl", "fox", "sea", "sky", "ink", "jam")]
@@ -48,6 +52,7 @@ def logged_losses(run_dir: Path) -> list[float]:
     return [entry["loss"] for entry in history if "loss" in entry]
 
 
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="this torch build has no torch.distributed")
 def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, tiny_model_dir):
     data_file = tmp_path / "train.json"
     data_file.write_text(json.dumps(RECORDS))
@@ -84,3 +89,27 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path, tiny_
     assert not [name for name in run_files if ".tmp" in name]  # no second writer raced rank 0
     assert json.loads((double / "run" / "status.json").read_text())["state"] == "finished"
     assert len((double / "run" / "metrics.jsonl").read_text().splitlines()) == STEPS
+
+
+@pytest.mark.parametrize("path", ACCELERATE_CONFIGS, ids=lambda path: path.stem)
+def test_accelerate_configs_parse_as_accelerate_launch_reads_them(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
+
+    config = load_config_from_file(str(path))
+
+    assert config.num_machines >= 1 and config.num_processes >= 1 and not config.use_cpu
+    expected = {"ddp": DistributedType.MULTI_GPU, "fsdp": DistributedType.FSDP,
+                "deepspeed-zero2": DistributedType.DEEPSPEED, "deepspeed-zero3": DistributedType.DEEPSPEED}
+    assert config.distributed_type == expected[path.stem]
+    if config.distributed_type == DistributedType.FSDP:
+        assert config.fsdp_config["fsdp_version"] == 2
+        assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # rank 0 saves the whole adapter
+    if config.distributed_type == DistributedType.DEEPSPEED:
+        deepspeed = json.loads((ROOT / config.deepspeed_config["deepspeed_config_file"]).read_text())
+        assert deepspeed["zero_optimization"]["stage"] == int(path.stem[-1])
+        assert deepspeed["gradient_accumulation_steps"] == deepspeed["train_micro_batch_size_per_gpu"] == "auto"
+
+
+def test_every_engine_has_a_shipped_config():
+    assert {path.stem for path in ACCELERATE_CONFIGS} == {"ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"}

@@ -126,9 +126,18 @@ def bitsandbytes_config(quantization: str, dtype: torch.dtype):
         raise ConfigError(f"model.quantization={quantization} needs bitsandbytes: `pip install bitsandbytes` "
                           "(or `pip install lorakit[quant]`).") from None
     if quantization == "4bit":
+        # FSDP shards parameters of one dtype: packed 4-bit weights then live in the compute dtype, not uint8.
+        storage = dtype if _launched_with_fsdp() else torch.uint8
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=dtype)
+                                  bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=storage)
     return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _launched_with_fsdp() -> bool:
+    """Whether `accelerate launch` started this process with an FSDP config (configs/accelerate/fsdp.yaml)."""
+    from accelerate.utils import parse_flag_from_env
+
+    return parse_flag_from_env("ACCELERATE_USE_FSDP")
 
 
 def prepare_for_training(model: PreTrainedModel, config: TrainConfig) -> PreTrainedModel:

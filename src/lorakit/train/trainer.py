@@ -290,7 +290,7 @@ class ProgressCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         self._send(state)
         # Every process leaves at the same step, or the others would wait for it in the next gradient all-reduce.
-        stop_asked = true_on_any_process(self.stop is not None and self.stop.is_set())
+        stop_asked = self.stop is not None and true_on_any_process(self.stop.is_set())
         # A stop asked for at the last step changes nothing: the run is complete.
         if stop_asked and not self.stopped and state.global_step < state.max_steps:
             self.stopped = True
