@@ -34,18 +34,18 @@ def join_processes(config: TrainConfig) -> PartialState:
     return PartialState(cpu=resolve_device(config.model.device).type == "cpu")
 
 
-def is_distributed() -> bool:
+def _is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def is_main_process() -> bool:
     """Whether this process writes the run folder: rank 0 of several, or the only one."""
-    return not is_distributed() or dist.get_rank() == 0
+    return not _is_distributed() or dist.get_rank() == 0
 
 
 def local_process_count() -> int:
     """How many of the run's processes share this machine (and its RAM)."""
-    if not is_distributed():
+    if not _is_distributed():
         return 1
     from accelerate.utils import get_cpu_distributed_information
 
@@ -54,17 +54,12 @@ def local_process_count() -> int:
 
 def smallest_on_every_process(value: int) -> int:
     """The smallest `value` any process holds: a micro-batch that fits on every rank."""
-    return min(_gathered(value)) if is_distributed() else value
+    return min(_gathered(value)) if _is_distributed() else value
 
 
 def true_on_any_process(flag: bool) -> bool:
     """True on every process as soon as one holds True (a stop signal), so all leave the loop at the same step."""
-    return any(_gathered(flag)) if is_distributed() else flag
-
-
-def wait_for_every_process() -> None:
-    if is_distributed():
-        dist.barrier()
+    return any(_gathered(flag)) if _is_distributed() else flag
 
 
 @contextlib.contextmanager
@@ -74,7 +69,8 @@ def ending_together() -> Iterator[None]:
     No wait after an error: the processes that are still fine fail on their next collective instead.
     """
     yield
-    wait_for_every_process()
+    if _is_distributed():
+        dist.barrier()
 
 
 def _gathered(value: object) -> list:

@@ -293,6 +293,7 @@ class ProgressCallback(TrainerCallback):
         stop_asked = self.stop is not None and true_on_any_process(self.stop.is_set())
         # A stop asked for at the last step changes nothing: the run is complete.
         if stop_asked and not self.stopped and state.global_step < state.max_steps:
+            self.stop.set()  # also where another process was asked: the caller sees why training ended
             self.stopped = True
             control.should_save = True
             control.should_training_stop = True
