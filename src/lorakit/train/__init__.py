@@ -3,7 +3,7 @@
 run.py picks the stage; trainer.py holds stage sft and what stages share; preference.py holds stage dpo (TRL);
 packing.py removes padding (examples concatenated, attention kept per example); loss.py computes the loss without
 materialising the full logits; memory.py estimates memory before a run; lora_layers.py makes PEFT's LoRA layers
-cheaper on CPU.
+cheaper on CPU; distributed.py is what changes when torchrun or accelerate launch starts several processes.
 """
 
 from lorakit.train.run import run_training, train

@@ -19,7 +19,7 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, PreTrainedToken
 from transformers.trainer_callback import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
-from lorakit.config import TrainConfig, save_config
+from lorakit.config import TrainConfig
 from lorakit.model import to_peft_config
 from lorakit.progress import ProgressTarget, reporter
 from lorakit.runs import RunProgressFiles, check_same_base, find_adapter_dir
@@ -39,7 +39,6 @@ def train_preference(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     unchanged. Logs loss and rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins (eval_ ones too
     with a validation set) to trainer_state.json, and plots them in loss.png and rewards.png.
     """
-    save_config(config, config.output_dir / "config.yaml")
     resume_from = checkpoint_to_resume(config)
     torch.manual_seed(config.seed)
     policy, peft_config = _policy(model, config)
