@@ -138,3 +138,53 @@ def test_page_builds_and_relabels_in_chinese(workdir):
                                         {"step": 2, "loss": 2.0, "split": "train"},
                                         {"step": 2, "loss": 2.2, "split": "eval"}]
     assert "output_dir" in config_text
+
+
+BAD_JSONL = ('{"instruction": "say hi", "output": "hi."}\n{"instruction": "say no"}\n'
+             '{"instruction": "say yes", "output": "yes."}\n')  # line 2 has no answer
+
+
+def test_data_tab_lists_files_and_registry_entries_but_no_run_or_model_files(workdir, tiny_model_dir):
+    from lorakit.webui.data_tab import data_overrides, data_sources
+
+    (workdir / "data").mkdir()
+    (workdir / "data" / "chat.jsonl").write_text(BAD_JSONL)
+    (workdir / "data" / "dataset_info.json").write_text(json.dumps({"greetings": {"file_name": "chat.jsonl"}}))
+    run = workdir / "outputs" / "r"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("{}\n")
+    keep_upload(workdir / "train.json", WebUIConfig(), workdir)
+
+    sources = data_sources(WebUIConfig(), workdir)
+
+    assert sources == ["data/chat.jsonl", "outputs/webui-uploads/train.json", "train.json",
+                       "greetings @ data/dataset_info.json"]  # no tiny-llama/*.json, no run files
+    assert data_overrides(sources[-1], WebUIConfig(), workdir) == [
+        'data.paths=["greetings"]', f'data.dataset_dir="{workdir / "data"}"']
+    with pytest.raises(ConfigError, match="outside the folders"):
+        data_overrides("/etc/passwd", WebUIConfig(), workdir)
+
+
+def test_data_tab_shows_the_check_messages_lengths_and_trained_text(workdir, tiny_model_dir):
+    from lorakit.config import DataConfig
+    from lorakit.data.inspect import check_data
+    from lorakit.webui.data_tab import inspect_dataset
+
+    (workdir / "chat.jsonl").write_text(BAD_JSONL)
+
+    view = inspect_dataset(WebUIConfig(), "en", "chat.jsonl", "tiny-llama", "chatml", 64, workdir)
+
+    cli_problems = check_data(DataConfig(paths=(str(workdir / "chat.jsonl"),))).problems
+    assert len(cli_problems) == 1 and cli_problems[0] in view.check  # the same message as `lorakit data check`
+    assert view.problems == [(f"{workdir / 'chat.jsonl'}, line 2", cli_problems[0].split("line 2: ", 1)[1])]
+    assert "Format: **alpaca**" in view.summary and "**1 problem(s)**" in view.summary and not view.error
+    assert "max_seq_len      64" in view.stats and view.histogram is not None
+    trained = "".join(piece for piece, label in view.examples if label == "trained")
+    assert "hi." in trained and "yes." in trained and "say hi" not in trained  # only the answers train
+
+
+def test_data_tab_says_what_is_wrong_instead_of_failing(workdir):
+    from lorakit.webui.data_tab import inspect_dataset
+
+    view = inspect_dataset(WebUIConfig(), "zh", "missing.jsonl", "tiny-llama", "chatml", 64, workdir)
+    assert view.error.startswith("错误：") and "missing.jsonl" in view.error and not view.check
