@@ -3,8 +3,10 @@
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -188,3 +190,44 @@ def test_data_tab_says_what_is_wrong_instead_of_failing(workdir):
 
     view = inspect_dataset(WebUIConfig(), "zh", "missing.jsonl", "tiny-llama", "chatml", 64, workdir)
     assert view.error.startswith("错误：") and "missing.jsonl" in view.error and not view.check
+
+
+def test_eval_form_builds_the_config_that_lorakit_eval_runs(workdir, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from lorakit.cli import app
+    from lorakit.config import EvalRunConfig
+    from lorakit.webui.eval_tab import (build_eval_config, detail_files, eval_command, predictions_table,
+                                        report_summary, scores_table, start_evaluation_job)
+
+    run, suite = build_eval_config(WebUIConfig(), [], "tiny-llama", "quick", "", "train.json", 1, None, workdir)
+    assert [task.kind for task in suite.tasks] == ["perplexity", "generation"]
+    assert all(task.limit == 1 and task.data.paths == (str(workdir / "train.json"),) for task in suite.tasks)
+    assert run.base == str(tiny_model_dir) and run.suite == Path("outputs/eval/quick/suite.yaml")
+    with pytest.raises(ConfigError, match="outside the folders"):
+        build_eval_config(WebUIConfig(), [], "tiny-llama", "quick", "", "/etc/hosts", 1, None, workdir)
+    with pytest.raises(ConfigError, match="Nothing to evaluate on"):
+        build_eval_config(WebUIConfig(), [], "tiny-llama", "quick", "", "", 1, None, workdir)
+
+    # What the job would run, run here: `lorakit eval outputs/eval/quick/config.yaml`.
+    save_config(suite, run.suite)
+    save_config(run, run.output_dir / "config.yaml")
+    assert load_config(run.output_dir / "config.yaml", (), EvalRunConfig) == run
+    command = shlex.split(eval_command(run))
+    result = CliRunner().invoke(app, [*command[1:], "--device", "cpu"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+    folder = workdir / run.output_dir
+    report = json.loads((folder / "report.json").read_text())
+    assert json.loads((folder / "status.json").read_text())["state"] == "finished"
+    assert "# Evaluation report: quick" in report_summary(report)
+    table = scores_table(report)
+    assert list(table.columns) == ["score", "tiny-llama", "n"]
+    assert {"train-perplexity/perplexity (lower is better)", "train-generation/rougeL"} <= set(table["score"])
+    assert detail_files(folder) == ["tiny-llama/train-generation/predictions.jsonl"]
+    assert len(predictions_table(folder, detail_files(folder)[0])) == 1
+    assert predictions_table(folder, "../../../../etc/passwd") is None
+    (folder / "job.json").write_text(json.dumps({"pid": os.getpid(), "pgid": os.getpgrp(), "stage": "eval",
+                                                 "host": socket.gethostname()}))  # a job alive in that folder
+    with pytest.raises(ConfigError, match="still running"):
+        start_evaluation_job(run, suite)

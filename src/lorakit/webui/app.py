@@ -12,12 +12,12 @@ from typing import Any
 import gradio as gr
 
 from lorakit.config import WebUIConfig
-from lorakit.webui import data_tab, train_tab
+from lorakit.webui import data_tab, eval_tab, train_tab
 from lorakit.webui.i18n import LANGUAGE_NAMES, text
 from lorakit.webui.page import Page
 
 # (i18n key tab.<name> and elem_id tab-<name>, module with build(page))
-TABS = [("data", data_tab), ("train", train_tab)]
+TABS = [("data", data_tab), ("train", train_tab), ("evaluate", eval_tab)]
 
 
 def build_app(config: WebUIConfig) -> gr.Blocks:

@@ -19,12 +19,12 @@ from lorakit.data.registry import REGISTRY_FILE
 from lorakit.errors import LorakitError
 from lorakit.webui.i18n import text
 from lorakit.webui.page import Page
-from lorakit.webui.safety import UPLOAD_DIR, allowed_folders, confine, keep_upload
+from lorakit.webui.safety import (SEARCH_DEPTH, UPLOAD_DIR, allowed_folders, confine, display_path, files_under,
+                                  keep_upload)
 from lorakit.webui.train_form import model_override
 
 PREVIEW_COUNT = 3
 REGISTRY_MARK = " @ "  # "NAME @ data/dataset_info.json": a registry entry among the data files
-_SEARCH_DEPTH = 3  # folders below the working directory searched for data files
 _TRAINED = "trained"
 
 
@@ -87,7 +87,7 @@ def build(page: Page) -> None:
             kept = keep_upload(Path(path), config)
         except LorakitError as err:
             return gr.update(), text("msg.error", language, message=err)
-        name = _display(kept, Path.cwd())
+        name = display_path(kept, Path.cwd())
         return gr.update(choices=data_sources(config), value=name), text("data.msg.uploaded", language, path=name)
 
     inputs = [page.lang, source, model, template, max_seq_len]
@@ -109,18 +109,18 @@ def data_sources(config: WebUIConfig, cwd: Path | None = None) -> list[str]:
     cwd = Path.cwd() if cwd is None else cwd
     outputs = (cwd / config.outputs).resolve()
     files, registries = [], []
-    for path in [*_walk(cwd, _SEARCH_DEPTH, skip=outputs), *_walk(outputs / UPLOAD_DIR, 0)]:
+    for path in [*files_under(cwd, SEARCH_DEPTH, skip=outputs), *files_under(outputs / UPLOAD_DIR, 0)]:
         if path.name == REGISTRY_FILE:
             registries.append(path)
         elif path.suffix.lower() in FILE_SUFFIXES and path.is_file():
-            files.append(_display(path, cwd))
+            files.append(display_path(path, cwd))
     entries = []
     for registry in registries:
         try:
             names = list(json.loads(registry.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
             continue  # a broken registry is reported when one of its names is inspected, not while listing
-        entries += [f"{name}{REGISTRY_MARK}{_display(registry, cwd)}" for name in names]
+        entries += [f"{name}{REGISTRY_MARK}{display_path(registry, cwd)}" for name in names]
     return sorted(files) + entries
 
 
@@ -195,30 +195,6 @@ def _use(language: str, chosen: str | None):
     if not chosen or REGISTRY_MARK in chosen:
         return gr.update(), text("data.msg.use_file", language)
     return chosen, text("data.msg.used", language, path=chosen)
-
-
-def _walk(folder: Path, depth: int, skip: Path | None = None):
-    """Files in `folder` and up to `depth` folders below, leaving out hidden ones, `skip` (the run folders) and
-    model folders (their config and tokenizer JSON are no datasets)."""
-    try:
-        children = sorted(folder.iterdir())
-    except OSError:
-        return
-    if any((folder / marker).is_file() for marker in ("config.json", "adapter_config.json")):
-        return
-    for child in children:
-        if child.name.startswith(".") or child.is_symlink():
-            continue
-        if child.is_dir():
-            if depth > 0 and child.resolve() != skip:
-                yield from _walk(child, depth - 1, skip)
-        else:
-            yield child
-
-
-def _display(path: Path, cwd: Path) -> str:
-    path = Path(path).resolve()
-    return str(path.relative_to(cwd.resolve())) if path.is_relative_to(cwd.resolve()) else str(path)
 
 
 def _model_names() -> list[str]:
