@@ -162,7 +162,7 @@ def test_data_tab_lists_files_and_registry_entries_but_no_run_or_model_files(wor
     assert sources == ["data/chat.jsonl", "outputs/webui-uploads/train.json", "train.json",
                        "greetings @ data/dataset_info.json"]  # no tiny-llama/*.json, no run files
     assert data_overrides(sources[-1], WebUIConfig(), workdir) == [
-        'data.paths=["greetings"]', f'data.dataset_dir="{workdir / "data"}"']
+        'data.paths=["greetings"]', 'data.dataset_dir="data"']
     with pytest.raises(ConfigError, match="outside the folders"):
         data_overrides("/etc/passwd", WebUIConfig(), workdir)
 
@@ -176,9 +176,9 @@ def test_data_tab_shows_the_check_messages_lengths_and_trained_text(workdir, tin
 
     view = inspect_dataset(WebUIConfig(), "en", "chat.jsonl", "tiny-llama", "chatml", 64, workdir)
 
-    cli_problems = check_data(DataConfig(paths=(str(workdir / "chat.jsonl"),))).problems
-    assert len(cli_problems) == 1 and cli_problems[0] in view.check  # the same message as `lorakit data check`
-    assert view.problems == [(f"{workdir / 'chat.jsonl'}, line 2", cli_problems[0].split("line 2: ", 1)[1])]
+    cli_problems = check_data(DataConfig(paths=("chat.jsonl",))).problems  # `lorakit data check chat.jsonl`
+    assert len(cli_problems) == 1 and cli_problems[0] in view.check
+    assert view.problems == [("chat.jsonl, line 2", cli_problems[0].split("line 2: ", 1)[1])]
     assert "Format: **alpaca**" in view.summary and "**1 problem(s)**" in view.summary and not view.error
     assert "max_seq_len      64" in view.stats and view.histogram is not None
     trained = "".join(piece for piece, label in view.examples if label == "trained")
@@ -202,7 +202,7 @@ def test_eval_form_builds_the_config_that_lorakit_eval_runs(workdir, tiny_model_
 
     run, suite = build_eval_config(WebUIConfig(), [], "tiny-llama", "quick", "", "train.json", 1, None, workdir)
     assert [task.kind for task in suite.tasks] == ["perplexity", "generation"]
-    assert all(task.limit == 1 and task.data.paths == (str(workdir / "train.json"),) for task in suite.tasks)
+    assert all(task.limit == 1 and task.data.paths == ("train.json",) for task in suite.tasks)
     assert run.base == str(tiny_model_dir) and run.suite == Path("outputs/eval/quick/suite.yaml")
     with pytest.raises(ConfigError, match="outside the folders"):
         build_eval_config(WebUIConfig(), [], "tiny-llama", "quick", "", "/etc/hosts", 1, None, workdir)

@@ -355,14 +355,18 @@ def length_histogram(lengths: Sequence[int], max_seq_len: int, overlong: str = "
 @dataclass(frozen=True)
 class PreviewBlock:
     """One example as the model will see it: a header, the text in pieces each marked trained (loss-bearing) or
-    not, and a note on what max_seq_len cut off."""
+    not, and a note on what max_seq_len cut off. `marks` says whether the text form marks trained pieces."""
 
     header: str
     pieces: list[tuple[str, bool]]
     note: str = ""
+    marks: bool = False
 
     def marked(self) -> str:
         """The block as text, trained pieces between «...»."""
+        header = self.header
+        if self.marks:
+            header = header.removesuffix(" ===") + f", between {TRAINED_START} {TRAINED_END} ==="
         parts, inside = [], False
         for piece, trained in self.pieces:
             if trained != inside:
@@ -371,7 +375,7 @@ class PreviewBlock:
             parts.append(piece)
         if inside:
             parts.append(TRAINED_END)
-        return self.header + "\n" + "".join(parts) + self.note
+        return header + "\n" + "".join(parts) + self.note
 
 
 def preview(conversations: Sequence[Conversation], tokenizer: PreTrainedTokenizerBase, template: Template,
@@ -405,12 +409,11 @@ def _preview_one(conversation: Conversation, index: int, tokenizer: PreTrainedTo
         note = (f"\n[... {encoded.full_length - kept} more tokens cut by max_seq_len={config.max_seq_len}; "
                 "the model never sees them]")
     trained = sum(label != IGNORE_INDEX for label in labels)
-    if trained == 0 or all(label == IGNORE_INDEX for label in labels[1:]):
-        status = "no trained token left, so dropped"
-    else:
-        status = f"{trained} trained, between {TRAINED_START} {TRAINED_END}"
+    dropped = trained == 0 or all(label == IGNORE_INDEX for label in labels[1:])
+    status = "no trained token left, so dropped" if dropped else f"{trained} trained"
     header = f"=== {index}. {conversation.origin}: {kept} tokens, {status} ==="
-    return PreviewBlock(header, [(piece, label != IGNORE_INDEX) for piece, label in zip(pieces[:kept], labels)], note)
+    pieces = [(piece, label != IGNORE_INDEX) for piece, label in zip(pieces[:kept], labels)]
+    return PreviewBlock(header, pieces, note, marks=not dropped)
 
 
 def _token_pieces(conversation: Conversation, ids: list[int], tokenizer: PreTrainedTokenizerBase,

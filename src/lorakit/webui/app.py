@@ -17,7 +17,7 @@ from lorakit.webui.i18n import LANGUAGE_NAMES, text
 from lorakit.webui.page import Page
 
 # (i18n key tab.<name> and elem_id tab-<name>, module with build(page))
-TABS = [("data", data_tab), ("train", train_tab), ("evaluate", eval_tab)]
+TABS = [("train", train_tab), ("data", data_tab), ("evaluate", eval_tab)]
 
 
 def build_app(config: WebUIConfig) -> gr.Blocks:

@@ -66,14 +66,15 @@ def build(page: Page) -> None:
     message = gr.Markdown(elem_id="data-message")
     summary = gr.Markdown(elem_id="data-summary")
     problems = page.add(gr.Dataframe(pd.DataFrame(columns=["where", "problem"]), label=page.text("data.problems"),
-                                     interactive=False, wrap=True, elem_id="data-problems"), "data.problems")
+                                     interactive=False, wrap=True, column_widths=["35%", "65%"],
+                                     elem_id="data-problems"), "data.problems")
     check = page.add(gr.Textbox(label=page.text("data.check"), lines=6, max_lines=20, elem_id="data-check"),
                      "data.check")
-    with gr.Row():
-        histogram = page.add(gr.Plot(label=page.text("data.histogram"), elem_id="data-histogram"), "data.histogram")
-        stats = page.add(gr.Textbox(label=page.text("data.stats"), lines=8, elem_id="data-stats"), "data.stats")
+    stats = page.add(gr.Textbox(label=page.text("data.stats"), lines=7, elem_id="data-stats"), "data.stats")
+    histogram = page.add(gr.Plot(label=page.text("data.histogram"), elem_id="data-histogram"), "data.histogram")
     examples = page.add(gr.HighlightedText(label=page.text("data.examples"), color_map={_TRAINED: "green"},
-                                           show_legend=True, elem_id="data-examples"), "data.examples")
+                                           show_legend=True, combine_adjacent=True, elem_id="data-examples"),
+                        "data.examples")
 
     def show(language: str, chosen: str | None, model_name: str, template_name: str, length: float):
         view = inspect_dataset(config, language, chosen, model_name, template_name, length)
@@ -133,8 +134,9 @@ def data_overrides(chosen: str | None, config: WebUIConfig, cwd: Path | None = N
     if REGISTRY_MARK in chosen:
         name, registry = chosen.rsplit(REGISTRY_MARK, 1)
         folder = confine(registry, allowed, cwd).parent
-        return [f"data.paths={json.dumps([name.strip()])}", f"data.dataset_dir={json.dumps(str(folder))}"]
-    return [f"data.paths={json.dumps([str(confine(chosen, allowed, cwd))])}"]
+        return [f"data.paths={json.dumps([name.strip()])}",
+                f"data.dataset_dir={json.dumps(display_path(folder, cwd))}"]
+    return [f"data.paths={json.dumps([display_path(confine(chosen, allowed, cwd), cwd)])}"]
 
 
 def inspect_dataset(config: WebUIConfig, language: str, chosen: str | None, model: str, template: str,

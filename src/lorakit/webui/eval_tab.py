@@ -155,7 +155,7 @@ def build_eval_config(config: WebUIConfig, runs: list[str] | None, base: str | N
     adapters = [{"name": run, "path": str(config.outputs / run)} for run in runs or ()]
     base_name = json.loads(model_override(base, allowed, cwd)) if (base or "").strip() else None
     limit = int(limit) if limit else None
-    data = [str(confine(held_out, allowed, cwd))] if (held_out or "").strip() else []
+    data = [display_path(confine(held_out, allowed, cwd), cwd)] if (held_out or "").strip() else []
     if (suite or "").strip():
         suite_path, suite_config = confine(suite, allowed, cwd), None
         run = _eval_run(suite=str(suite_path), data=data, base=base_name, adapters=adapters,
@@ -330,7 +330,8 @@ def _report_view(config: WebUIConfig, name: str | None, showing: str) -> tuple[A
     folder = _folder(config, name) if name else None
     report_file = folder / "report.json" if folder is not None else None
     if report_file is None or not report_file.is_file():
-        return ("", None, None, None, gr.update(choices=[], value=None), "") if showing else (gr.update(),) * 6
+        return ("", None, _image(None), _image(None), gr.update(choices=[], value=None), "") if showing \
+            else (gr.update(),) * 6
     identity = f"{folder}@{report_file.stat().st_mtime_ns}"
     if identity == showing:
         return (gr.update(),) * 6
@@ -379,8 +380,12 @@ def predictions_table(folder: Path, item: str | None) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def _image(path: Path) -> str | None:
-    return str(path) if path.is_file() else None
+def _image(path: Path | None) -> dict[str, Any]:
+    """A chart the report drew, or a hidden image where it drew none (a radar needs three 0-100 scores, the delta
+    chart a second model)."""
+    if path is None or not path.is_file():
+        return gr.update(value=None, visible=False)
+    return gr.update(value=str(path), visible=True)
 
 
 def _data_files(config: WebUIConfig) -> list[str]:
