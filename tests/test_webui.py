@@ -197,6 +197,7 @@ def test_eval_form_builds_the_config_that_lorakit_eval_runs(workdir, tiny_model_
 
     from lorakit.cli import app
     from lorakit.config import EvalRunConfig
+    from lorakit.runs import is_run_folder
     from lorakit.webui.eval_tab import (build_eval_config, detail_files, eval_command, predictions_table,
                                         report_summary, scores_table, start_evaluation_job)
 
@@ -220,6 +221,7 @@ def test_eval_form_builds_the_config_that_lorakit_eval_runs(workdir, tiny_model_
     folder = workdir / run.output_dir
     report = json.loads((folder / "report.json").read_text())
     assert json.loads((folder / "status.json").read_text())["state"] == "finished"
+    assert not is_run_folder(folder)  # an evaluation is listed with evaluations, not with training runs
     assert "# Evaluation report: quick" in report_summary(report)
     table = scores_table(report)
     assert list(table.columns) == ["score", "tiny-llama", "n"]

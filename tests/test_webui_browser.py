@@ -157,6 +157,11 @@ def test_data_tab_flags_a_bad_record_with_its_line(server):
 
         switch_to_chinese(page, "#data-inspect", "检查并预览")
         page.screenshot(path=str(DOCS / "data-zh.png"), full_page=True)
+
+        page.locator("#data-use").click()  # the Train tab's data field now names the uploaded file
+        page.get_by_role("tab", name="训练").click()
+        page.wait_for_function("document.querySelector('#field-data_path textarea')?.value === "
+                               "'outputs/webui-uploads/upload.jsonl'", timeout=30_000)
         browser.close()
 
 

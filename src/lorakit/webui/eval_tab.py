@@ -20,7 +20,7 @@ import pandas as pd
 from lorakit.config import EvalRunConfig, SuiteConfig, WebUIConfig, load_config, save_config
 from lorakit.errors import ConfigError, LorakitError
 from lorakit.jobs import job_in, start_job, stop_job
-from lorakit.runs import is_run_folder, list_runs, read_json_dict, run_status
+from lorakit.runs import STATUS_FILE, list_runs, read_json_dict, run_status
 from lorakit.webui.data_tab import data_sources
 from lorakit.webui.i18n import text
 from lorakit.webui.page import Page
@@ -313,7 +313,9 @@ def _status(config: WebUIConfig, language: str, name: str | None) -> tuple[str, 
         return text("msg.no_run", language), ""
     folder = _folder(config, name)
     job = job_in(folder)
-    state = job.state if job is not None else run_status(folder).state if is_run_folder(folder) else "finished"
+    state = job.state if job is not None else run_status(folder).state
+    if job is None and not (folder / STATUS_FILE).is_file() and (folder / "report.json").is_file():
+        state = "finished"  # a report `lorakit eval` wrote before it recorded status.json
     lines = [text("state", language, state=text(f"state.{state}", language))]
     detail = run_status(folder).detail
     if detail and state != "running":
