@@ -192,14 +192,8 @@ def test_data_tab_says_what_is_wrong_instead_of_failing(workdir):
     assert view.error.startswith("错误：") and "missing.jsonl" in view.error and not view.check
 
 
-def test_eval_form_builds_the_config_that_lorakit_eval_runs(workdir, tiny_model_dir):
-    from typer.testing import CliRunner
-
-    from lorakit.cli import app
-    from lorakit.config import EvalRunConfig
-    from lorakit.runs import is_run_folder
-    from lorakit.webui.eval_tab import (build_eval_config, detail_files, eval_command, predictions_table,
-                                        report_summary, scores_table, start_evaluation_job)
+def test_eval_form_builds_a_suite_on_the_held_out_data(workdir, tiny_model_dir):
+    from lorakit.webui.eval_tab import build_eval_config
 
     run, suite = build_eval_config(WebUIConfig(), [], "tiny-llama", "quick", "", "train.json", 1, None, workdir)
     assert [task.kind for task in suite.tasks] == ["perplexity", "generation"]
@@ -209,7 +203,21 @@ def test_eval_form_builds_the_config_that_lorakit_eval_runs(workdir, tiny_model_
         build_eval_config(WebUIConfig(), [], "tiny-llama", "quick", "", "/etc/hosts", 1, None, workdir)
     with pytest.raises(ConfigError, match="Nothing to evaluate on"):
         build_eval_config(WebUIConfig(), [], "tiny-llama", "quick", "", "", 1, None, workdir)
+    with pytest.raises(ConfigError, match="no-such-run does not exist"):  # said on the page, not in the job
+        build_eval_config(WebUIConfig(), ["no-such-run"], "", "quick", "", "train.json", 1, None, workdir)
 
+
+@pytest.mark.slow  # a whole `lorakit eval` of the tiny model (~20-50 s on 2 cores, most of it imports)
+def test_eval_form_config_is_what_lorakit_eval_runs_and_the_tab_shows_its_report(workdir, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from lorakit.cli import app
+    from lorakit.config import EvalRunConfig
+    from lorakit.runs import is_run_folder
+    from lorakit.webui.eval_tab import (build_eval_config, detail_files, eval_command, predictions_table,
+                                        report_summary, scores_table, start_evaluation_job)
+
+    run, suite = build_eval_config(WebUIConfig(), [], "tiny-llama", "quick", "", "train.json", 1, None, workdir)
     # What the job would run, run here: `lorakit eval outputs/eval/quick/config.yaml`.
     save_config(suite, run.suite)
     save_config(run, run.output_dir / "config.yaml")
@@ -233,3 +241,26 @@ def test_eval_form_builds_the_config_that_lorakit_eval_runs(workdir, tiny_model_
                                                  "host": socket.gethostname()}))  # a job alive in that folder
     with pytest.raises(ConfigError, match="still running"):
         start_evaluation_job(run, suite)
+
+
+def test_eval_form_benchmark_rows_become_suite_tasks(workdir, tiny_model_dir):
+    import pandas as pd
+
+    from lorakit.webui.eval_tab import BENCHMARK_COLUMNS, build_eval_config
+
+    (workdir / "gsm8k.jsonl").write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    rows = pd.DataFrame([["mmlu", "choice", "cais/mmlu", "astronomy, virology", "0", "3"],
+                         ["", "", "gsm8k.jsonl", "", "", "2"], [""] * 6], columns=BENCHMARK_COLUMNS)
+
+    _, suite = build_eval_config(WebUIConfig(), [], "tiny-llama", "bench", "", "", 0, rows, workdir)
+
+    mmlu, gsm8k = suite.tasks
+    assert (mmlu.kind, mmlu.source, mmlu.subjects, mmlu.shots, mmlu.limit) == (
+        "choice", "cais/mmlu", ("astronomy", "virology"), 0, 3)  # a hub id passes, unconfined
+    assert (gsm8k.name, gsm8k.kind, gsm8k.source, gsm8k.limit) == ("gsm8k", "gsm8k", str(workdir / "gsm8k.jsonl"), 2)
+    outside = pd.DataFrame([["x", "choice", "/etc", "", "", ""]], columns=BENCHMARK_COLUMNS)
+    with pytest.raises(ConfigError, match="outside the folders"):
+        build_eval_config(WebUIConfig(), [], "tiny-llama", "bench", "", "", 0, outside, workdir)
+    with pytest.raises(ConfigError, match="shots.*whole number"):
+        bad = pd.DataFrame([["x", "choice", "cais/mmlu", "", "five", ""]], columns=BENCHMARK_COLUMNS)
+        build_eval_config(WebUIConfig(), [], "tiny-llama", "bench", "", "", 0, bad, workdir)

@@ -46,7 +46,8 @@ def build(page: Page) -> None:
         name = page.add(gr.Textbox("webui-eval", label=page.text("eval.name"), info=page.text("eval.name.info"),
                                    elem_id="eval-name"), "eval.name")
     with gr.Row():
-        suite = page.add(gr.Dropdown(suite_files(config, page.text("eval.from_form")), value=_FROM_FORM, allow_custom_value=True,
+        from_form = page.text("eval.from_form")
+        suite = page.add(gr.Dropdown(suite_files(config, from_form), value=_FROM_FORM, allow_custom_value=True,
                                      label=page.text("eval.suite"), info=page.text("eval.suite.info"),
                                      elem_id="eval-suite"), "eval.suite")
         held_out = page.add(gr.Dropdown(_data_files(config), value=None, allow_custom_value=True,
@@ -126,7 +127,8 @@ def build(page: Page) -> None:
     details.change(lambda folder_name, item: predictions_table(_folder(config, folder_name), item),
                    [chosen, details], predictions)
     refresh.click(lambda current: (gr.update(choices=past_evaluations(config), value=current),
-                                   gr.update(choices=adapter_runs(config)), gr.update(choices=suite_files(config, page.text("eval.from_form"))),
+                                   gr.update(choices=adapter_runs(config)),
+                                   gr.update(choices=suite_files(config, from_form)),
                                    gr.update(choices=_data_files(config))),
                   chosen, [chosen, runs, suite, held_out])
     page.app.load(lambda: (gr.update(choices=past_evaluations(config), value=_newest(config)),
