@@ -179,7 +179,7 @@ def test_evaluate_tab_runs_an_evaluation_job_and_shows_its_report(server):
         page.wait_for_function("document.querySelector('#eval-message')?.innerText.includes('webui-eval')",
                                timeout=60_000)
         page.wait_for_function("document.querySelector('#eval-status')?.innerText.includes('finished')",
-                               timeout=180_000)
+                               timeout=300_000)
         page.wait_for_function("document.querySelector('#eval-scores')?.innerText.includes('perplexity')",
                                timeout=30_000)
         assert "Evaluation report" in page.locator("#eval-summary").inner_text()

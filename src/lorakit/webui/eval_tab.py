@@ -115,8 +115,11 @@ def build(page: Page) -> None:
         return text("eval.msg.stopped" if result.exited else "msg.stop_failed", language, run=folder_name)
 
     def live(language: str, folder_name: str | None, showing: str):
-        state, log_text = _status(config, language, folder_name)
-        report_view = _report_view(config, folder_name, showing)
+        try:
+            state, log_text = _status(config, language, folder_name)
+            report_view = _report_view(config, folder_name, showing)
+        except LorakitError as err:  # a typed name that is no evaluation folder
+            return (text("msg.error", language, message=err), "", *(gr.update(),) * 6)
         return (state, log_text, *report_view)
 
     show.click(show_config, [page.lang, *form], [config_yaml, command, message])
@@ -124,8 +127,8 @@ def build(page: Page) -> None:
     stop.click(stop_evaluation, [page.lang, chosen], message)
     for trigger in (chosen.change, timer.tick):
         trigger(live, [page.lang, chosen, shown], [status, log, *report_parts])
-    details.change(lambda folder_name, item: predictions_table(_folder(config, folder_name), item),
-                   [chosen, details], predictions)
+    details.change(lambda folder_name, item: predictions_table(_folder(config, folder_name), item)
+                   if folder_name and item else None, [chosen, details], predictions)
     refresh.click(lambda current: (gr.update(choices=past_evaluations(config), value=current),
                                    gr.update(choices=adapter_runs(config)),
                                    gr.update(choices=suite_files(config, from_form)),
