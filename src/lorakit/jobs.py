@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from lorakit.config import TrainConfig
 
 JOB_FILE = "job.json"
-STAGES = ("train",)
+STAGES = ("train", "eval")
 # Popen objects of the jobs this process started: polling them reaps an exited child, which would otherwise stay a
 # zombie and still count as a member of its process group.
 _CHILDREN: dict[int, subprocess.Popen] = {}

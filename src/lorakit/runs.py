@@ -375,8 +375,10 @@ class RunSummary:
 
 
 def is_run_folder(path: Path) -> bool:
-    return path.is_dir() and any((path / name).exists() for name in ("config.yaml", STATUS_FILE, ADAPTER_DIR,
-                                                                       MODEL_DIR, CHECKPOINT_DIR))
+    """Whether `path` is a training run's folder; an evaluation's report folder (status.json, config.yaml and
+    report.json of `lorakit eval`) is not."""
+    return path.is_dir() and not (path / "report.json").is_file() and any(
+        (path / name).exists() for name in ("config.yaml", STATUS_FILE, ADAPTER_DIR, MODEL_DIR, CHECKPOINT_DIR))
 
 
 def list_runs(root: Path) -> list[RunSummary]:

@@ -111,6 +111,12 @@ def format_check(report: CheckReport, shown: int = 10) -> str:
 _ORIGIN = re.compile(r"^.*?, (?:line|record|row) \d+(?: \(line \d+\))?: ")
 
 
+def split_origin(problem: str) -> tuple[str, str]:
+    """A problem's origin ("data/train.jsonl, line 17") and the rest of its message; ("", problem) without one."""
+    match = _ORIGIN.match(problem)
+    return (match.group(0)[:-2], problem[match.end():]) if match else ("", problem)
+
+
 def problem_kinds(problems: Sequence[str]) -> dict[str, int]:
     """How many problems of each kind, most frequent first: a problem's first sentence, without file and line,
     with positions and counts written as N (so 'turn messages[3] is empty' and '...[5]...' are one kind)."""
@@ -322,6 +328,11 @@ def format_stats(stats: DataStats) -> str:
 
 def plot_length_histogram(lengths: Sequence[int], max_seq_len: int, path: Path, overlong: str = "truncate") -> Path:
     """Draw a histogram of token lengths with the `max_seq_len` cut-off marked; write it to `path` as a PNG."""
+    return save_figure(length_histogram(lengths, max_seq_len, overlong), path)
+
+
+def length_histogram(lengths: Sequence[int], max_seq_len: int, overlong: str = "truncate") -> Any:
+    """The token-length histogram with the `max_seq_len` cut-off marked, as a matplotlib Figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -338,7 +349,33 @@ def plot_length_histogram(lengths: Sequence[int], max_seq_len: int, path: Path, 
     axes.set_ylabel("records")
     axes.legend()
     figure.tight_layout()
-    return save_figure(figure, path)
+    return figure
+
+
+@dataclass(frozen=True)
+class PreviewBlock:
+    """One example as the model will see it: a header, the text in pieces each marked trained (loss-bearing) or
+    not, and a note on what max_seq_len cut off. `marks` says whether the text form marks trained pieces."""
+
+    header: str
+    pieces: list[tuple[str, bool]]
+    note: str = ""
+    marks: bool = False
+
+    def marked(self) -> str:
+        """The block as text, trained pieces between «...»."""
+        header = self.header
+        if self.marks:
+            header = header.removesuffix(" ===") + f", between {TRAINED_START} {TRAINED_END} ==="
+        parts, inside = [], False
+        for piece, trained in self.pieces:
+            if trained != inside:
+                parts.append(TRAINED_START if trained else TRAINED_END)
+                inside = trained
+            parts.append(piece)
+        if inside:
+            parts.append(TRAINED_END)
+        return header + "\n" + "".join(parts) + self.note
 
 
 def preview(conversations: Sequence[Conversation], tokenizer: PreTrainedTokenizerBase, template: Template,
@@ -347,12 +384,18 @@ def preview(conversations: Sequence[Conversation], tokenizer: PreTrainedTokenize
 
     The marks come from the token labels after truncation, so what is marked is exactly what trains.
     """
+    return [block.marked() for block in preview_blocks(conversations, tokenizer, template, config, count)]
+
+
+def preview_blocks(conversations: Sequence[Conversation], tokenizer: PreTrainedTokenizerBase, template: Template,
+                   config: DataConfig, count: int) -> list[PreviewBlock]:
+    """The first `count` examples as `preview` shows them, as pieces marked trained or not (for a page to colour)."""
     return [_preview_one(conversation, index, tokenizer, template, config)
             for index, conversation in enumerate(conversations[:count], start=1)]
 
 
 def _preview_one(conversation: Conversation, index: int, tokenizer: PreTrainedTokenizerBase, template: Template,
-                 config: DataConfig) -> str:
+                 config: DataConfig) -> PreviewBlock:
     encoded = encode(conversation, tokenizer, template, config)
     pieces = _token_pieces(conversation, encoded.input_ids, tokenizer, template, config)
     kept, labels = len(encoded.input_ids), encoded.labels
@@ -361,30 +404,16 @@ def _preview_one(conversation: Conversation, index: int, tokenizer: PreTrainedTo
         if config.overlong == "drop":
             header = (f"=== {index}. {conversation.origin}: {kept} tokens, longer than max_seq_len="
                       f"{config.max_seq_len}, so dropped; nothing in it trains ===")
-            return header + "\n" + "".join(pieces)
+            return PreviewBlock(header, [("".join(pieces), False)])
         kept, labels = config.max_seq_len, labels[: config.max_seq_len]
         note = (f"\n[... {encoded.full_length - kept} more tokens cut by max_seq_len={config.max_seq_len}; "
                 "the model never sees them]")
     trained = sum(label != IGNORE_INDEX for label in labels)
-    if trained == 0 or all(label == IGNORE_INDEX for label in labels[1:]):
-        status = "no trained token left, so dropped"
-    else:
-        status = f"{trained} trained, between {TRAINED_START} {TRAINED_END}"
+    dropped = trained == 0 or all(label == IGNORE_INDEX for label in labels[1:])
+    status = "no trained token left, so dropped" if dropped else f"{trained} trained"
     header = f"=== {index}. {conversation.origin}: {kept} tokens, {status} ==="
-    return header + "\n" + _mark(pieces[:kept], labels) + note
-
-
-def _mark(pieces: list[str], labels: list[int]) -> str:
-    parts, inside = [], False
-    for piece, label in zip(pieces, labels):
-        trained = label != IGNORE_INDEX
-        if trained != inside:
-            parts.append(TRAINED_START if trained else TRAINED_END)
-            inside = trained
-        parts.append(piece)
-    if inside:
-        parts.append(TRAINED_END)
-    return "".join(parts)
+    pieces = [(piece, label != IGNORE_INDEX) for piece, label in zip(pieces[:kept], labels)]
+    return PreviewBlock(header, pieces, note, marks=not dropped)
 
 
 def _token_pieces(conversation: Conversation, ids: list[int], tokenizer: PreTrainedTokenizerBase,

@@ -68,7 +68,7 @@ def train_overrides(values: dict[str, Any], config: WebUIConfig, cwd: Path | Non
     if not re.fullmatch(r"[\w.-]+", run_name) or run_name in (".", ".."):
         raise ConfigError(f"Run name '{run_name}' must be a plain folder name (letters, digits, _ . -), no slashes.")
     data = confine(str(values.get("data_path") or ""), allowed, cwd)
-    overrides = [f"model.name={_model_name(str(values.get('model') or ''), allowed, cwd)}",
+    overrides = [f"model.name={model_override(str(values.get('model') or ''), allowed, cwd)}",
                  *_METHOD_OVERRIDES[method], f"data.paths={json.dumps([str(data)])}",
                  f"output_dir={json.dumps(str(config.outputs / run_name))}"]
     for field in FIELDS:
@@ -91,8 +91,9 @@ def train_command(overrides: list[str]) -> str:
     return shlex.join(["lorakit", "train", *overrides])
 
 
-def _model_name(name: str, allowed: tuple[Path, ...], cwd: Path) -> str:
-    """A model folder is confined like any path; a bundled name or hub id is passed through."""
+def model_override(name: str, allowed: tuple[Path, ...], cwd: Path) -> str:
+    """The value of `model.name=` for what the user typed or picked: a model folder is confined like any path and
+    quoted; a bundled name or hub id is passed through."""
     name = name.strip()
     if not name:
         raise ConfigError("No model given: pick a bundled or cached model, or type a model folder.")
