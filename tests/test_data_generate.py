@@ -308,6 +308,80 @@ def test_chunks_follow_headings_paragraphs_and_chinese_sentences(tmp_path):
         read_documents(tmp_path / "bad.jsonl")
 
 
+def _pdf(pages: list[list[str]]) -> bytes:
+    """A PDF of `pages`, each a list of text lines in Helvetica, written out by hand (pypdf reads PDFs but does
+    not typeset text): catalog, page tree, font, then a page and its content stream per page, and the xref table."""
+    count = len(pages)
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
+               b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % (4 + 2 * n) for n in range(count)),
+                                                             count),
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    for number, lines in enumerate(pages):
+        escaped = [line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for line in lines]
+        stream = ("BT /F1 12 Tf 16 TL 72 720 Td " + " T* ".join(f"({line}) Tj" for line in escaped) + " ET").encode()
+        objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> "
+                       b">> /Contents %d 0 R >>" % (5 + 2 * number))
+        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream))
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def test_pdf_chunks_keep_their_page_span_into_each_record(tmp_path):
+    pages = [["The alpha stone lies by the river.", "It was found in spring."], ["The beta stone is red."],
+             ["The gamma stone is the largest of the three stones and sits on the hill above the old mill. "
+              "Nobody has ever moved it. It is said to be older than the village itself."]]
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "stones.pdf").write_bytes(_pdf(pages))
+
+    documents = read_documents(tmp_path / "docs")
+    chunks = chunk_documents(documents, max_chars=100)
+
+    assert len(documents) == 1 and "The beta stone is red." in documents[0].text
+    assert all(documents[0].text[chunk.start:chunk.end] == chunk.text for chunk in chunks)
+    assert "alpha stone" in chunks[0].text and "beta stone" in chunks[0].text and chunks[0].pages == (1, 2)
+    assert len(chunks) >= 3 and all(chunk.pages == (3, 3) for chunk in chunks[1:])
+    assert "gamma" in chunks[1].text and "village" in chunks[-1].text
+    config = GenerateConfig(input=tmp_path / "docs", output_dir=tmp_path / "out", chunk_chars=100, chunk_overlap=0,
+                            mode="continuation", judge=JudgeSettings(enabled=False),
+                            generator=EndpointConfig(base_url="http://unused.test/v1", model="none"))
+    generate_dataset(config, *clients(config))  # continuation asks no model
+    assert [record["_pages"] for record in _lines(config.output_dir / "generated.jsonl")] == [[3, 3]] * (
+        len(chunks) - 1)
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    with pytest.raises(DataError, match="broken.pdf: not a readable PDF"):
+        read_documents(tmp_path / "broken.pdf")
+
+
+def test_docx_headings_paragraphs_and_tables_become_chunks(tmp_path):
+    import docx
+
+    document = docx.Document()
+    document.add_heading("Returns", level=1)
+    document.add_paragraph("Items can be returned within 30 days of delivery.")
+    table = document.add_table(rows=2, cols=2)
+    for row, cells in zip(table.rows, [("item", "days"), ("shoes", "30")]):
+        for cell, text in zip(row.cells, cells):
+            cell.text = text
+    document.add_heading("Shipping", level=2)
+    document.add_paragraph("Orders ship within two working days.")
+    document.save(tmp_path / "policy.docx")
+
+    documents = read_documents(tmp_path / "policy.docx")
+    chunks = chunk_documents(documents, max_chars=200)
+
+    assert documents[0].text == ("# Returns\n\nItems can be returned within 30 days of delivery.\n\n"
+                                 "item | days\nshoes | 30\n\n## Shipping\n\nOrders ship within two working days.")
+    assert [chunk.heading for chunk in chunks] == ["Returns", "Shipping"] and chunks[0].pages is None
+    assert "shoes | 30" in chunks[0].text and "ship within" in chunks[1].text
+
+
 def test_reply_parsing_is_tolerant():
     assert strip_think("<think>a {\"x\": 1}</think>\n answer") == "answer"
     assert strip_think("<think>never closed {\"x\": 1}") == ""
