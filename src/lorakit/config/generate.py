@@ -54,7 +54,7 @@ class JudgeSettings:
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    """One `lorakit data generate` run: documents in `input` (a file or folder of .txt, .md, .jsonl, .pdf) cut
+    """One `lorakit data generate` run: documents in `input` (a file or folder of .txt, .md, .jsonl, .pdf, .docx) cut
     into chunks of at most `chunk_chars` characters (`chunk_overlap` repeated from the previous chunk), each turned
     into records by `generator` in `mode`, scored by `judge`, written to `output_dir` as `output_format` JSONL.
 
