@@ -448,6 +448,9 @@ def test_preview_shows_chunks_and_the_first_records_as_written(server, tmp_path)
     assert not output.exists()  # nothing written
     asked = sum(server.seen.values())
     assert asked <= 8  # the first two chunks only, not the whole corpus
+    both = CliRunner().invoke(app, ["data", "generate", "-i", str(config.input), "-o", str(output), "--model", "m",
+                                    "--local", "smollm2-135m"])
+    assert isinstance(both.exception, ConfigError) and "Give --local MODEL" in str(both.exception)
 
 
 def _tiny_local_model(folder: Path) -> Path:
