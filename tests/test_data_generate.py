@@ -547,7 +547,9 @@ def test_generate_against_lorakit_serve_then_train_on_the_output(tmp_path):
     fixtures = Path(__file__).parent / "fixtures" / "generate"
     model, endpoints = load_endpoints(ServerConfig(model=ModelConfig(name="smollm2-135m")))
     with running(create_app(Engine(model, max_batch_size=2), endpoints)) as base_url:
-        generator = EndpointConfig(base_url=f"{base_url}/v1", model="smollm2-135m", max_tokens=64, concurrency=2)
+        # A long timeout: on a loaded machine a 64-token reply may take minutes, and a timed-out request is retried.
+        generator = EndpointConfig(base_url=f"{base_url}/v1", model="smollm2-135m", max_tokens=64, concurrency=2,
+                                   timeout=1800.0)
         summary = GenerateConfig(input=fixtures / "xiyouji.md", output_dir=tmp_path / "data", generator=generator,
                                  mode="summary", judge=JudgeSettings(enabled=False), output_format="openai",
                                  dataset_name="summaries", temperature=0.0)
