@@ -237,10 +237,10 @@ def test_llamafactory_preference_keys(tmp_path):
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"stage": "kto"}, "stage is 'kto', which lorakit does not train yet"),
+    ({"stage": "rm"}, "stage is 'rm', which lorakit does not train yet"),
     ({"stage": "dpo", "finetuning": "full"}, "stage dpo trains a LoRA adapter"),
-    ({"stage": "sft", "adapter": "runs/x"}, "adapter .* is used by stage dpo only"),
-    ({"preference": {"losses": ["simpo"]}}, "'simpo', which is its own stage"),
+    ({"stage": "sft", "adapter": "runs/x"}, "adapter .* is used by the preference stages"),
+    ({"preference": {"losses": ["simpo"]}}, "'simpo', which is its own stage, not a DPO loss; set stage: simpo"),
     ({"preference": {"losses": ["sigmod"]}}, "Did you mean 'sigmoid'"),
     ({"preference": {"losses": ["sigmoid", "sft"]}}, "set preference.sft_weight"),
     ({"preference": {"losses": ["sigmoid", "ipo"], "loss_weights": [1.0]}}, "one weight per loss"),
