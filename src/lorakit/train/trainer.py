@@ -33,6 +33,7 @@ from lorakit.data import LoadSummary, TokenizeSummary, data_files, load_conversa
 from lorakit.data import cache, tokenize_conversations
 from lorakit.data.preference import load_preferences, tokenize_preferences
 from lorakit.data.text import load_texts, tokenize_texts
+from lorakit.data.unpaired import load_unpaired, tokenize_unpaired
 from lorakit.errors import ConfigError
 from lorakit.files import atomic_dir, save_figure, sha256_file, write_json, write_text
 from lorakit.model import prepare_for_training, resolve_device
@@ -93,7 +94,8 @@ def _tokenize_from_scratch(config: TrainConfig, tokenizer: PreTrainedTokenizerBa
 
 
 _STAGE_DATA = {"pt": (load_texts, tokenize_texts), "dpo": (load_preferences, tokenize_preferences),
-               "orpo": (load_preferences, tokenize_preferences), "simpo": (load_preferences, tokenize_preferences)}
+               "kto": (load_unpaired, tokenize_unpaired), "orpo": (load_preferences, tokenize_preferences),
+               "simpo": (load_preferences, tokenize_preferences)}
 
 
 def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData, config: TrainConfig,
@@ -189,7 +191,7 @@ def checkpoint_to_resume(config: TrainConfig) -> str | None:
 
 def training_arguments(config: TrainConfig, has_validation: bool, steps_per_epoch: int,
                        bf16: bool) -> dict[str, Any]:
-    """The Trainer's arguments from `config`, as keywords (stage dpo adds its own and builds TRL's DPOConfig)."""
+    """The Trainer's arguments from `config`, as keywords (the preference stages add their own for TRL's configs)."""
     device = resolve_device(config.model.device)
     evaluate_by = "no"
     if has_validation:
@@ -405,14 +407,18 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_rewards(log_history: list[dict[str, Any]], path: Path) -> None:
-    """Stage dpo: reward accuracy and chosen-minus-rejected margin, train and eval, against the step, as a PNG."""
+    """The preference stages: reward accuracy (kto, which has no pairs: the desirable answers' reward) and the
+    chosen-minus-rejected margin, train and eval, against the step, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, (accuracy, margin) = plt.subplots(1, 2, figsize=(11, 4))
-    _plot_series(accuracy, log_history, "rewards/accuracies", "reward accuracy")
+    if any("rewards/accuracies" in entry for entry in log_history):
+        _plot_series(accuracy, log_history, "rewards/accuracies", "reward accuracy")
+    else:
+        _plot_series(accuracy, log_history, "rewards/chosen", "reward of the desirable answers")
     _plot_series(margin, log_history, "rewards/margins", "reward margin (chosen - rejected)")
     figure.suptitle("lorakit preference training")
     figure.tight_layout()
