@@ -103,13 +103,13 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: 
     """Stages sft and pt for `train()` (run.py): fit `data`'s input_ids/labels and write the run folder; return it.
 
     Stage pt with a validation split also measures the held-out perplexity before and after training, into
-    metrics.json (`perplexity_before`, `perplexity_after`).
+    metrics.json (`perplexity_before`, `perplexity_after`, and `heldout_loss_*` in place of the final `eval_loss`).
     """
     output_dir = config.output_dir
     save_config(config, output_dir / "config.yaml")  # now, so an interrupted or failed run still says what it was
     resume_from = checkpoint_to_resume(config)
     torch.manual_seed(config.seed)
-    before = _pretrain_perplexity(model, tokenizer, data, config)
+    before = _pretrain_perplexity(model, tokenizer, data, config, progress)
     model = prepare_for_training(model, config)
     on_cpu = resolve_device(config.model.device).type == "cpu"
     if on_cpu:
@@ -127,11 +127,12 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: 
         speedups.callback(use_fast_lora_forward(model))
         watcher = ProgressCallback(reporter(progress), stop, RunProgressFiles(output_dir))
         trainer = _build_trainer(model, tokenizer, data, config, padding_free, watcher)
-        metrics = run_trainer(trainer, watcher, resume_from, data.validation is not None)
+        # Stage pt measures the held-out set itself after training; the Trainer's final pass would repeat it.
+        metrics = run_trainer(trainer, watcher, resume_from, data.validation is not None and before is None)
         if isinstance(trainer, ChunkedLossTrainer):
             trainer.loss_workspace.release()
     if before is not None:
-        after = _pretrain_perplexity(model, tokenizer, data, config)
+        after = _pretrain_perplexity(model, tokenizer, data, config, progress)
         metrics.update(perplexity_before=before["perplexity"], perplexity_after=after["perplexity"],
                        heldout_loss_before=before["loss"], heldout_loss_after=after["loss"])
     save_outputs(trainer, tokenizer, data, config, metrics)
@@ -139,12 +140,12 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: 
 
 
 def _pretrain_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
-                         config: TrainConfig) -> dict[str, float] | None:
+                         config: TrainConfig, progress: ProgressTarget) -> dict[str, float] | None:
     if config.stage != "pt" or data.validation is None:
         return None
     from lorakit.train.pretrain import heldout_perplexity  # imports the evaluation stage, which SFT runs do without
 
-    return heldout_perplexity(model, tokenizer, data.validation, config.batch_size)
+    return heldout_perplexity(model, tokenizer, data.validation, config.batch_size, progress)
 
 
 def run_trainer(trainer: Trainer, watcher: ProgressCallback, resume_from: str | None,
