@@ -23,7 +23,7 @@ from transformers import EarlyStoppingCallback, PreTrainedModel, PreTrainedToken
 from transformers.trainer_callback import PrinterCallback
 from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
-from lorakit.config import TrainConfig, save_config
+from lorakit.config import TrainConfig
 from lorakit.data.tokenize import IGNORE_INDEX
 from lorakit.model import to_peft_config
 from lorakit.progress import ProgressTarget, reporter
@@ -46,7 +46,6 @@ def train_preference(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     rewards/margins (and rewards/accuracies for pairs; kl for kto; log_odds_ratio for orpo; eval_ ones too with a
     validation set) to trainer_state.json, and plots them in loss.png and rewards.png.
     """
-    save_config(config, config.output_dir / "config.yaml")
     resume_from = checkpoint_to_resume(config)
     torch.manual_seed(config.seed)
     policy, peft_config = _policy(model, config)

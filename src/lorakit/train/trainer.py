@@ -42,6 +42,8 @@ from lorakit.runs import (ADAPTER_DIR, CHECKPOINT_DIR, MODEL_DIR, RunProgressFil
                           write_settings)
 from lorakit.templates import Template, install_template, resolve_template
 from lorakit.train.lora_layers import use_fast_dropout, use_fast_lora_forward
+from lorakit.train.distributed import (is_main_process, local_process_count, smallest_on_every_process,
+                                      true_on_any_process)
 from lorakit.train.loss import ChunkedLossTrainer
 from lorakit.train.memory import available_memory, fit_micro_batch
 from lorakit.train.packing import concatenate_batch, supports_padding_free, use_varlen_attention
@@ -106,7 +108,6 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: 
     metrics.json (`perplexity_before`, `perplexity_after`, and `heldout_loss_*` in place of the final `eval_loss`).
     """
     output_dir = config.output_dir
-    save_config(config, output_dir / "config.yaml")  # now, so an interrupted or failed run still says what it was
     resume_from = checkpoint_to_resume(config)
     torch.manual_seed(config.seed)
     before = _pretrain_perplexity(model, tokenizer, data, config, progress)
@@ -168,8 +169,16 @@ def _fit_memory(model: PreTrainedModel, data: PreparedData, config: TrainConfig)
 
     lengths = [min(n, config.data.max_seq_len) for n in data.train_summary.lengths] or \
         [len(ids) for ids in data.train["input_ids"]]
-    available = available_memory(resolve_device(config.model.device))
+    device = resolve_device(config.model.device)
+    # Processes on one machine share its RAM; each GPU process has a GPU of its own.
+    available = available_memory(device) // (local_process_count() if device.type == "cpu" else 1)
     fitted, estimate = fit_micro_batch(model, lengths, config, available)
+    batch_size = smallest_on_every_process(fitted.batch_size)  # DDP steps every rank through the same batch shape
+    if batch_size != fitted.batch_size:
+        fitted = replace(config, batch_size=batch_size,
+                         gradient_accumulation=config.gradient_accumulation * config.batch_size // batch_size)
+    if not is_main_process():
+        return fitted
     console = Console(stderr=True, highlight=False)
     console.print(f"{estimate.describe()}; available {available / 2**30:.1f} GiB")
     if fitted.batch_size != config.batch_size:
@@ -306,8 +315,11 @@ class ProgressCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self._send(state)
+        # Every process leaves at the same step, or the others would wait for it in the next gradient all-reduce.
+        stop_asked = self.stop is not None and true_on_any_process(self.stop.is_set())
         # A stop asked for at the last step changes nothing: the run is complete.
-        if self.stop is not None and self.stop.is_set() and not self.stopped and state.global_step < state.max_steps:
+        if stop_asked and not self.stopped and state.global_step < state.max_steps:
+            self.stop.set()  # also where another process was asked: the caller sees why training ended
             self.stopped = True
             control.should_save = True
             control.should_training_stop = True
@@ -338,11 +350,17 @@ class ProgressCallback(TrainerCallback):
 
 def save_outputs(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, data: PreparedData, config: TrainConfig,
                   metrics: dict[str, Any]) -> None:
+    """Write the run folder from the main process (rank 0); the other processes only help gather sharded weights."""
     output_dir = config.output_dir
     weights_dir = output_dir / (ADAPTER_DIR if config.finetuning == "lora" else MODEL_DIR)
     template = replace(data.template, thinking=config.data.thinking, system=data.train_summary.shared_system)
+    # FSDP and DeepSpeed ZeRO-3 shard the weights: every process takes part in gathering them.
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
+    if not is_main_process():
+        return
     with atomic_dir(weights_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
+        trainer.model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         write_settings(tmp, config.model.name, config.finetuning, template)
     save_config(config, output_dir / "config.yaml")
