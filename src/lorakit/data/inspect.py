@@ -10,7 +10,7 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,9 @@ from lorakit.config import DataConfig
 from lorakit.data.formats import Conversation
 from lorakit.data.load import split_validation, validate_conversations
 from lorakit.data.preference import encode_pair, not_a_pair
+from lorakit.data.text import not_text
 from lorakit.data.tokenize import IGNORE_INDEX, encode
+from lorakit.data.unpaired import is_labelled, not_labelled, one_sided
 from lorakit.errors import ConfigError, DataError
 from lorakit.files import save_figure, write_json, write_text
 from lorakit.templates import Template, render_supervised
@@ -48,6 +50,8 @@ class CheckReport:
     conversations: list[Conversation] = field(default_factory=list, repr=False)
     skip_bad: bool = False
     pairs: int = 0
+    desirable: int = 0
+    undesirable: int = 0
 
 
 def check_data(config: DataConfig, stage: str = "sft") -> CheckReport:
@@ -56,16 +60,20 @@ def check_data(config: DataConfig, stage: str = "sft") -> CheckReport:
     Does not stop at a bad record, whatever `data.skip_bad` says: each one (and a validation split that cannot be
     made) is listed in `problems`, so a file is fixed in one round. Counts and the split are those of a training
     run with `data.skip_bad` on. Preference records (chosen/rejected) are checked for a non-empty prompt and two
-    different non-empty answers; with `stage` dpo a record that is not a pair is a problem too. Raises DataError
-    only where a dataset cannot be read at all (e.g. a missing file).
+    different non-empty answers, KTO labels for being true or false. A record the `stage` cannot train is a problem
+    too: not a pair (dpo, orpo, simpo), without a label (kto: also data of one kind only), not plain text (pt).
+    Raises DataError only where a dataset cannot be read at all (e.g. a missing file).
     """
     conversations, summary = validate_conversations(config)
     problems = list(summary.problems)
-    if stage == "dpo":
-        problems += [not_a_pair(conversation) for conversation in conversations if conversation.rejected is None]
+    trainable, problem_of = _stage_records(stage)
+    if trainable is not None:
+        problems += [problem_of(conversation) for conversation in conversations if not trainable(conversation)]
         summary.skipped += len(problems) - len(summary.problems)
-        conversations = [conversation for conversation in conversations if conversation.rejected is not None]
+        conversations = [conversation for conversation in conversations if trainable(conversation)]
         summary.used = len(conversations)
+    if stage == "kto" and conversations:
+        problems += [problem for problem in [one_sided(conversations, ", ".join(config.paths))] if problem]
     train, validation = len(conversations), 0
     if conversations:
         try:
@@ -76,7 +84,20 @@ def check_data(config: DataConfig, stage: str = "sft") -> CheckReport:
     return CheckReport(read=summary.read, used=summary.used, skipped=summary.skipped,
                        per_source=dict(summary.per_source), formats=dict(summary.formats), problems=problems,
                        train=train, validation=validation, conversations=conversations, skip_bad=config.skip_bad,
-                       pairs=sum(conversation.rejected is not None for conversation in conversations))
+                       pairs=sum(conversation.rejected is not None for conversation in conversations),
+                       desirable=sum(conversation.desirable is True for conversation in conversations),
+                       undesirable=sum(conversation.desirable is False for conversation in conversations))
+
+
+def _stage_records(stage: str) -> tuple[Callable[[Conversation], bool] | None, Callable[[Conversation], str]]:
+    """Which records `stage` trains on, and the problem of one it cannot (None: it trains on any)."""
+    if stage in ("dpo", "orpo", "simpo"):
+        return (lambda conversation: conversation.rejected is not None), lambda c: not_a_pair(c, stage)
+    if stage == "kto":
+        return is_labelled, not_labelled
+    if stage == "pt":
+        return (lambda conversation: conversation.text is not None), not_text
+    return None, str
 
 
 def format_check(report: CheckReport, shown: int = 10) -> str:
@@ -86,6 +107,8 @@ def format_check(report: CheckReport, shown: int = 10) -> str:
         lines.append(f"  {source}: {count} records ({report.formats.get(source, 'unknown')} format)")
     if report.pairs:
         lines.append(f"Preference pairs (chosen and rejected): {report.pairs}.")
+    if report.desirable or report.undesirable:
+        lines.append(f"KTO labels: {report.desirable} desirable, {report.undesirable} undesirable.")
     if report.validation:
         lines.append(f"Split: {report.train} for training, {report.validation} for validation.")
     if not report.problems:
@@ -182,6 +205,9 @@ class DataStats:
     # Preference pairs only: token counts of each side's answer (its end-of-turn marker included).
     chosen_lengths: list[int] = field(default_factory=list, repr=False)
     rejected_lengths: list[int] = field(default_factory=list, repr=False)
+    # KTO labels: records whose answer is labelled desirable, undesirable.
+    desirable: int = 0
+    undesirable: int = 0
 
     @property
     def truncated_share(self) -> float:
@@ -244,7 +270,8 @@ def dataset_stats(conversations: Sequence[Conversation], tokenizer: PreTrainedTo
         text_records=sum(c.text is not None for c in conversations),
         cjk=sum(bool(_CJK.search(_all_text(c))) for c in conversations), duplicates=duplicates,
         duplicate_examples=examples, lengths=lengths, chosen_lengths=chosen_lengths,
-        rejected_lengths=rejected_lengths)
+        rejected_lengths=rejected_lengths, desirable=sum(c.desirable is True for c in conversations),
+        undesirable=sum(c.desirable is False for c in conversations))
 
 
 def _answer_lengths(conversations: Sequence[Conversation], tokenizer: PreTrainedTokenizerBase, template: Template,
@@ -281,7 +308,8 @@ def _all_text(conversation: Conversation) -> str:
 
 def _canonical(conversation: Conversation) -> str:
     return json.dumps({"messages": conversation.messages, "tools": conversation.tools, "text": conversation.text,
-                       "rejected": conversation.rejected}, sort_keys=True, ensure_ascii=False, default=str)
+                       "rejected": conversation.rejected, "desirable": conversation.desirable}, sort_keys=True,
+                      ensure_ascii=False, default=str)
 
 
 def _duplicates(conversations: Sequence[Conversation]) -> tuple[int, list[tuple[str, str]]]:
@@ -320,6 +348,10 @@ def format_stats(stats: DataStats) -> str:
                       f"({longer / len(stats.chosen_lengths):.1%})",
                       f"Chosen answer    {_describe_lengths(stats.chosen_lengths)} tokens",
                       f"Rejected answer  {_describe_lengths(stats.rejected_lengths)} tokens"]
+    if stats.desirable or stats.undesirable:
+        labelled = stats.desirable + stats.undesirable
+        lines.insert(2, f"KTO labels       {stats.desirable} desirable ({stats.desirable / labelled:.1%}), "
+                        f"{stats.undesirable} undesirable")
     lines += [f"  {repeat} repeats {first}" for repeat, first in stats.duplicate_examples]
     if stats.duplicates > len(stats.duplicate_examples):
         lines.append(f"  ... and {stats.duplicates - len(stats.duplicate_examples)} more.")

@@ -1,6 +1,6 @@
-"""Training: `train()` runs the config's stage (sft: trainer.py, dpo: preference.py) into a run folder, and
-`run_training(config)` is the whole road a CLI or notebook user takes: data -> model -> train -> output folder with
-the adapter, tokenizer, resolved config, manifest, metrics, trainer state, curves and model card.
+"""Training: `train()` runs the config's stage (sft and pt: trainer.py; dpo, kto, orpo, simpo: preference.py) into
+a run folder, and `run_training(config)` is the whole road a CLI or notebook user takes: data -> model -> train ->
+output folder with the adapter, tokenizer, resolved config, manifest, metrics, trainer state, curves and model card.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lorakit.config import TrainConfig, save_config
+from lorakit.config import PREFERENCE_STAGES, TrainConfig, save_config
 from lorakit.errors import ConfigError
 from lorakit.model import load_model, load_tokenizer, resolve_device
 from lorakit.progress import ProgressTarget
@@ -65,7 +65,7 @@ def train(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: Prep
     if main:
         save_config(config, config.output_dir / "config.yaml")  # now, so a failed run still says what it was
     with track_status(config.output_dir) if main else contextlib.nullcontext(), ending_together():
-        if config.stage == "dpo":
+        if config.stage in PREFERENCE_STAGES:
             from lorakit.train.preference import train_preference  # imports TRL, which SFT runs do without
 
             return train_preference(model, tokenizer, data, config, progress, stop)

@@ -32,6 +32,8 @@ from lorakit.config import TrainConfig, save_config, to_dict
 from lorakit.data import LoadSummary, TokenizeSummary, data_files, load_conversations, pad_batch, split_validation
 from lorakit.data import cache, tokenize_conversations
 from lorakit.data.preference import load_preferences, tokenize_preferences
+from lorakit.data.text import load_texts, tokenize_texts
+from lorakit.data.unpaired import load_unpaired, tokenize_unpaired
 from lorakit.errors import ConfigError
 from lorakit.files import atomic_dir, save_figure, sha256_file, write_json, write_text
 from lorakit.model import prepare_for_training, resolve_device
@@ -63,7 +65,8 @@ class PreparedData:
 def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
     """Load, validate, split and tokenise the configured datasets, or load the tokens cached by an earlier run.
 
-    Stage sft gets input_ids/labels, stage dpo prompt_ids/chosen_ids/rejected_ids (data/preference.py).
+    Stages sft and pt get input_ids/labels (pt: plain text in blocks, data/text.py), dpo, orpo and simpo
+    prompt_ids/chosen_ids/rejected_ids (data/preference.py), kto prompt_ids/completion_ids/label (data/unpaired.py).
     """
     template = resolve_template(config.data.template, tokenizer)
     key = cache.cache_key(config.data, tokenizer, template.jinja, config.stage) if config.data.cache_tokens else None
@@ -82,8 +85,7 @@ def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
 
 
 def _tokenize_from_scratch(config: TrainConfig, tokenizer: PreTrainedTokenizerBase, template: Template) -> PreparedData:
-    load, tokenize = ((load_preferences, tokenize_preferences) if config.stage == "dpo"
-                      else (load_conversations, tokenize_conversations))
+    load, tokenize = _STAGE_DATA.get(config.stage, (load_conversations, tokenize_conversations))
     conversations, load_summary = load(config.data)
     splits = split_validation(conversations, config.data.val_size, config.data.seed)
     train_set, train_summary = tokenize(splits.train, tokenizer, template, config.data)
@@ -93,12 +95,22 @@ def _tokenize_from_scratch(config: TrainConfig, tokenizer: PreTrainedTokenizerBa
     return PreparedData(train_set, validation_set, template, load_summary, train_summary, validation_summary)
 
 
+_STAGE_DATA = {"pt": (load_texts, tokenize_texts), "dpo": (load_preferences, tokenize_preferences),
+               "kto": (load_unpaired, tokenize_unpaired), "orpo": (load_preferences, tokenize_preferences),
+               "simpo": (load_preferences, tokenize_preferences)}
+
+
 def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData, config: TrainConfig,
               progress: ProgressTarget, stop: threading.Event | None) -> Path:
-    """Stage sft for `train()` (run.py): fit `data`'s input_ids/labels and write the run folder; return it."""
+    """Stages sft and pt for `train()` (run.py): fit `data`'s input_ids/labels and write the run folder; return it.
+
+    Stage pt with a validation split also measures the held-out perplexity before and after training, into
+    metrics.json (`perplexity_before`, `perplexity_after`, and `heldout_loss_*` in place of the final `eval_loss`).
+    """
     output_dir = config.output_dir
     resume_from = checkpoint_to_resume(config)
     torch.manual_seed(config.seed)
+    before = _pretrain_perplexity(model, tokenizer, data, config, progress)
     model = prepare_for_training(model, config)
     on_cpu = resolve_device(config.model.device).type == "cpu"
     if on_cpu:
@@ -116,11 +128,25 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: 
         speedups.callback(use_fast_lora_forward(model))
         watcher = ProgressCallback(reporter(progress), stop, RunProgressFiles(output_dir))
         trainer = _build_trainer(model, tokenizer, data, config, padding_free, watcher)
-        metrics = run_trainer(trainer, watcher, resume_from, data.validation is not None)
+        # Stage pt measures the held-out set itself after training; the Trainer's final pass would repeat it.
+        metrics = run_trainer(trainer, watcher, resume_from, data.validation is not None and before is None)
         if isinstance(trainer, ChunkedLossTrainer):
             trainer.loss_workspace.release()
+    if before is not None:
+        after = _pretrain_perplexity(model, tokenizer, data, config, progress)
+        metrics.update(perplexity_before=before["perplexity"], perplexity_after=after["perplexity"],
+                       heldout_loss_before=before["loss"], heldout_loss_after=after["loss"])
     save_outputs(trainer, tokenizer, data, config, metrics)
     return output_dir
+
+
+def _pretrain_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
+                         config: TrainConfig, progress: ProgressTarget) -> dict[str, float] | None:
+    if config.stage != "pt" or data.validation is None:
+        return None
+    from lorakit.train.pretrain import heldout_perplexity  # imports the evaluation stage, which SFT runs do without
+
+    return heldout_perplexity(model, tokenizer, data.validation, config.batch_size, progress)
 
 
 def run_trainer(trainer: Trainer, watcher: ProgressCallback, resume_from: str | None,
@@ -175,7 +201,7 @@ def checkpoint_to_resume(config: TrainConfig) -> str | None:
 
 def training_arguments(config: TrainConfig, has_validation: bool, steps_per_epoch: int,
                        bf16: bool) -> dict[str, Any]:
-    """The Trainer's arguments from `config`, as keywords (stage dpo adds its own and builds TRL's DPOConfig)."""
+    """The Trainer's arguments from `config`, as keywords (the preference stages add their own for TRL's configs)."""
     device = resolve_device(config.model.device)
     evaluate_by = "no"
     if has_validation:
@@ -400,14 +426,18 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_rewards(log_history: list[dict[str, Any]], path: Path) -> None:
-    """Stage dpo: reward accuracy and chosen-minus-rejected margin, train and eval, against the step, as a PNG."""
+    """The preference stages: reward accuracy (kto, which has no pairs: the desirable answers' reward) and the
+    chosen-minus-rejected margin, train and eval, against the step, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, (accuracy, margin) = plt.subplots(1, 2, figsize=(11, 4))
-    _plot_series(accuracy, log_history, "rewards/accuracies", "reward accuracy")
+    if any("rewards/accuracies" in entry for entry in log_history):
+        _plot_series(accuracy, log_history, "rewards/accuracies", "reward accuracy")
+    else:
+        _plot_series(accuracy, log_history, "rewards/chosen", "reward of the desirable answers")
     _plot_series(margin, log_history, "rewards/margins", "reward margin (chosen - rejected)")
     figure.suptitle("lorakit preference training")
     figure.tight_layout()
