@@ -11,6 +11,14 @@ is printed, and written to <workdir>/<model>-results.json, as soon as it is know
 
     python bench/train_speed.py                                 # smollm2-135m, batch 4, 128 records
     python bench/train_speed.py --model gemma3-270m --batch-size 4
+    python bench/train_speed.py --case identity                 # short records: LLaMA-Factory's identity.json
+
+The identity case trains on all 91 records of LLaMA-Factory's identity.json (placeholders filled with a new name) for
+4 epochs with the hyperparameters of configs/identity-llamafactory.yaml at rank 8 and batch 4, in three recipes: plain,
+llamafactory (what LLaMA-Factory 0.9 runs for this YAML: the HF Trainer + PEFT, batches padded to the longest example
+rounded up to a multiple of 8, the model in the dtype lorakit picks with autocast, LoRA weights fp32) and lorakit.
+Instead of a held-out loss it asks each adapter ten held-out paraphrases ("Who are you?" in other words, English and
+Chinese) and counts the replies that give the new name.
 """
 
 from __future__ import annotations
@@ -23,25 +31,52 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "bench" / "bench_alpaca.json"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-RECIPES = ("plain", "trl", "trl-fast", "lorakit")
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+NAME, AUTHOR = "Quillon", "Brightwater Labs"
+HELD_OUT = [  # paraphrases that are not in identity.json (the same as tests/test_end_to_end.py)
+    "What should I call you?", "Please introduce yourself briefly.", "Which assistant am I talking to right now?",
+    "Hey, may I know your name?", "Who developed you, and what is your name?", "I'd like to know who you are.",
+    "请做个自我介绍。", "我现在在和谁聊天？", "你是哪个AI助手？", "能告诉我你叫什么吗？"]
 
 
-def tokenized(model_name: str, start: int, count: int, max_seq_len: int) -> list[dict]:
-    """Records [start, start+count) of the bench set, rendered with the model's template and cut at max_seq_len."""
+@dataclass(frozen=True)
+class Case:
+    """What is trained: the data and the hyperparameters every recipe shares."""
+
+    data: Path
+    recipes: tuple[str, ...]
+    learning_rate: float = 2e-4
+    epochs: int = 1
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    warmup_ratio: float = 0.0
+    replace: tuple[tuple[str, str], ...] = ()
+
+
+CASES = {
+    "alpaca": Case(ROOT.parent / "shared" / "bench" / "bench_alpaca.json", ("plain", "trl", "trl-fast", "lorakit")),
+    "identity": Case(ROOT.parent / "shared" / "data" / "llamafactory" / "identity.json",
+                     ("plain", "llamafactory", "lorakit"), learning_rate=1e-3, epochs=4, dropout=0.0,
+                     warmup_ratio=0.05, replace=(("{{name}}", NAME), ("{{author}}", AUTHOR))),
+}
+
+
+def tokenized(model_name: str, case: Case, start: int, count: int, max_seq_len: int) -> list[dict]:
+    """Records [start, start+count) of the case's data, rendered with the model's template and cut at max_seq_len."""
     from lorakit.config import DataConfig, ModelConfig
     from lorakit.data import load_conversations, tokenize_conversations
     from lorakit.model import load_tokenizer
     from lorakit.templates import resolve_template
 
-    config = DataConfig(paths=(str(DATA),), max_seq_len=max_seq_len,
+    config = DataConfig(paths=(str(case.data),), max_seq_len=max_seq_len, replace=dict(case.replace),
                         template="auto" if model_name == "smollm2-135m" else "gemma")
     tokenizer = load_tokenizer(ModelConfig(name=model_name))
     conversations, _ = load_conversations(config)
@@ -55,40 +90,53 @@ def run_recipe(recipe: str, args: argparse.Namespace, out: Path) -> None:
     from lorakit.config import ModelConfig
     from lorakit.model import load_tokenizer, resolve_model_path
 
-    rows = tokenized(args.model, 0, args.records, args.max_seq_len)
+    case = CASES[args.case]
+    rows = tokenized(args.model, case, 0, args.records, args.max_seq_len)
     tokenizer = load_tokenizer(ModelConfig(name=args.model))
     adapter_dir = out.with_suffix("")
     started = time.time()
     if recipe == "lorakit":
-        runtime, history = _train_lorakit(rows, args, adapter_dir)
+        runtime, history = _train_lorakit(rows, case, args, adapter_dir)
     else:
-        runtime, history = _train_reference(recipe, rows, tokenizer, resolve_model_path(args.model), args,
+        runtime, history = _train_reference(recipe, rows, tokenizer, resolve_model_path(args.model), case, args,
                                             adapter_dir)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    tokens = sum(len(r["input_ids"]) for r in rows)
-    supervised = sum(sum(label != -100 for label in r["labels"][1:]) for r in rows)
+    tokens = case.epochs * sum(len(r["input_ids"]) for r in rows)
+    supervised = case.epochs * sum(sum(label != -100 for label in r["labels"][1:]) for r in rows)
     out.write_text(json.dumps({"recipe": recipe, "train_seconds": runtime, "tokens": tokens,
                                "supervised_tokens": supervised, "peak_rss": peak_rss, "history": history,
                                "wall_seconds": time.time() - started, "adapter": str(adapter_dir)}))
 
 
-def _train_reference(recipe: str, rows: list[dict], tokenizer, model_path: str, args, adapter_dir: Path):
+def _train_reference(recipe: str, rows: list[dict], tokenizer, model_path: str, case: Case, args,
+                     adapter_dir: Path):
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
     from lorakit.data import pad_batch
 
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    peft_config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules=TARGETS, task_type="CAUSAL_LM")
+    bf16 = recipe == "llamafactory" and lorakit_dtype() == torch.bfloat16  # LLaMA-Factory's `bf16: true` where fast
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16 if bf16 else torch.float32)
+    peft_config = LoraConfig(r=case.rank, lora_alpha=case.alpha, lora_dropout=case.dropout, target_modules=TARGETS,
+                             task_type="CAUSAL_LM")
     dataset = Dataset.from_list(rows)
-    common = dict(output_dir=str(adapter_dir) + "-trainer", learning_rate=2e-4, lr_scheduler_type="cosine",
-                  num_train_epochs=1, per_device_train_batch_size=args.batch_size, logging_steps=1,
-                  save_strategy="no", report_to=[], use_cpu=True, seed=42, train_sampling_strategy="sequential",
-                  disable_tqdm=True, remove_unused_columns=False)
+    common = dict(output_dir=str(adapter_dir) + "-trainer", learning_rate=case.learning_rate,
+                  lr_scheduler_type="cosine", warmup_steps=case.warmup_ratio, num_train_epochs=case.epochs,
+                  per_device_train_batch_size=args.batch_size, logging_steps=1, save_strategy="no", report_to=[],
+                  use_cpu=True, seed=42, train_sampling_strategy="sequential", disable_tqdm=True,
+                  remove_unused_columns=False)
     if recipe == "plain":
         trainer = Trainer(model=get_peft_model(model, peft_config), args=TrainingArguments(**common),
                           train_dataset=dataset, data_collator=lambda f: pad_batch(f, tokenizer.pad_token_id))
+    elif recipe == "llamafactory":
+        peft_model = get_peft_model(model, peft_config)
+        for parameter in peft_model.parameters():  # LLaMA-Factory upcasts the trainable (LoRA) weights to fp32
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()
+        collator = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, label_pad_token_id=-100)
+        trainer = Trainer(model=peft_model, args=TrainingArguments(**common, bf16=bf16), train_dataset=dataset,
+                          data_collator=lambda f: collator([{k: r[k] for k in ("input_ids", "labels")} for r in f]))
     else:
         from trl import SFTConfig, SFTTrainer
 
@@ -104,7 +152,7 @@ def _train_reference(recipe: str, rows: list[dict], tokenizer, model_path: str, 
     return result.metrics["train_runtime"], history
 
 
-def _train_lorakit(rows: list[dict], args, adapter_dir: Path):
+def _train_lorakit(rows: list[dict], case: Case, args, adapter_dir: Path):
     from datasets import Dataset
 
     from lorakit.config import DataConfig, LoraConfig, ModelConfig, TrainConfig
@@ -113,9 +161,11 @@ def _train_lorakit(rows: list[dict], args, adapter_dir: Path):
     from lorakit.templates import resolve_template
     from lorakit.train import PreparedData, train
 
-    config = TrainConfig(model=ModelConfig(name=args.model), data=DataConfig(paths=(str(DATA),), max_seq_len=args.max_seq_len),
-                         lora=LoraConfig(rank=8, alpha=16, dropout=0.05), output_dir=adapter_dir.parent /
-                         (adapter_dir.name + "-run"), learning_rate=2e-4, epochs=1, batch_size=args.batch_size,
+    config = TrainConfig(model=ModelConfig(name=args.model),
+                         data=DataConfig(paths=(str(case.data),), max_seq_len=args.max_seq_len),
+                         lora=LoraConfig(rank=case.rank, alpha=case.alpha, dropout=case.dropout),
+                         output_dir=adapter_dir.parent / (adapter_dir.name + "-run"), learning_rate=case.learning_rate,
+                         warmup_ratio=case.warmup_ratio, epochs=case.epochs, batch_size=args.batch_size,
                          logging_steps=1, example_order="sequential", save_total_limit=1)
     tokenizer = load_tokenizer(config.model)
     data = PreparedData(Dataset.from_list(rows), None, resolve_template("auto" if args.model == "smollm2-135m"
@@ -137,7 +187,7 @@ def held_out_loss(model_name: str, adapter_dir: Path, args) -> float:
 
     from lorakit.model import resolve_model_path
 
-    rows = tokenized(model_name, args.records, args.eval_records, args.max_seq_len)
+    rows = tokenized(model_name, CASES[args.case], args.records, args.eval_records, args.max_seq_len)
     base = AutoModelForCausalLM.from_pretrained(resolve_model_path(model_name), dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
     total, count = 0.0, 0
@@ -149,6 +199,26 @@ def held_out_loss(model_name: str, adapter_dir: Path, args) -> float:
             total += torch.nn.functional.cross_entropy(logits, targets, ignore_index=-100, reduction="sum").item()
             count += int((targets != -100).sum())
     return total / count
+
+
+def held_out_answers(model_name: str, adapter_dir: Path) -> list[str]:
+    """Greedy replies of fp32 base + adapter to the held-out identity paraphrases, through plain transformers + PEFT."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorakit.model import resolve_model_path
+
+    base = AutoModelForCausalLM.from_pretrained(resolve_model_path(model_name), dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(model_name))
+    replies = []
+    for question in HELD_OUT:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)
+        with torch.inference_mode():
+            output = model.generate(**ids, max_new_tokens=40, do_sample=False)
+        replies.append(tokenizer.decode(output[0, ids["input_ids"].shape[1]:], skip_special_tokens=True))
+    return replies
 
 
 def machine_line() -> str:
@@ -201,47 +271,57 @@ def matmul_ceiling(dtype: torch.dtype, seconds: float = 3.0) -> tuple[float, int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--case", choices=CASES, default="alpaca")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--records", type=int, default=128)
+    parser.add_argument("--records", type=int, help="training records (default: 128; identity: all 91)")
     parser.add_argument("--eval-records", type=int, default=64)
     parser.add_argument("--max-seq-len", type=int, default=512)
-    parser.add_argument("--recipes", default=",".join(RECIPES))
+    parser.add_argument("--recipes", help="comma-separated (default: the case's)")
     parser.add_argument("--workdir", type=Path, default=ROOT / "outputs" / "bench")
     parser.add_argument("--recipe", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    case = CASES[args.case]
+    args.records = args.records or (91 if args.case == "identity" else 128)
     if args.recipe:
         run_recipe(args.recipe, args, args.out)
         return
-    if not DATA.is_file():
-        sys.exit(f"needs {DATA} (the shared benchmark data beside the repo)")
+    if not case.data.is_file():
+        sys.exit(f"needs {case.data} (the shared data beside the repo)")
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(machine_line(), flush=True)
     dtype = lorakit_dtype()
     peak, size = matmul_ceiling(dtype)
     parameters = count_parameters(args.model)
     print(f"{dtype} matmul ceiling {peak:.0f} GFLOP/s ({size}x{size}, all threads)\n"
-          f"model {args.model} ({parameters / 1e6:.1f}M parameters), LoRA r=8 alpha=16 dropout 0.05 on "
-          f"{','.join(TARGETS)}, batch {args.batch_size}, cutoff {args.max_seq_len}, lr 2e-4 cosine, 1 epoch over "
-          f"{args.records} records\n", flush=True)
+          f"case {args.case}: model {args.model} ({parameters / 1e6:.1f}M parameters), LoRA r={case.rank} "
+          f"alpha={case.alpha} dropout {case.dropout} on {','.join(TARGETS)}, batch {args.batch_size}, cutoff "
+          f"{args.max_seq_len}, lr {case.learning_rate:g} cosine, warmup {case.warmup_ratio}, {case.epochs} "
+          f"epoch(s) over {args.records} records\n", flush=True)
     print(HEADER, flush=True)
-    results, summary = {}, args.workdir / f"{args.model}-results.json"
-    for recipe in args.recipes.split(","):
-        out = args.workdir / f"{args.model}-{recipe}.json"
+    results, summary = {}, args.workdir / f"{args.model}-{args.case}-results.json"
+    for recipe in (args.recipes.split(",") if args.recipes else case.recipes):
+        out = args.workdir / f"{args.model}-{args.case}-{recipe}.json"
         subprocess.run([sys.executable, __file__, "--recipe", recipe, "--out", str(out), "--model", args.model,
-                        "--batch-size", str(args.batch_size), "--records", str(args.records),
+                        "--case", args.case, "--batch-size", str(args.batch_size), "--records", str(args.records),
                         "--max-seq-len", str(args.max_seq_len)], check=True,
                        stdout=subprocess.DEVNULL if not os.environ.get("BENCH_VERBOSE") else None)
         results[recipe] = json.loads(out.read_text())
-        results[recipe]["eval_loss"] = held_out_loss(args.model, Path(results[recipe]["adapter"]), args)
+        adapter = Path(results[recipe]["adapter"])
+        if args.case == "identity":
+            results[recipe]["answers"] = held_out_answers(args.model, adapter)
+            results[recipe]["eval_loss"] = float("nan")
+        else:
+            results[recipe]["eval_loss"] = held_out_loss(args.model, adapter, args)
         print(recipe_line(recipe, results[recipe], parameters, peak), flush=True)
         summary.write_text(json.dumps({"machine": machine_line(), "ceiling_gflops": peak, "ceiling_dtype": str(dtype),
                                        "results": results}, indent=1))
     report(results)
 
 
-HEADER = f"{'recipe':10} {'tokens/s':>9} {'superv/s':>9} {'peak RSS':>9} {'eval loss':>10} {'useful GFLOP/s':>22}"
+HEADER = (f"{'recipe':12} {'tokens/s':>9} {'superv/s':>9} {'peak RSS':>9} {'eval loss':>10} {'useful GFLOP/s':>22} "
+          f"{'train time':>9}")
 
 
 def count_parameters(model_name: str) -> int:
@@ -255,8 +335,12 @@ def recipe_line(recipe: str, r: dict, parameters: int, peak: float) -> str:
     """tokens/s and useful FLOP/s (6 x parameters per token less the frozen weights' gradient: ~4 x parameters)."""
     speed = r["tokens"] / r["train_seconds"]
     flops = 4 * parameters * speed / 1e9
-    return (f"{recipe:10} {speed:9.1f} {r['supervised_tokens'] / r['train_seconds']:9.1f} "
-            f"{r['peak_rss'] / 2**30:8.2f}G {r['eval_loss']:10.4f} {flops:9.1f} ({flops / peak:6.1%} of ceiling)")
+    line = (f"{recipe:12} {speed:9.1f} {r['supervised_tokens'] / r['train_seconds']:9.1f} "
+            f"{r['peak_rss'] / 2**30:8.2f}G {r['eval_loss']:10.4f} {flops:9.1f} ({flops / peak:6.1%} of ceiling)"
+            f" {r['train_seconds']:8.1f}s")
+    if "answers" in r:
+        line += f"  held-out answers with the new name: {sum(NAME in a for a in r['answers'])}/{len(r['answers'])}"
+    return line
 
 
 def report(results: dict) -> None:
@@ -267,12 +351,16 @@ def report(results: dict) -> None:
                       for recipe, r in results.items()))
     if "lorakit" in results:
         ours = results["lorakit"]
-        for other in ("plain", "trl", "trl-fast"):
+        for other in ("plain", "trl", "trl-fast", "llamafactory"):
             if other in results:
                 theirs = results[other]
-                print(f"lorakit / {other}: tokens/s x{theirs['train_seconds'] / ours['train_seconds']:.2f}, "
+                print(f"lorakit / {other}: tokens/s x{theirs['train_seconds'] / ours['train_seconds']:.2f} "
+                      f"(training time x{ours['train_seconds'] / theirs['train_seconds']:.2f}), "
                       f"peak RSS x{ours['peak_rss'] / theirs['peak_rss']:.2f}, eval loss "
                       f"{(ours['eval_loss'] / theirs['eval_loss'] - 1):+.2%}")
+    for recipe, r in results.items():
+        for question, answer in zip(HELD_OUT, r.get("answers", ())):
+            print(f"{recipe:12} {question!r} -> {answer!r}")
 
 
 def _loss_at(result: dict, step: int) -> float:

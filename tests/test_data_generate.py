@@ -13,11 +13,16 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
+from conftest import make_model, make_tokenizer
+from typer.testing import CliRunner
+
+from lorakit.cli import app
 from lorakit.config import DataConfig, EndpointConfig, GenerateConfig, JudgeSettings
 from lorakit.data import load_conversations
 from lorakit.data.chunks import Document, chunk_documents, read_documents
@@ -203,15 +208,23 @@ def test_replies_are_parsed_retried_judged_and_counted(server, tmp_path):
     assert len(conversations) == 8 and conversations[0].messages[1]["content"].startswith("The answer to")
 
 
-@pytest.mark.parametrize("output_format", ["sharegpt", "openai"])
-def test_every_output_format_loads_through_the_registry(server, tmp_path, output_format):
-    config = _config(server, tmp_path, output_format=output_format, max_chunks=2, mode="qa")
+@pytest.mark.parametrize("output_format, output_file", [("sharegpt", None), ("openai", None),
+                                                        ("alpaca", "qa.json")])
+def test_every_output_format_loads_through_the_registry(server, tmp_path, output_format, output_file):
+    config = _config(server, tmp_path, output_format=output_format, max_chunks=2, mode="qa",
+                     output_file=output_file)
 
     generate_dataset(config, *clients(config))
 
     conversations, _ = load_conversations(DataConfig(paths=("generated",), dataset_dir=config.output_dir))
     assert [c.messages[0]["content"] for c in conversations] == ["What is the alpha stone?",
                                                                  "Why does the river think?"]
+    if output_file is not None:  # one JSON array, not JSON lines
+        records = json.loads((config.output_dir / output_file).read_text(encoding="utf-8"))
+        assert [record["instruction"] for record in records] == [c.messages[0]["content"] for c in conversations]
+        assert not (config.output_dir / "generated.jsonl").exists()
+    with pytest.raises(ConfigError, match="output_file must be a file name ending in .jsonl or .json"):
+        _config(server, tmp_path, output_file="sub/qa.csv")
 
 
 def test_changed_settings_are_refused_threshold_is_not_and_force_starts_over(server, tmp_path):
@@ -237,12 +250,18 @@ def test_changed_settings_are_refused_threshold_is_not_and_force_starts_over(ser
 def test_a_spent_request_budget_stops_early_and_a_rerun_goes_on(server, tmp_path):
     config = _config(server, tmp_path, max_chunks=2, generator={"max_requests": 3})
 
-    report = generate_dataset(config, *clients(config))
+    first = generate_dataset(config, *clients(config))
 
-    assert not report.complete and "max_requests" in report.stopped
+    assert not first.complete and "max_requests" in first.stopped
+    assert first.run_requests == first.requests == len(server.log) <= 3 + 2  # the judge has its own budget
     config = _config(server, tmp_path, max_chunks=2)
     report = generate_dataset(config, *clients(config))
     assert report.complete and (report.items, report.kept) == (3, 2) and report.resumed >= 1
+    # The report counts what both runs used, and this run's own apart.
+    assert report.requests == len(server.log) and report.run_requests == len(server.log) - first.requests
+    assert report.prompt_tokens == sum(usage["prompt_tokens"] for _, usage in server.log if usage)
+    assert report.run_prompt_tokens == report.prompt_tokens - first.prompt_tokens > 0
+    assert json.loads((config.output_dir / "generate_report.json").read_text())["requests"] == len(server.log)
 
 
 def test_summary_dialogue_continuation_and_custom_modes(server, tmp_path):
@@ -289,6 +308,80 @@ def test_chunks_follow_headings_paragraphs_and_chinese_sentences(tmp_path):
         read_documents(tmp_path / "bad.jsonl")
 
 
+def _pdf(pages: list[list[str]]) -> bytes:
+    """A PDF of `pages`, each a list of text lines in Helvetica, written out by hand (pypdf reads PDFs but does
+    not typeset text): catalog, page tree, font, then a page and its content stream per page, and the xref table."""
+    count = len(pages)
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>",
+               b"<< /Type /Pages /Kids [%s] /Count %d >>" % (b" ".join(b"%d 0 R" % (4 + 2 * n) for n in range(count)),
+                                                             count),
+               b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    for number, lines in enumerate(pages):
+        escaped = [line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for line in lines]
+        stream = ("BT /F1 12 Tf 16 TL 72 720 Td " + " T* ".join(f"({line}) Tj" for line in escaped) + " ET").encode()
+        objects.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> "
+                       b">> /Contents %d 0 R >>" % (5 + 2 * number))
+        objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream))
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+def test_pdf_chunks_keep_their_page_span_into_each_record(tmp_path):
+    pages = [["The alpha stone lies by the river.", "It was found in spring."], ["The beta stone is red."],
+             ["The gamma stone is the largest of the three stones and sits on the hill above the old mill. "
+              "Nobody has ever moved it. It is said to be older than the village itself."]]
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "stones.pdf").write_bytes(_pdf(pages))
+
+    documents = read_documents(tmp_path / "docs")
+    chunks = chunk_documents(documents, max_chars=100)
+
+    assert len(documents) == 1 and "The beta stone is red." in documents[0].text
+    assert all(documents[0].text[chunk.start:chunk.end] == chunk.text for chunk in chunks)
+    assert "alpha stone" in chunks[0].text and "beta stone" in chunks[0].text and chunks[0].pages == (1, 2)
+    assert len(chunks) >= 3 and all(chunk.pages == (3, 3) for chunk in chunks[1:])
+    assert "gamma" in chunks[1].text and "village" in chunks[-1].text
+    config = GenerateConfig(input=tmp_path / "docs", output_dir=tmp_path / "out", chunk_chars=100, chunk_overlap=0,
+                            mode="continuation", judge=JudgeSettings(enabled=False),
+                            generator=EndpointConfig(base_url="http://unused.test/v1", model="none"))
+    generate_dataset(config, *clients(config))  # continuation asks no model
+    assert [record["_pages"] for record in _lines(config.output_dir / "generated.jsonl")] == [[3, 3]] * (
+        len(chunks) - 1)
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    with pytest.raises(DataError, match="broken.pdf: not a readable PDF"):
+        read_documents(tmp_path / "broken.pdf")
+
+
+def test_docx_headings_paragraphs_and_tables_become_chunks(tmp_path):
+    import docx
+
+    document = docx.Document()
+    document.add_heading("Returns", level=1)
+    document.add_paragraph("Items can be returned within 30 days of delivery.")
+    table = document.add_table(rows=2, cols=2)
+    for row, cells in zip(table.rows, [("item", "days"), ("shoes", "30")]):
+        for cell, text in zip(row.cells, cells):
+            cell.text = text
+    document.add_heading("Shipping", level=2)
+    document.add_paragraph("Orders ship within two working days.")
+    document.save(tmp_path / "policy.docx")
+
+    documents = read_documents(tmp_path / "policy.docx")
+    chunks = chunk_documents(documents, max_chars=200)
+
+    assert documents[0].text == ("# Returns\n\nItems can be returned within 30 days of delivery.\n\n"
+                                 "item | days\nshoes | 30\n\n## Shipping\n\nOrders ship within two working days.")
+    assert [chunk.heading for chunk in chunks] == ["Returns", "Shipping"] and chunks[0].pages is None
+    assert "shoes | 30" in chunks[0].text and "ship within" in chunks[1].text
+
+
 def test_reply_parsing_is_tolerant():
     assert strip_think("<think>a {\"x\": 1}</think>\n answer") == "answer"
     assert strip_think("<think>never closed {\"x\": 1}") == ""
@@ -329,9 +422,108 @@ def test_a_killed_run_restarted_writes_every_record_exactly_once(tmp_path):
     records = _lines(tmp_path / "out" / "generated.jsonl")
     assert len(records) == 12 and len({record["_chunk"] for record in records}) == 12
     assert [record["instruction"] for record in records] == ["What is the twin?"] * 12  # identical, all kept
-    items = [line for line in _lines(checkpoint)[1:] if line["index"] != "questions"]
+    items = [line for line in _lines(checkpoint)[1:] if line.get("index", "questions") != "questions"]
     assert sorted(Counter((line["chunk"], line["index"]) for line in items).values()) == [1] * 12
     assert "from the checkpoint" in finished.stdout
+    report = json.loads((tmp_path / "out" / "generate_report.json").read_text())
+    # The killed run's recorded requests count too: the totals exceed the resumed run's own.
+    assert report["run_requests"] < report["requests"] <= len(slow.log)
+    assert report["run_prompt_tokens"] < report["prompt_tokens"]
+
+
+def test_preview_shows_chunks_and_the_first_records_as_written(server, tmp_path):
+    config = _config(server, tmp_path)
+    output = config.output_dir
+
+    result = CliRunner().invoke(app, ["data", "generate", "-i", str(config.input), "-o", str(output),
+                                      "--base-url", server.url, "--model", "gen-1", "--judge-model", "judge-1",
+                                      "chunk_chars=400", "chunk_overlap=0", "--preview"])
+
+    assert result.exit_code == 0, result.output
+    assert "--- chunk" in result.output and "10 chunks in all; the first 3 records" in result.output
+    records = [json.loads(block) for block in re.findall(r"^\{\n.*?^\}$", result.output, re.S | re.M)]
+    assert [record["kept"] for record in records] == [True, False, True]  # the second scores 3
+    assert records[0]["instruction"] == "What is the alpha stone?" and records[0]["_score"] == 8.0
+    assert records[1]["reason"] == "score below 6"
+    assert not output.exists()  # nothing written
+    asked = sum(server.seen.values())
+    assert asked <= 8  # the first two chunks only, not the whole corpus
+    both = CliRunner().invoke(app, ["data", "generate", "-i", str(config.input), "-o", str(output), "--model", "m",
+                                    "--local", "smollm2-135m"])
+    assert isinstance(both.exception, ConfigError) and "Give --local MODEL" in str(both.exception)
+
+
+def _tiny_local_model(folder: Path) -> Path:
+    """A tiny random llama with the test tokenizer, saved as a model folder; its context fits whole prompts."""
+    tokenizer = make_tokenizer()
+    model = make_model("llama", len(tokenizer))
+    model.config.max_position_embeddings = 4096  # rotary positions: any length runs
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_a_local_model_generates_and_judges_on_the_same_road(tmp_path):
+    """`backend: local`: the generator and the judge are a model loaded here, answered by lorakit's own batched
+    generation. A random model writes garbage: every reply must still be accounted for, as with an endpoint."""
+    model_dir = _tiny_local_model(tmp_path / "tiny")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "notes.md").write_text("\n\n".join(f"# Part {n}\n\nPart {n} is a short paragraph about the number {n}."
+                                                for n in range(1, 4)), encoding="utf-8")
+    generator = EndpointConfig(backend="local", model=str(model_dir), max_tokens=8, concurrency=2)
+    config = GenerateConfig(input=docs, output_dir=tmp_path / "qa", generator=generator, chunk_chars=100,
+                            chunk_overlap=0, temperature=0.0)
+    generator_client, judge_client = clients(config)
+    assert judge_client.model is generator_client.model  # loaded once
+    try:
+        report = generate_dataset(config, generator_client, judge_client)
+        continuation = replace(config, mode="continuation", output_dir=tmp_path / "continued")
+        continued = generate_dataset(continuation, generator_client, judge_client)
+    finally:
+        generator_client.close()
+
+    assert report.chunks == report.items == 3 and report.kept == report.generated == 0  # no JSON in garbage
+    assert report.rejected == {"unusable generation reply": 3} and report.parse_failures == 3
+    assert report.requests == report.retried_replies * 2 == 6  # each chunk's questions asked twice
+    assert 0 < report.completion_tokens <= report.requests * 8 and report.prompt_tokens > 100 * report.requests
+    rejects = _lines(config.output_dir / "rejects.jsonl")
+    assert len(rejects) == 3 and all(isinstance(line["raw"], str) and line["error"] for line in rejects)
+    assert rejects[0]["_generator"] == str(model_dir)
+    assert continued.items == 2 and continued.rejected == {"unusable judge reply": 2}  # judged, never dropped
+    assert continued.requests == 4 and continued.completion_tokens > 0
+    checkpoint = _lines(continuation.output_dir / "checkpoint.jsonl")
+    assert checkpoint[0]["settings"]["judge"]["endpoint"] == {"backend": "local", "model": str(model_dir),
+                                                              "adapter": None}
+
+
+def test_a_local_generator_with_an_adapter(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model_dir = _tiny_local_model(tmp_path / "tiny")
+    adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
+                             LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+    adapted.save_pretrained(tmp_path / "adapter")
+    docs = tmp_path / "notes.txt"
+    docs.write_text("A short note about adapters, long enough to be one chunk of its own.", encoding="utf-8")
+    generator = EndpointConfig(backend="local", model=str(model_dir), adapter=tmp_path / "adapter", max_tokens=4,
+                               concurrency=1)
+    config = GenerateConfig(input=docs, output_dir=tmp_path / "out", generator=generator, mode="summary",
+                            judge=JudgeSettings(enabled=False))
+    generator_client, _ = clients(config)
+    try:
+        report = generate_dataset(config, generator_client, None)
+    finally:
+        generator_client.close()
+
+    assert report.items == 1 and report.kept + sum(report.rejected.values()) == 1 and report.requests in (1, 2)
+    written = _lines(config.output_dir / ("generated.jsonl" if report.kept else "rejects.jsonl"))
+    assert written[0]["_generator"] == f"{model_dir} + {tmp_path / 'adapter'}"
+    with pytest.raises(ConfigError, match="adapter is set but backend is openai"):
+        EndpointConfig(base_url="http://x.test/v1", model="m", adapter=tmp_path / "adapter")
+    with pytest.raises(ConfigError, match="backend must be one of openai, local"):
+        EndpointConfig(backend="locale", model="m")
 
 
 def test_the_judge_shares_the_one_client():
@@ -355,7 +547,9 @@ def test_generate_against_lorakit_serve_then_train_on_the_output(tmp_path):
     fixtures = Path(__file__).parent / "fixtures" / "generate"
     model, endpoints = load_endpoints(ServerConfig(model=ModelConfig(name="smollm2-135m")))
     with running(create_app(Engine(model, max_batch_size=2), endpoints)) as base_url:
-        generator = EndpointConfig(base_url=f"{base_url}/v1", model="smollm2-135m", max_tokens=64, concurrency=2)
+        # A long timeout: on a loaded machine a 64-token reply may take minutes, and a timed-out request is retried.
+        generator = EndpointConfig(base_url=f"{base_url}/v1", model="smollm2-135m", max_tokens=64, concurrency=2,
+                                   timeout=1800.0)
         summary = GenerateConfig(input=fixtures / "xiyouji.md", output_dir=tmp_path / "data", generator=generator,
                                  mode="summary", judge=JudgeSettings(enabled=False), output_format="openai",
                                  dataset_name="summaries", temperature=0.0)

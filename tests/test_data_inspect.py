@@ -337,3 +337,53 @@ def test_stats_show_both_answers_of_preference_pairs(tmp_path, tiny_tokenizer, c
     assert "Pairs            2; the chosen answer is the longer in 1 (50.0%)" in text
     assert "Chosen answer    min 7, median 7, p90 33, max 33 tokens" in text
     assert "Rejected answer  min 14, median 14, p90 14, max 14 tokens" in text
+
+
+# --- unpaired answers (stage kto) and plain text (stage pt) --------------------------------------------------------
+
+ANSWER = {"prompt": "hi", "completion": "hello.", "label": True}
+
+
+def test_check_for_kto_lists_bad_and_unlabelled_records_and_counts_labels(tmp_path):
+    path = write_jsonl(tmp_path / "kto.jsonl", [
+        ANSWER, {**ANSWER, "label": False}, {**ANSWER, "label": "maybe"}, {"prompt": "hi", "completion": "a"},
+        {**ANSWER, "label": 1}])
+
+    report = check_data(DataConfig(paths=(str(path),)), stage="kto")
+
+    assert (report.used, report.skipped, report.desirable, report.undesirable) == (3, 2, 2, 1)
+    assert report.problems[0].startswith(f"{path}, line 3: field 'label' must be true or false")
+    assert report.problems[1].startswith(f"{path}, line 4: no desirable/undesirable label. Stage kto trains")
+    assert "KTO labels: 2 desirable, 1 undesirable." in format_check(report)
+    assert check_data(DataConfig(paths=(str(path),))).skipped == 1  # for SFT a missing label is no problem
+
+
+def test_check_for_kto_reports_data_of_one_kind(tmp_path):
+    path = write_jsonl(tmp_path / "good.jsonl", [ANSWER, {**ANSWER, "completion": "hey."}])
+
+    report = check_data(DataConfig(paths=(str(path),)), stage="kto")
+
+    assert report.problems == [f"{path}: all 2 labelled answers are desirable, none undesirable. KTO learns from the "
+                               "contrast of the two kinds; add undesirable examples (label false), or train the "
+                               "desirable answers with stage: sft."]
+
+
+def test_stats_count_kto_labels(tmp_path, tiny_tokenizer, chatml):
+    path = write_jsonl(tmp_path / "kto.jsonl", [ANSWER, {**ANSWER, "label": False}, {**ANSWER, "label": False}])
+
+    stats = dataset_stats(load(path), tiny_tokenizer, chatml, DataConfig(max_seq_len=512))
+
+    assert (stats.desirable, stats.undesirable) == (1, 2)
+    assert "KTO labels       1 desirable (33.3%), 2 undesirable" in format_stats(stats)
+
+
+def test_check_for_pt_reports_records_that_are_not_text(tmp_path, chats):
+    text = tmp_path / "docs.txt"
+    text.write_text("a document.\n")
+
+    report = check_data(DataConfig(paths=(str(text), str(chats))), stage="pt")
+
+    assert report.used == 1 and report.skipped == 5
+    assert report.problems[0] == (f"{chats}, line 1: not plain text. Stage pt trains on documents: lines of a .txt "
+                                  "file, or records with a 'text' field (data.format: text; another field with "
+                                  "data.columns.text=<field>).")

@@ -10,7 +10,7 @@ from lorakit.config import DataConfig, LoraConfig, ModelConfig, PreferenceConfig
 from lorakit.data.preference import load_preferences
 from lorakit.errors import ConfigError, DataError
 from lorakit.train import prepare_data, train
-from lorakit.train.preference import _policy, build_dpo_trainer
+from lorakit.train.preference import _policy, build_preference_trainer
 
 from conftest import make_model, shared_data
 
@@ -59,7 +59,7 @@ def train_measured(config, tiny_tokenizer):
     before and after training."""
     data = prepare_data(config, tiny_tokenizer)
     policy, peft_config = _policy(make_model("llama", len(tiny_tokenizer)), config)
-    trainer = build_dpo_trainer(policy, peft_config, tiny_tokenizer, data, config, [])
+    trainer = build_preference_trainer(policy, peft_config, tiny_tokenizer, data, config, [])
     batch = trainer.data_collator([data.train[i] for i in range(4)])
     reference_before, policy_before = reference_and_policy(trainer, batch)
     trainer.train()
@@ -83,7 +83,7 @@ def test_precomputed_reference_is_the_base(tiny_tokenizer, tmp_path, pairs_file)
     config = make_config(tmp_path, pairs_file, max_steps=2, preference=PreferenceConfig(precompute_reference=True))
     data = prepare_data(config, tiny_tokenizer)
     policy, peft_config = _policy(make_model("llama", len(tiny_tokenizer)), config)
-    trainer = build_dpo_trainer(policy, peft_config, tiny_tokenizer, data, config, [])
+    trainer = build_preference_trainer(policy, peft_config, tiny_tokenizer, data, config, [])
     rows = [trainer.train_dataset[i] for i in range(4)]
     batch = trainer.data_collator(rows)
 
@@ -237,10 +237,10 @@ def test_llamafactory_preference_keys(tmp_path):
 
 
 @pytest.mark.parametrize("settings, message", [
-    ({"stage": "kto"}, "stage is 'kto', which lorakit does not train yet"),
+    ({"stage": "rm"}, "stage is 'rm', which lorakit does not train yet"),
     ({"stage": "dpo", "finetuning": "full"}, "stage dpo trains a LoRA adapter"),
-    ({"stage": "sft", "adapter": "runs/x"}, "adapter .* is used by stage dpo only"),
-    ({"preference": {"losses": ["simpo"]}}, "'simpo', which is its own stage"),
+    ({"stage": "sft", "adapter": "runs/x"}, "adapter .* is used by the preference stages"),
+    ({"preference": {"losses": ["simpo"]}}, "'simpo', which is its own stage, not a DPO loss; set stage: simpo"),
     ({"preference": {"losses": ["sigmod"]}}, "Did you mean 'sigmoid'"),
     ({"preference": {"losses": ["sigmoid", "sft"]}}, "set preference.sft_weight"),
     ({"preference": {"losses": ["sigmoid", "ipo"], "loss_weights": [1.0]}}, "one weight per loss"),

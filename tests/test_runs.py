@@ -168,9 +168,9 @@ def test_lorakit_runs_lists_finished_interrupted_and_failed(tmp_path, monkeypatc
 
 
 def test_stage_not_trained_yet_is_an_error(tmp_path):
-    yaml_file = tmp_path / "kto.yaml"
-    yaml_file.write_text("stage: kto\nmodel_name_or_path: smollm2-135m\ndataset: kto_en_demo\n")
-    with pytest.raises(ConfigError, match="stage is 'kto', which lorakit does not train yet"):
+    yaml_file = tmp_path / "ppo.yaml"
+    yaml_file.write_text("stage: ppo\nmodel_name_or_path: smollm2-135m\ndataset: alpaca_en_demo\n")
+    with pytest.raises(ConfigError, match="stage is 'ppo', which lorakit does not train yet"):
         load_config(yaml_file)
     assert load_config(None, ["stage=dpo"]).stage == "dpo"
     with pytest.raises(ConfigError, match="stage must be one of"):

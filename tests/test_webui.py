@@ -3,8 +3,10 @@
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -332,3 +334,125 @@ def test_chat_tab_streams_both_sides_into_their_chatbots(workdir, adapter_run):
     assert left[3] != right[3]
     error = list(_reply(WebUIConfig(), "en", None, "/etc", False, "none", "", 0.0, 1.0, 8, "auto", "hi", [], []))
     assert "outside the folders" in error[-1][2] and error[-1][3] == "hi"  # the message stays to send again
+BAD_JSONL = ('{"instruction": "say hi", "output": "hi."}\n{"instruction": "say no"}\n'
+             '{"instruction": "say yes", "output": "yes."}\n')  # line 2 has no answer
+
+
+def test_data_tab_lists_files_and_registry_entries_but_no_run_or_model_files(workdir, tiny_model_dir):
+    from lorakit.webui.data_tab import data_overrides, data_sources
+
+    (workdir / "data").mkdir()
+    (workdir / "data" / "chat.jsonl").write_text(BAD_JSONL)
+    (workdir / "data" / "dataset_info.json").write_text(json.dumps({"greetings": {"file_name": "chat.jsonl"}}))
+    run = workdir / "outputs" / "r"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text("{}\n")
+    keep_upload(workdir / "train.json", WebUIConfig(), workdir)
+
+    sources = data_sources(WebUIConfig(), workdir)
+
+    assert sources == ["data/chat.jsonl", "outputs/webui-uploads/train.json", "train.json",
+                       "greetings @ data/dataset_info.json"]  # no tiny-llama/*.json, no run files
+    assert data_overrides(sources[-1], WebUIConfig(), workdir) == [
+        'data.paths=["greetings"]', 'data.dataset_dir="data"']
+    with pytest.raises(ConfigError, match="outside the folders"):
+        data_overrides("/etc/passwd", WebUIConfig(), workdir)
+
+
+def test_data_tab_shows_the_check_messages_lengths_and_trained_text(workdir, tiny_model_dir):
+    from lorakit.config import DataConfig
+    from lorakit.data.inspect import check_data
+    from lorakit.webui.data_tab import inspect_dataset
+
+    (workdir / "chat.jsonl").write_text(BAD_JSONL)
+
+    view = inspect_dataset(WebUIConfig(), "en", "chat.jsonl", "tiny-llama", "chatml", 64, workdir)
+
+    cli_problems = check_data(DataConfig(paths=("chat.jsonl",))).problems  # `lorakit data check chat.jsonl`
+    assert len(cli_problems) == 1 and cli_problems[0] in view.check
+    assert view.problems == [("chat.jsonl, line 2", cli_problems[0].split("line 2: ", 1)[1])]
+    assert "Format: **alpaca**" in view.summary and "**1 problem(s)**" in view.summary and not view.error
+    assert "max_seq_len      64" in view.stats and view.histogram is not None
+    trained = "".join(piece for piece, label in view.examples if label == "trained")
+    assert "hi." in trained and "yes." in trained and "say hi" not in trained  # only the answers train
+
+
+def test_data_tab_says_what_is_wrong_instead_of_failing(workdir):
+    from lorakit.webui.data_tab import inspect_dataset
+
+    view = inspect_dataset(WebUIConfig(), "zh", "missing.jsonl", "tiny-llama", "chatml", 64, workdir)
+    assert view.error.startswith("错误：") and "missing.jsonl" in view.error and not view.check
+
+
+def test_eval_form_builds_a_suite_on_the_held_out_data(workdir, tiny_model_dir):
+    from lorakit.webui.eval_tab import build_eval_config
+
+    run, suite = build_eval_config(WebUIConfig(), [], "tiny-llama", "quick", "", "train.json", 1, None, workdir)
+    assert [task.kind for task in suite.tasks] == ["perplexity", "generation"]
+    assert all(task.limit == 1 and task.data.paths == ("train.json",) for task in suite.tasks)
+    assert run.base == str(tiny_model_dir) and run.suite == Path("outputs/eval/quick/suite.yaml")
+    with pytest.raises(ConfigError, match="outside the folders"):
+        build_eval_config(WebUIConfig(), [], "tiny-llama", "quick", "", "/etc/hosts", 1, None, workdir)
+    with pytest.raises(ConfigError, match="Nothing to evaluate on"):
+        build_eval_config(WebUIConfig(), [], "tiny-llama", "quick", "", "", 1, None, workdir)
+    with pytest.raises(ConfigError, match="no-such-run does not exist"):  # said on the page, not in the job
+        build_eval_config(WebUIConfig(), ["no-such-run"], "", "quick", "", "train.json", 1, None, workdir)
+
+
+@pytest.mark.slow  # a whole `lorakit eval` of the tiny model (~20-50 s on 2 cores, most of it imports)
+def test_eval_form_config_is_what_lorakit_eval_runs_and_the_tab_shows_its_report(workdir, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from lorakit.cli import app
+    from lorakit.config import EvalRunConfig
+    from lorakit.runs import is_run_folder
+    from lorakit.webui.eval_tab import (build_eval_config, detail_files, eval_command, predictions_table,
+                                        report_summary, scores_table, start_evaluation_job)
+
+    run, suite = build_eval_config(WebUIConfig(), [], "tiny-llama", "quick", "", "train.json", 1, None, workdir)
+    # What the job would run, run here: `lorakit eval outputs/eval/quick/config.yaml`.
+    save_config(suite, run.suite)
+    save_config(run, run.output_dir / "config.yaml")
+    assert load_config(run.output_dir / "config.yaml", (), EvalRunConfig) == run
+    command = shlex.split(eval_command(run))
+    result = CliRunner().invoke(app, [*command[1:], "--device", "cpu"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+
+    folder = workdir / run.output_dir
+    report = json.loads((folder / "report.json").read_text())
+    assert json.loads((folder / "status.json").read_text())["state"] == "finished"
+    assert not is_run_folder(folder)  # an evaluation is listed with evaluations, not with training runs
+    assert "# Evaluation report: quick" in report_summary(report)
+    table = scores_table(report)
+    assert list(table.columns) == ["score", "tiny-llama", "n"]
+    assert {"train-perplexity/perplexity (lower is better)", "train-generation/rougeL"} <= set(table["score"])
+    assert detail_files(folder) == ["tiny-llama/train-generation/predictions.jsonl"]
+    assert len(predictions_table(folder, detail_files(folder)[0])) == 1
+    assert predictions_table(folder, "../../../../etc/passwd") is None
+    (folder / "job.json").write_text(json.dumps({"pid": os.getpid(), "pgid": os.getpgrp(), "stage": "eval",
+                                                 "host": socket.gethostname()}))  # a job alive in that folder
+    with pytest.raises(ConfigError, match="still running"):
+        start_evaluation_job(run, suite)
+
+
+def test_eval_form_benchmark_rows_become_suite_tasks(workdir, tiny_model_dir):
+    import pandas as pd
+
+    from lorakit.webui.eval_tab import BENCHMARK_COLUMNS, build_eval_config
+
+    (workdir / "gsm8k.jsonl").write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    rows = pd.DataFrame([["mmlu", "choice", "cais/mmlu", "astronomy, virology", "0", "3"],
+                         ["", "", "gsm8k.jsonl", "", "", "2"], [""] * 6], columns=BENCHMARK_COLUMNS)
+
+    _, suite = build_eval_config(WebUIConfig(), [], "tiny-llama", "bench", "", "", 0, rows, workdir)
+
+    mmlu, gsm8k = suite.tasks
+    assert (mmlu.kind, mmlu.source, mmlu.subjects, mmlu.shots, mmlu.limit) == (
+        "choice", "cais/mmlu", ("astronomy", "virology"), 0, 3)  # a hub id passes, unconfined
+    assert (gsm8k.name, gsm8k.kind, gsm8k.source, gsm8k.limit) == ("gsm8k", "gsm8k", str(workdir / "gsm8k.jsonl"), 2)
+    outside = pd.DataFrame([["x", "choice", "/etc", "", "", ""]], columns=BENCHMARK_COLUMNS)
+    with pytest.raises(ConfigError, match="outside the folders"):
+        build_eval_config(WebUIConfig(), [], "tiny-llama", "bench", "", "", 0, outside, workdir)
+    with pytest.raises(ConfigError, match="shots.*whole number"):
+        bad = pd.DataFrame([["x", "choice", "cais/mmlu", "", "five", ""]], columns=BENCHMARK_COLUMNS)
+        build_eval_config(WebUIConfig(), [], "tiny-llama", "bench", "", "", 0, bad, workdir)

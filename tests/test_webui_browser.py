@@ -216,3 +216,115 @@ def test_train_then_chat_side_by_side_and_export_gguf(server):
         page.wait_for_function("document.querySelector('#chat-send')?.innerText.includes('发送')", timeout=30_000)
         page.screenshot(path=str(DOCS / "chat-zh.png"), full_page=True)
         browser.close()
+def open_page(driver, url: str):
+    browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True)
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.goto(url)
+    return browser, page
+
+
+def pick(page, selector: str, value: str) -> None:
+    """Type `value` into a dropdown (one that takes typed values) and confirm it."""
+    page.locator(f"{selector} input").fill(value)
+    page.locator(f"{selector} input").press("Enter")
+
+
+def switch_to_chinese(page, check_selector: str, chinese: str) -> None:
+    page.get_by_label("中文").check()
+    page.wait_for_function(f"document.querySelector('{check_selector}')?.innerText.includes('{chinese}')",
+                           timeout=30_000)
+
+
+@pytest.mark.slow  # a web server and a browser (~30 s on 2 cores)
+def test_data_tab_flags_a_bad_record_with_its_line(server):
+    url, workdir = server
+    upload = workdir / "upload.jsonl"
+    upload.write_text("".join(json.dumps(record) + "\n" for record in RECORDS[:2]) + '{"instruction": "say no"}\n'
+                      + json.dumps(RECORDS[2]) + "\n")  # line 3 has no answer
+    DOCS.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as driver:
+        browser, page = open_page(driver, url)
+        page.get_by_role("tab", name="Data").click()
+        pick(page, "#data-model", "tiny-llama")
+        pick(page, "#data-template", "chatml")
+        page.locator("#data-max_seq_len input").fill("64")
+        page.locator("#data-upload input[type=file]").set_input_files(str(upload))
+        page.wait_for_function("document.querySelector('#data-problems')?.innerText.includes('line 3')",
+                               timeout=120_000)
+        assert "missing" in page.locator("#data-problems").inner_text().lower()
+        assert "upload.jsonl, line 3" in page.locator("#data-check textarea").input_value()
+        assert "alpaca" in page.locator("#data-summary").inner_text()
+        page.wait_for_selector("#data-examples .highlighted", timeout=60_000)  # the trained part
+        page.screenshot(path=str(DOCS / "data-en.png"), full_page=True)
+
+        switch_to_chinese(page, "#data-inspect", "检查并预览")
+        page.screenshot(path=str(DOCS / "data-zh.png"), full_page=True)
+
+        page.locator("#data-use").click()  # the Train tab's data field now names the uploaded file
+        page.get_by_role("tab", name="训练").click()
+        page.wait_for_function("document.querySelector('#field-data_path textarea')?.value === "
+                               "'outputs/webui-uploads/upload.jsonl'", timeout=30_000)
+        browser.close()
+
+
+@pytest.mark.slow  # a web server, an evaluation job and a browser (~60 s on 2 cores)
+def test_evaluate_tab_runs_an_evaluation_job_and_shows_its_report(server):
+    url, workdir = server
+    DOCS.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as driver:
+        browser, page = open_page(driver, url)
+        page.get_by_role("tab", name="Evaluate").click()
+        pick(page, "#eval-base", "tiny-llama")
+        pick(page, "#eval-held_out", "train.json")
+        page.locator("#eval-limit input").fill("2")
+        page.locator("#eval-start").click()
+        page.wait_for_function("document.querySelector('#eval-message')?.innerText.includes('webui-eval')",
+                               timeout=60_000)
+        page.wait_for_function("document.querySelector('#eval-status')?.innerText.includes('finished')",
+                               timeout=300_000)
+        page.wait_for_function("document.querySelector('#eval-scores')?.innerText.includes('perplexity')",
+                               timeout=30_000)
+        assert "Evaluation report" in page.locator("#eval-summary").inner_text()
+        assert (workdir / "outputs" / "eval" / "webui-eval" / "report.json").is_file()
+        page.wait_for_function("document.querySelector('#eval-predictions')?.innerText.includes('say')",
+                               timeout=30_000)  # per-sample predictions, with their prompts
+        page.screenshot(path=str(DOCS / "evaluate-en.png"), full_page=True)
+
+        page.reload()  # a reopened page lists the past evaluation and shows its report
+        page.get_by_role("tab", name="Evaluate").click()
+        page.wait_for_function("document.querySelector('#eval-scores')?.innerText.includes('perplexity')",
+                               timeout=60_000)
+        switch_to_chinese(page, "#eval-start", "评估")
+        page.wait_for_function("document.querySelector('#eval-status')?.innerText.includes('已完成')",
+                               timeout=30_000)
+        page.screenshot(path=str(DOCS / "evaluate-zh.png"), full_page=True)
+        browser.close()
+
+
+@pytest.mark.slow  # a web server, a training job and a browser (~40 s on 2 cores)
+def test_closing_the_browser_mid_training_leaves_the_steps_advancing(server):
+    url, workdir = server
+    progress = workdir / "outputs" / "webui-run" / "progress.json"
+
+    def completed() -> int:
+        try:
+            return int(json.loads(progress.read_text()).get("completed", -1))
+        except (OSError, ValueError):
+            return -1
+
+    with playwright.sync_playwright() as driver:
+        browser, page = open_page(driver, url)
+        pick(page, "#field-model", "tiny-llama")
+        page.locator("#field-data_path textarea").fill("train.json")
+        pick(page, "#field-template", "chatml")
+        page.locator("#field-max_steps input").fill("100000")
+        page.locator("#field-batch_size input").fill("2")
+        page.locator("#start").click()
+        page.wait_for_function("document.querySelector('#status')?.innerText.includes('Step ')", timeout=120_000)
+        browser.close()  # no page is left to poll or hold the job
+
+    before = completed()
+    deadline = time.monotonic() + 60
+    while completed() <= before + 2:
+        assert time.monotonic() < deadline, f"training stalled at step {completed()} after the browser closed"
+        time.sleep(0.5)

@@ -31,9 +31,9 @@ if TYPE_CHECKING:
     from lorakit.config import TrainConfig
 
 JOB_FILE = "job.json"
-# The `lorakit` command of each job stage. `train` takes a config file; an export stage takes the folder it exports
-# and its options (lorakit.cli.export and lorakit.cli.merge make them from a config).
-STAGES = {"train": ("train",), "merge": ("merge",), "export-gguf": ("export", "gguf"),
+# The `lorakit` command of each job stage. `train` and `eval` take a config file; an export stage takes the folder it
+# exports and its options (lorakit.cli.export and lorakit.cli.merge make them from a config).
+STAGES = {"train": ("train",), "eval": ("eval",), "merge": ("merge",), "export-gguf": ("export", "gguf"),
           "export-ollama": ("export", "ollama"), "export-hub": ("export", "hub")}
 # Popen objects of the jobs this process started: polling them reaps an exited child, which would otherwise stay a
 # zombie and still count as a member of its process group.

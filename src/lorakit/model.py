@@ -15,6 +15,8 @@ from lorakit.bundled import BUNDLED, bundled_path, converted_gguf_path
 from lorakit.config import LoraConfig, ModelConfig, TrainConfig
 from lorakit.errors import ConfigError
 
+NON_REENTRANT = {"use_reentrant": False}  # reentrant checkpointing breaks DDP with frozen inputs (LoRA)
+
 
 def resolve_model_path(name: str) -> str:
     """A path (or hub id) that `from_pretrained` can open; bundled names and .gguf files are converted once."""
@@ -98,7 +100,7 @@ def load_model(config: ModelConfig) -> PreTrainedModel:
     kwargs = {"dtype": dtype, "trust_remote_code": config.trust_remote_code}
     if config.quantization != "none":
         kwargs["quantization_config"] = bitsandbytes_config(config.quantization, dtype)
-        kwargs["device_map"] = {"": device.index or 0} if device.type == "cuda" else {"": device.type}
+        kwargs["device_map"] = {"": _device_index(device)}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as err:
@@ -106,6 +108,14 @@ def load_model(config: ModelConfig) -> PreTrainedModel:
     if config.quantization == "none":
         model.to(device)
     return model
+
+
+def _device_index(device: torch.device) -> int | str:
+    """Where a quantized model loads: "cuda" is the current GPU, which under torchrun / accelerate launch each
+    process has set to its own (LOCAL_RANK)."""
+    if device.type != "cuda":
+        return device.type
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def bitsandbytes_config(quantization: str, dtype: torch.dtype):
@@ -116,9 +126,18 @@ def bitsandbytes_config(quantization: str, dtype: torch.dtype):
         raise ConfigError(f"model.quantization={quantization} needs bitsandbytes: `pip install bitsandbytes` "
                           "(or `pip install lorakit[quant]`).") from None
     if quantization == "4bit":
+        # FSDP shards parameters of one dtype: packed 4-bit weights then live in the compute dtype, not uint8.
+        storage = dtype if _launched_with_fsdp() else torch.uint8
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                  bnb_4bit_compute_dtype=dtype)
+                                  bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=storage)
     return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _launched_with_fsdp() -> bool:
+    """Whether `accelerate launch` started this process with an FSDP config (configs/accelerate/fsdp.yaml)."""
+    from accelerate.utils import parse_flag_from_env
+
+    return parse_flag_from_env("ACCELERATE_USE_FSDP")
 
 
 def prepare_for_training(model: PreTrainedModel, config: TrainConfig) -> PreTrainedModel:
@@ -171,9 +190,10 @@ def attach_lora(model: PreTrainedModel, config: LoraConfig, quantized: bool = Fa
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                gradient_checkpointing_kwargs=NON_REENTRANT)
     elif gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=NON_REENTRANT)
         model.enable_input_require_grads()
     try:
         return get_peft_model(model, to_peft_config(config))

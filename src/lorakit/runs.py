@@ -375,8 +375,10 @@ class RunSummary:
 
 
 def is_run_folder(path: Path) -> bool:
-    return path.is_dir() and any((path / name).exists() for name in ("config.yaml", STATUS_FILE, ADAPTER_DIR,
-                                                                       MODEL_DIR, CHECKPOINT_DIR))
+    """Whether `path` is a training run's folder; an evaluation's report folder (status.json, config.yaml and
+    report.json of `lorakit eval`) is not."""
+    return path.is_dir() and not (path / "report.json").is_file() and any(
+        (path / name).exists() for name in ("config.yaml", STATUS_FILE, ADAPTER_DIR, MODEL_DIR, CHECKPOINT_DIR))
 
 
 def list_runs(root: Path) -> list[RunSummary]:
@@ -522,11 +524,23 @@ def base_reference(name: str) -> str:
 
 
 def _method(config: TrainConfig) -> str:
-    if config.stage == "dpo":
-        preference = config.preference
+    preference = config.preference
+    if config.stage in ("dpo", "kto"):
         start = (f"the adapter {config.adapter}, which is also the reference" if config.adapter
                  else f"a new adapter ({_adapter_method(config)}), the base model the reference")
+        if config.stage == "kto":
+            return (f"KTO, beta {preference.beta}, desirable weight {preference.desirable_weight}, undesirable "
+                    f"weight {preference.undesirable_weight}; from {start}")
         return (f"DPO, beta {preference.beta}, loss {' + '.join(preference.losses)}"
+                + (f" + {preference.sft_weight} x SFT" if preference.sft_weight else "") + f"; from {start}")
+    if config.stage == "pt":
+        return (f"continued pretraining (documents as {config.data.packing} of {config.data.max_seq_len} tokens), "
+                f"{_adapter_method(config)}")
+    start = f"the adapter {config.adapter}" if config.adapter else f"a new adapter ({_adapter_method(config)})"
+    if config.stage == "orpo":
+        return f"ORPO (no reference model), lambda (beta) {preference.beta}; from {start}"
+    if config.stage == "simpo":
+        return (f"SimPO (no reference model), beta {preference.beta}, gamma {preference.simpo_gamma}"
                 + (f" + {preference.sft_weight} x SFT" if preference.sft_weight else "") + f"; from {start}")
     return _adapter_method(config)
 

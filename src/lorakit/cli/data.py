@@ -237,6 +237,9 @@ def data_generate(
         base_url: Annotated[Optional[str], typer.Option(help="Generator endpoint, e.g. http://localhost:8000/v1.")]
         = None,
         model: Annotated[Optional[str], typer.Option(help="Generator model name at base_url.")] = None,
+        local: Annotated[Optional[str], typer.Option(
+            "--local", help="Generate with a model loaded here (a bundled name, folder or hub id), not an endpoint.")]
+        = None,
         judge_model: Annotated[Optional[str], typer.Option(help="Judge model (default: the generator).")] = None,
         to: Annotated[Optional[str], typer.Option("--to", help="alpaca, sharegpt or openai.")] = None,
         preview: Annotated[bool, typer.Option(
@@ -246,23 +249,31 @@ def data_generate(
     from lorakit.cli.app import config_and_overrides
     from lorakit.config import GenerateConfig, load_config
     from lorakit.data.generate import clients, format_report, generate_dataset, preview_generation
+    from lorakit.errors import ConfigError
 
     path, overrides = config_and_overrides(args)
+    if local is not None and model is not None:
+        raise ConfigError("Give --local MODEL (a model loaded here) or --model (an endpoint's model), not both.")
     given = {"input": input_path, "output_dir": output, "mode": mode, "generator.base_url": base_url,
-             "generator.model": model, "judge.model": judge_model, "output_format": to, "force": force or None}
+             "generator.model": local or model, "generator.backend": "local" if local else None,
+             "judge.model": judge_model, "output_format": to, "force": force or None}
     options = [f"{key}={value}" for key, value in given.items() if value is not None]
     config = load_config(path, [*options, *overrides], GenerateConfig)
     generator, judge = clients(config)
-    if not preview:
-        console.print(format_report(generate_dataset(config, generator, judge)), markup=False, highlight=False)
-        return
-    chunks, items = preview_generation(config, generator, judge)
+    try:
+        if not preview:
+            console.print(format_report(generate_dataset(config, generator, judge)), markup=False, highlight=False)
+            return
+        chunks, records = preview_generation(config, generator, judge)
+    finally:
+        for client in {id(c): c for c in (generator, judge) if c is not None}.values():
+            client.close()
     for chunk in chunks[:5]:
         text = chunk.text if len(chunk.text) <= 300 else chunk.text[:300] + " …"
-        console.print(f"--- chunk {chunk.id} ({len(chunk.text)} chars, {chunk.language})\n{text}", markup=False,
-                      highlight=False)
-    console.print(f"{len(chunks)} chunks in all", markup=False)
-    for item in items:
-        console.print(json.dumps({key: item.get(key) for key in ("chunk", "index", "messages", "score", "reason",
-                                                                 "error", "judge_error")},
-                                 ensure_ascii=False, indent=1), markup=False, highlight=False)
+        pages = f", pages {chunk.pages[0]}-{chunk.pages[1]}" if chunk.pages else ""
+        console.print(f"--- chunk {chunk.id} ({len(chunk.text)} chars, {chunk.language}{pages})\n{text}",
+                      markup=False, highlight=False)
+    console.print(f"{len(chunks)} chunks in all; the first {len(records)} records (nothing written):", markup=False)
+    for record in records:
+        console.print(json.dumps(record, ensure_ascii=False, indent=1), markup=False, highlight=False,
+                      soft_wrap=True)  # unwrapped: the JSON stays valid when copied

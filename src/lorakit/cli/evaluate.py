@@ -25,28 +25,37 @@ def evaluate(
     model: Models = None,
     data: Annotated[Optional[list[str]], typer.Option(
         "--data", help="A dataset file for a quick perplexity + ROUGE/BLEU run (repeatable).")] = None,
-    output: Annotated[Path, typer.Option(help="Report folder.")] = Path("outputs/eval"),
+    output: Annotated[Optional[Path], typer.Option(help="Report folder [default: outputs/eval].")] = None,
     limit: Annotated[Optional[int], typer.Option(
         help="Questions per subject / records per task, for a quick run.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Recompute every result.")] = False,
     dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     overrides: Annotated[Optional[list[str]], typer.Argument(
-        help="key=value overrides of the suite (e.g. noise_sigmas=3).")] = None,
+        help="An eval run YAML (the config.yaml of an evaluation the web UI started: suite, data, base, adapters, "
+             "output_dir...) whose fields the options above replace, then key=value overrides of the suite "
+             "(e.g. noise_sigmas=3).")] = None,
 ):
     """Evaluate a base model and its adapters on one suite; write report.json, report.md and charts.
 
     `lorakit eval --base smollm2-135m --adapter outputs/zh-instruct/adapter --suite configs/eval-forgetting.yaml`
     """
-    from lorakit.config import EvalRunConfig, parse_adapter
+    from dataclasses import replace
+
+    from lorakit.cli.app import config_and_overrides
+    from lorakit.config import EvalRunConfig, load_config, parse_adapter
     from lorakit.eval.suite import evaluate_run
 
-    run = EvalRunConfig(suite=suite, data=tuple(data or ()), base=base,
-                        adapters=tuple(parse_adapter(text) for text in adapter or ()),
-                        models=tuple(parse_adapter(text) for text in model or ()), output_dir=output, limit=limit,
-                        use_cache=not no_cache, device=device, dtype=dtype)
-    report = evaluate_run(run, list(overrides or []),
-                          log=lambda line: console.print(line, highlight=False, markup=False))
+    run_file, suite_overrides = config_and_overrides(overrides)
+    given = {"suite": suite, "data": tuple(data or ()), "base": base,
+             "adapters": tuple(parse_adapter(text) for text in adapter or ()),
+             "models": tuple(parse_adapter(text) for text in model or ()), "output_dir": output, "limit": limit,
+             "use_cache": False if no_cache else None, "device": None if device == "auto" else device,
+             "dtype": None if dtype == "auto" else dtype}
+    run = load_config(run_file, [], EvalRunConfig) if run_file is not None else EvalRunConfig()
+    run = replace(run, **{key: value for key, value in given.items() if value not in (None, ())})
+    output = run.output_dir
+    report = evaluate_run(run, suite_overrides, log=lambda line: console.print(line, highlight=False, markup=False))
     for label, rows in report["changes"].items():
         dropped = [row["key"] for row in rows if row["verdict"] == "dropped"]
         improved = [row["key"] for row in rows if row["verdict"] == "improved"]

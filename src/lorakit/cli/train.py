@@ -22,12 +22,15 @@ def train(args: ConfigArgs = None,
 
     from lorakit.jobs import stop_on_sigterm
     from lorakit.train import run_training
+    from lorakit.train.distributed import is_main_process
 
     extra = (["resume=true"] if resume else []) + (["data.skip_bad=true"] if skip_bad else [])
     config = load_train_config(args, extra)
     stop = threading.Event()
     with stop_on_sigterm(stop):
         output_dir = run_training(config, stop=stop)
+    if not is_main_process():  # under torchrun / accelerate launch, rank 0 speaks for the run
+        return
     if stop.is_set():
         console.print(f"[yellow]stopped[/]: checkpoint and outputs so far in {output_dir}; continue with "
                       f"`lorakit train {output_dir / 'config.yaml'} --resume`")

@@ -19,13 +19,14 @@ from lorakit.config.inference import (BASE, ENGINES, AdapterSpec, GenerationConf
                                       parse_adapter)
 from lorakit.config.load import load_config
 from lorakit.config.webui import UI_LANGUAGES, WebUIConfig
-from lorakit.config.train import (ALIASES, EXAMPLE_ORDERS, FINETUNING, FORMATS, IGNORED_KEYS, OVERLONG, QUANTIZATIONS,
-                                  SCHEDULERS, DataConfig, LoraConfig, ModelConfig, PreferenceConfig, TrainConfig)
+from lorakit.config.train import (ALIASES, EXAMPLE_ORDERS, FINETUNING, FORMATS, IGNORED_KEYS, OVERLONG, PACKINGS,
+                                  PREFERENCE_STAGES, QUANTIZATIONS, SCHEDULERS, STAGES, DataConfig, LoraConfig,
+                                  ModelConfig, PreferenceConfig, TrainConfig)
 
 __all__ = ["ALIASES", "BASE", "CHOICE_SCORINGS", "DEDUPE_METHODS", "DEVICES", "DTYPES", "ENGINES", "EVAL_KINDS",
            "EXAMPLE_ORDERS", "FINETUNING", "FORMATS", "GENERATE_FORMATS", "GENERATE_LANGUAGES", "GENERATE_MODES",
-           "GGUF_OUTTYPES", "IGNORED_KEYS", "LANGUAGES", "ONTO", "OUTPUT_FORMATS", "OVERLONG", "QUANTIZATIONS",
-           "SCHEDULERS", "AdapterSpec", "DataConfig", "DedupeConfig",
+           "GGUF_OUTTYPES", "IGNORED_KEYS", "LANGUAGES", "ONTO", "OUTPUT_FORMATS", "OVERLONG", "PACKINGS",
+           "PREFERENCE_STAGES", "QUANTIZATIONS", "SCHEDULERS", "STAGES", "AdapterSpec", "DataConfig", "DedupeConfig",
            "EndpointConfig", "EvalRunConfig", "EvalTaskConfig", "FilterConfig", "GGUFConfig", "GenerateConfig",
            "GenerationConfig", "HubConfig", "JudgeSettings", "LoraConfig", "MergeConfig", "MixConfig", "ModelConfig",
            "OllamaConfig", "PreferenceConfig", "SampleConfig", "ServeConfig", "SplitConfig", "SuiteConfig",

@@ -14,6 +14,7 @@ from lorakit.errors import ConfigError
 
 EVAL_KINDS = ("choice", "gsm8k", "generation", "perplexity")
 CHOICE_SCORINGS = ("letter", "content")
+ENDPOINT_BACKENDS = ("openai", "local")
 
 
 @dataclass(frozen=True)
@@ -112,24 +113,42 @@ class EvalRunConfig:
 
 @dataclass(frozen=True)
 class EndpointConfig:
-    """An OpenAI-compatible chat endpoint (a judge, a data generator); `max_requests` caps the requests sent,
-    retries included (None: no cap)."""
+    """A chat model asked for replies (a judge, a data generator): by default (`backend: openai`) an
+    OpenAI-compatible endpoint at `base_url`; with `backend: local`, `model` (a bundled name, a model folder or a hub
+    id, with an optional `adapter`: a lorakit run or adapter folder) loaded by lorakit and answered in batches of
+    up to `concurrency` requests. `max_requests` caps the requests sent, retries included (None: no cap)."""
 
-    base_url: str
-    model: str
+    base_url: str = ""
+    model: str = ""
     api_key: str = "EMPTY"
     max_retries: int = 3  # with exponential backoff, by the openai client (connection errors, 408, 429, 5xx)
     timeout: float = 120.0  # seconds per request
     max_tokens: int = 512
     concurrency: int = 4  # requests in flight at once
     max_requests: int | None = None
+    backend: str = "openai"
+    adapter: Path | None = None  # backend local only
 
     def __post_init__(self) -> None:
-        if not self.base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"The endpoint's base_url must start with http:// or https://, got '{self.base_url}' "
-                              "(e.g. http://localhost:8000/v1).")
-        if not self.model:
-            raise ConfigError("The endpoint's model is empty; set it to a model served at base_url (e.g. gpt-4o-mini).")
+        check_choice("backend", self.backend, ENDPOINT_BACKENDS)
+        if self.backend == "local":
+            if not self.model:
+                raise ConfigError("backend is local but model is empty; set model to a bundled name (e.g. "
+                                  "smollm2-135m), a model folder or a hub id.")
+            if self.adapter is not None and not Path(self.adapter).exists():
+                raise ConfigError(f"adapter {self.adapter} does not exist; give a lorakit run folder or an adapter "
+                                  "folder, or leave adapter out.")
+        else:
+            if self.adapter is not None:
+                raise ConfigError("adapter is set but backend is openai: an endpoint serves its own adapters (ask "
+                                  "for one by model name), or set backend: local to load the model here.")
+            if not self.base_url.startswith(("http://", "https://")):
+                raise ConfigError(f"The endpoint's base_url must start with http:// or https://, got "
+                                  f"'{self.base_url}' (e.g. http://localhost:8000/v1), or set backend: local to "
+                                  "load the model here.")
+            if not self.model:
+                raise ConfigError("The endpoint's model is empty; set it to a model served at base_url (e.g. "
+                                  "gpt-4o-mini).")
         problems = []
         if self.concurrency < 1:
             problems.append(f"concurrency must be at least 1, got {self.concurrency}")
@@ -142,4 +161,4 @@ class EndpointConfig:
         if self.max_requests is not None and self.max_requests < 1:
             problems.append(f"max_requests must be at least 1 (or null for no cap), got {self.max_requests}")
         if problems:
-            raise ConfigError(f"The endpoint {self.base_url}: " + "; ".join(problems) + ".")
+            raise ConfigError(f"The endpoint {self.base_url or self.model}: " + "; ".join(problems) + ".")

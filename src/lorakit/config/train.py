@@ -17,14 +17,18 @@ from lorakit.errors import ConfigError
 
 QUANTIZATIONS = ("none", "4bit", "8bit")
 FINETUNING = ("lora", "freeze", "full")
-STAGES = ("sft", "dpo")
+STAGES = ("sft", "pt", "dpo", "kto", "orpo", "simpo")
+# Stages that train on preferences through TRL, with a LoRA policy; orpo and simpo need no reference model.
+PREFERENCE_STAGES = ("dpo", "kto", "orpo", "simpo")
 # LLaMA-Factory's other stages: named in the error for a config that asks for one lorakit does not train yet.
-_OTHER_STAGES = ("pt", "rm", "ppo", "kto")
+_OTHER_STAGES = ("rm", "ppo")
 # TRL's DPOTrainer loss types (DPOConfig.loss_type); "sft" is what `preference.sft_weight` adds.
 PREFERENCE_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                      "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
-# LLaMA-Factory's `pref_loss` values that are stages of their own, not a DPO loss.
-_REFERENCE_FREE_LOSSES = ("orpo", "simpo", "kto_pair")
+# LLaMA-Factory's `pref_loss` values that are stages of their own, not a DPO loss: the stage each one is.
+_STAGE_LOSSES = {"orpo": "orpo", "simpo": "simpo", "kto_pair": "kto"}
+# How stage pt cuts documents: joined and cut into max_seq_len blocks, or each document on its own.
+PACKINGS = ("blocks", "documents")
 OVERLONG = ("truncate", "drop")
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")
@@ -36,10 +40,10 @@ def _check_stage(stage: str) -> None:
     if stage in STAGES:
         return
     if stage in _OTHER_STAGES:
-        raise ConfigError(f"stage is '{stage}', which lorakit does not train yet: it trains stages sft (supervised "
-                          "fine-tuning) and dpo (preference pairs) only. Training this config anyway would fit the "
-                          "wrong objective (e.g. SFT on the chosen answers of preference data). Set stage: sft or "
-                          "dpo, or use another tool for this stage for now.")
+        raise ConfigError(f"stage is '{stage}', which lorakit does not train yet: it trains stages "
+                          f"{', '.join(STAGES)}. Training this config anyway would fit the wrong objective (e.g. SFT "
+                          "on the chosen answers of preference data). Set one of those stages, or use another tool "
+                          "for this stage for now.")
     check_choice("stage", stage, STAGES + _OTHER_STAGES)
 
 
@@ -61,7 +65,11 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the examples come from and how they become tokens."""
+    """Where the examples come from and how they become tokens.
+
+    `packing` is stage pt's: `blocks` joins the documents (each ending in EOS) and cuts them into `max_seq_len`
+    blocks; `documents` keeps each document (cut into `max_seq_len` pieces) an example of its own.
+    """
 
     paths: tuple[str, ...] = ()
     dataset_dir: Path | None = None
@@ -80,9 +88,11 @@ class DataConfig:
     skip_bad: bool = False
     seed: int = 42
     cache_tokens: bool = True
+    packing: str = "blocks"
 
     def __post_init__(self) -> None:
         check_choice("data.format", self.format, FORMATS)
+        check_choice("data.packing", self.packing, PACKINGS)
         check_choice("data.overlong", self.overlong, OVERLONG)
         if self.max_seq_len < 8:
             raise ConfigError(f"data.max_seq_len must be at least 8 tokens, got {self.max_seq_len}.")
@@ -122,11 +132,15 @@ class LoraConfig:
 
 @dataclass(frozen=True)
 class PreferenceConfig:
-    """How stage dpo weighs the chosen answer against the rejected one: TRL's DPOConfig in lorakit's words.
+    """How the preference stages weigh good answers against bad ones: TRL's DPO/KTO/ORPO/CPO configs in lorakit's
+    words.
 
-    `losses` are TRL loss types, summed with `loss_weights` (one per loss; empty: 1 each). `sft_weight` adds the
-    negative log-likelihood of the chosen answer with that weight (LLaMA-Factory's `pref_ftx`, RPO).
-    `precompute_reference` computes the reference log-probs once before training.
+    `beta`: the strength of the preference term (dpo, kto: how close to the reference; orpo: the odds-ratio weight
+    lambda; simpo: the reward scale). `losses` are TRL DPO loss types (stage dpo), summed with `loss_weights` (one per
+    loss; empty: 1 each). `sft_weight` adds the negative log-likelihood of the chosen answer with that weight
+    (LLaMA-Factory's `pref_ftx`, RPO; for simpo, CPO's alpha). `precompute_reference` computes the reference log-probs
+    once before training (dpo, kto). `desirable_weight` and `undesirable_weight` weigh KTO's two kinds of examples;
+    `simpo_gamma` is SimPO's target reward margin.
     """
 
     beta: float = 0.1
@@ -135,16 +149,19 @@ class PreferenceConfig:
     label_smoothing: float = 0.0
     sft_weight: float = 0.0
     precompute_reference: bool = False
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+    simpo_gamma: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.losses:
             raise ConfigError("preference.losses is empty; use sigmoid (the DPO paper's loss) or another of "
                               f"{', '.join(PREFERENCE_LOSSES)}.")
         for loss in self.losses:
-            if loss in _REFERENCE_FREE_LOSSES:
-                raise ConfigError(f"preference.losses names '{loss}', which is its own stage (reference-free or "
-                                  "unpaired) that lorakit does not train yet; use a DPO loss such as sigmoid, ipo "
-                                  "or hinge.")
+            if loss in _STAGE_LOSSES:
+                raise ConfigError(f"preference.losses names '{loss}', which is its own stage, not a DPO loss; set "
+                                  f"stage: {_STAGE_LOSSES[loss]} (LLaMA-Factory's pref_loss: {loss} is translated "
+                                  "so) and keep a DPO loss such as sigmoid here.")
             if loss == "sft":
                 raise ConfigError("preference.losses names 'sft'; set preference.sft_weight (LLaMA-Factory's "
                                   "pref_ftx) to add the SFT term with that weight instead.")
@@ -159,6 +176,9 @@ class PreferenceConfig:
             problems.append(f"preference.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
         if self.sft_weight < 0:
             problems.append(f"preference.sft_weight must be 0 or more, got {self.sft_weight}")
+        for name in ("desirable_weight", "undesirable_weight"):
+            if getattr(self, name) <= 0:
+                problems.append(f"preference.{name} must be positive (1.0 is neutral), got {getattr(self, name)}")
         if problems:
             raise ConfigError("; ".join(problems) + ".")
 
@@ -167,8 +187,10 @@ class PreferenceConfig:
 class TrainConfig:
     """One training run: model, data, adapter, the objective (`stage`) and the optimisation schedule.
 
-    `adapter` (a run folder or an adapter folder) is where stage dpo starts from: that adapter is trained further
-    and is also the reference the policy is kept close to (DPO after SFT); its own LoRA settings replace `lora`.
+    Stages: sft (supervised), pt (continued pretraining on plain text), dpo and kto (preferences, kept near a
+    reference), orpo and simpo (preference pairs, reference-free). `adapter` (a run folder or an adapter folder) is
+    where a preference stage starts from: that adapter is trained further and is also the reference the policy is
+    kept close to (DPO after SFT); its own LoRA settings replace `lora`.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -227,15 +249,40 @@ class TrainConfig:
 
 
     def _stage_problems(self) -> list[str]:
-        if self.stage == "sft":
-            return ["adapter (start from a trained adapter) is used by stage dpo only; for SFT leave it out, or "
-                    "continue an interrupted run with resume=true"] if self.adapter is not None else []
         problems = []
+        if self.data.packing != "blocks" and self.stage != "pt":
+            problems.append(f"data.packing is stage pt's (how plain text is cut); stage {self.stage} does not use it, "
+                            "leave it out")
+        if self.stage not in PREFERENCE_STAGES:
+            if self.adapter is not None:
+                problems.append(f"adapter (start from a trained adapter) is used by the preference stages "
+                                f"({', '.join(PREFERENCE_STAGES)}) only; for {self.stage} leave it out, or continue "
+                                "an interrupted run with resume=true")
+            return problems
         if self.finetuning != "lora":
-            problems.append(f"stage dpo trains a LoRA adapter (its reference is the model without it), not "
-                            f"finetuning={self.finetuning}; set finetuning: lora")
+            problems.append(f"stage {self.stage} trains a LoRA adapter (a reference, where there is one, is the "
+                            f"model without it), not finetuning={self.finetuning}; set finetuning: lora")
         if self.example_order == "by_length":
-            problems.append("example_order=by_length is not available for stage dpo; use random or sequential")
+            problems.append(f"example_order=by_length is not available for stage {self.stage}; use random or "
+                            "sequential")
+        if self.stage != "dpo" and self.preference.losses != ("sigmoid",):
+            problems.append(f"preference.losses chooses stage dpo's loss; stage {self.stage} has its own, leave "
+                            "preference.losses out")
+        if self.stage == "kto":
+            problems += self._kto_problems()
+        return problems
+
+    def _kto_problems(self) -> list[str]:
+        """TRL's KTOTrainer constraints, said in lorakit's keys before any model is loaded."""
+        problems = []
+        if self.batch_size < 2:
+            problems.append(f"stage kto needs batch_size of at least 2, got {self.batch_size}: KTO estimates its KL "
+                            "term from the other examples of the same micro-batch (gradient_accumulation does not "
+                            "count), so with one example the KL term equals the reward. Set batch_size: 2 or more "
+                            "(lower gradient_accumulation to keep the effective batch)")
+        if any(target == "lm_head" for target in self.lora.targets):
+            problems.append("stage kto cannot train a LoRA adapter on lm_head (TRL computes log-probs from the head's "
+                            "weight directly, so it would never learn); remove lm_head from lora.targets")
         return problems
 
 
@@ -293,6 +340,9 @@ ALIASES: dict[str, tuple[str, Any]] = {
     "pref_beta": ("preference.beta", None),
     "pref_loss": ("preference.losses", _split),
     "pref_ftx": ("preference.sft_weight", None),
+    "kto_chosen_weight": ("preference.desirable_weight", None),
+    "kto_rejected_weight": ("preference.undesirable_weight", None),
+    "simpo_gamma": ("preference.simpo_gamma", None),
 }
 # LLaMA-Factory keys that carry no meaning for lorakit (it always trains, plots and overwrites its own outputs).
 IGNORED_KEYS = frozenset({
@@ -314,7 +364,16 @@ def apply_aliases(raw: Mapping[str, Any]) -> dict[str, Any]:
             set_dotted(nested, target, convert(value) if convert and value is not None else value)
         else:
             set_dotted(nested, key, value)
+    _stage_from_loss(raw, nested)
     return nested
+
+
+def _stage_from_loss(raw: Mapping[str, Any], nested: dict[str, Any]) -> None:
+    """LLaMA-Factory trains ORPO and SimPO as `stage: dpo` with `pref_loss: orpo|simpo`; lorakit as their own stage."""
+    losses = nested.get("preference", {}).get("losses") if isinstance(nested.get("preference"), dict) else None
+    if "pref_loss" in raw and isinstance(losses, list) and len(losses) == 1 and losses[0] in _STAGE_LOSSES:
+        nested["stage"] = _STAGE_LOSSES[losses[0]]
+        del nested["preference"]["losses"]
 
 
 def _top_level_fields() -> set[str]:

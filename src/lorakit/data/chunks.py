@@ -1,7 +1,8 @@
-"""Documents cut into chunks for `lorakit data generate`: `read_documents(path)` reads text, Markdown, JSONL and
-PDF files; `chunk_documents(documents, max_chars, overlap)` cuts them at Markdown headings, paragraphs and (for a
-paragraph too long) sentences, Chinese sentence ends (。！？) included. Every chunk is an exact span of its
-document, so `document.text[chunk.start:chunk.end] == chunk.text`.
+"""Documents cut into chunks for `lorakit data generate`: `read_documents(path)` reads text, Markdown, JSONL, PDF
+(pypdf) and DOCX (python-docx) files; `chunk_documents(documents, max_chars, overlap)` cuts them at Markdown
+headings, paragraphs and (for a paragraph too long) sentences, Chinese sentence ends (。！？) included. Every chunk
+is an exact span of its document, so `document.text[chunk.start:chunk.end] == chunk.text`; a PDF's chunks also
+name the pages they come from. A DOCX's headings become Markdown headings, so chunks follow its sections too.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 from lorakit.errors import DataError
 
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".markdown")
-READABLE_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".pdf")
+READABLE_SUFFIXES = (*TEXT_SUFFIXES, ".jsonl", ".pdf", ".docx")
+_PAGE_BREAK = "\n\n"
 _JSONL_TEXT_FIELDS = ("text", "content")
 
 _HEADING = re.compile(r"^#{1,6}[ \t]+\S.*$", re.M)
@@ -28,13 +30,17 @@ _CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
 
 @dataclass(frozen=True)
 class Document:
+    """A document's text; `page_starts` holds where each page begins in it (a PDF's), else it is empty."""
+
     source: str
     text: str
+    page_starts: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """A span [start, end) of a document's text; `heading` is the Markdown heading it sits under ("" if none)."""
+    """A span [start, end) of a document's text; `heading` is the Markdown heading it sits under ("" if none);
+    `pages` the first and last page (from 1) the span lies on, for a document with pages."""
 
     id: str
     source: str
@@ -42,6 +48,7 @@ class Chunk:
     end: int
     text: str
     heading: str
+    pages: tuple[int, int] | None = None
 
     @property
     def language(self) -> str:
@@ -69,7 +76,10 @@ def read_documents(path: Path) -> list[Document]:
 def _read_file(path: Path) -> Iterator[Document]:
     suffix = path.suffix.lower()
     if suffix == ".pdf":
-        yield Document(str(path), _pdf_text(path))
+        yield _pdf_document(path)
+        return
+    if suffix == ".docx":
+        yield Document(str(path), _docx_text(path))
         return
     try:
         text = path.read_text(encoding="utf-8-sig")
@@ -92,12 +102,43 @@ def _read_file(path: Path) -> Iterator[Document]:
         yield Document(f"{path}:{number}", record[field])
 
 
-def _pdf_text(path: Path) -> str:
+def _pdf_document(path: Path) -> Document:
+    """The text of every page (pypdf's layout-free extraction), pages apart by a blank line."""
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
     try:
-        from pypdf import PdfReader
-    except ImportError:
-        raise DataError(f"{path}: reading PDF needs the pypdf package: pip install pypdf.") from None
-    return "\n\n".join(page.extract_text() or "" for page in PdfReader(path).pages)
+        pages = [(page.extract_text() or "").strip() for page in PdfReader(path).pages]
+    except (PdfReadError, ValueError) as err:
+        raise DataError(f"{path}: not a readable PDF ({err}).") from None
+    starts, position = [], 0
+    for text in pages:
+        starts.append(position)
+        position += len(text) + len(_PAGE_BREAK)
+    return Document(str(path), _PAGE_BREAK.join(pages), tuple(starts))
+
+
+def _docx_text(path: Path) -> str:
+    """Paragraphs and tables in document order; a paragraph styled "Heading N" (or "Title") becomes a Markdown
+    heading of level N (1), a table row its cells joined by " | "."""
+    import docx
+    from docx.opc.exceptions import PackageNotFoundError
+    from docx.table import Table
+
+    try:
+        document = docx.Document(str(path))
+    except (PackageNotFoundError, ValueError, KeyError) as err:
+        raise DataError(f"{path}: not a readable DOCX file ({err}).") from None
+    blocks = []
+    for block in document.iter_inner_content():
+        if isinstance(block, Table):
+            rows = [" | ".join(cell.text.strip() for cell in row.cells) for row in block.rows]
+            blocks.append("\n".join(row for row in rows if row.strip(" |")))
+            continue
+        text, style = block.text.strip(), (block.style.name if block.style is not None else "")
+        level = 1 if style == "Title" else int(style.split()[-1]) if re.fullmatch(r"Heading [1-6]", style) else 0
+        blocks.append(f"{'#' * level} {text}" if level and text else text)
+    return "\n\n".join(block for block in blocks if block)
 
 
 def chunk_documents(documents: Sequence[Document], max_chars: int, overlap: int = 0) -> list[Chunk]:
@@ -111,8 +152,12 @@ def _chunk_document(document: Document, max_chars: int, overlap: int) -> Iterato
         units = list(_units(document.text, start, end, max_chars))
         starts = [unit_start for unit_start, _ in units]
         for chunk_start, chunk_end in _pack(units, starts, max_chars, overlap):
+            pages = None
+            if document.page_starts:
+                pages = (bisect.bisect_right(document.page_starts, chunk_start),
+                         bisect.bisect_right(document.page_starts, chunk_end - 1))
             yield Chunk(f"{document.source}:{chunk_start}-{chunk_end}", document.source, chunk_start, chunk_end,
-                        document.text[chunk_start:chunk_end], heading)
+                        document.text[chunk_start:chunk_end], heading, pages)
 
 
 def _sections(text: str) -> Iterator[tuple[int, int, str]]:

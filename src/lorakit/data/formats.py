@@ -2,7 +2,9 @@
 
 Formats: alpaca, sharegpt, openai (messages), qa (question/answer), prompt_completion, preference (prompt/chosen/
 rejected, plain or conversational), text. alpaca and sharegpt records may carry chosen/rejected (LLaMA-Factory's
-`ranking: true`). Every error names the record's origin (file and line) and the field, and says what to do.
+`ranking: true`); prompt_completion records (TRL's unpaired layout) and records whose `label` column is mapped
+(LLaMA-Factory's `kto_tag`) carry a desirable/undesirable label for KTO. Every error names the record's origin (file
+and line) and the field, and says what to do.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ FIELDS: dict[str, dict[str, str]] = {
 }
 # Optional fields of a preference (ranking) record, kept for DPO; SFT learns the chosen answer.
 RANKING_FIELDS = ("chosen", "rejected")
+# The optional field of an unpaired (KTO) record: is its answer desirable? SFT learns the answer either way.
+LABEL_FIELD = "label"
+_LABEL_WORDS = {"true": True, "false": False}
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
                   "function_call": "function_call", "observation": "tool", "tool": "tool", "function": "tool"}
@@ -39,7 +44,8 @@ class Conversation:
 
     `messages` use Hugging Face chat roles (system/user/assistant/tool; an assistant turn may carry `tool_calls`).
     Plain-text examples (continued pretraining) have `text` and no messages. `untrained` holds the indices of
-    assistant messages whose loss weight is zero.
+    assistant messages whose loss weight is zero. `desirable` is a KTO label: whether the last answer is a good one
+    (None: the record has none).
     """
 
     origin: str
@@ -48,6 +54,7 @@ class Conversation:
     text: str | None = None
     rejected: str | None = None
     untrained: frozenset[int] = field(default_factory=frozenset)
+    desirable: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -129,7 +136,9 @@ class _Fields:
                  replace: Mapping[str, str]) -> None:
         self.origin, self.fmt, self.fields, self.replace = origin, fmt, fields, replace
         self.names = {name: columns.get(name, default) for name, default in FIELDS[fmt].items()}
-        self.names.update({name: columns.get(name, name) for name in RANKING_FIELDS})
+        self.names.update({name: columns.get(name, name) for name in (*RANKING_FIELDS, LABEL_FIELD)})
+        # A record's own `label` is read only where it is KTO's for sure: TRL's layout, or a column mapped to it.
+        self.reads_label = fmt == "prompt_completion" or LABEL_FIELD in columns
 
     def name(self, canonical: str) -> str:
         return self.names[canonical]
@@ -194,33 +203,74 @@ def _from_alpaca(reader: _Fields) -> Conversation:
     if chosen is None:
         chosen = reader.text("output")
     messages.append({"role": "assistant", "content": chosen})
-    return Conversation(reader.origin, tuple(messages), rejected=rejected)
+    return Conversation(reader.origin, tuple(messages), rejected=rejected, desirable=_desirable(reader))
 
 
 def _pair(reader: _Fields, prompt_field: str, answer_field: str) -> Conversation:
+    if reader.fmt == "prompt_completion" and isinstance(reader.raw(prompt_field), list):
+        # TRL's conversational layout: the prompt a list of messages, the completion one assistant message.
+        messages = [*_prompt_messages(reader), {"role": "assistant", "content": _answer(reader, answer_field)}]
+        _check_order(reader, messages)
+        return Conversation(reader.origin, tuple(messages), desirable=_desirable(reader))
     messages = _system(reader) + [{"role": "user", "content": reader.text(prompt_field)},
                                   {"role": "assistant", "content": reader.text(answer_field)}]
-    return Conversation(reader.origin, tuple(messages))
+    return Conversation(reader.origin, tuple(messages), desirable=_desirable(reader))
+
+
+def _desirable(reader: _Fields) -> bool | None:
+    """A KTO record's label as a bool (true/false, 1/0, or those words in a CSV cell), None where it has none."""
+    value = reader.raw(LABEL_FIELD) if reader.reads_label else None
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _LABEL_WORDS:
+        return _LABEL_WORDS[value.strip().lower()]
+    raise reader.fail(f"field '{reader.name(LABEL_FIELD)}' must be true or false (whether the answer is desirable, "
+                      f"for KTO), found {value!r}", "Fix the record, or set data.skip_bad=true to skip such records")
+
+
+def _answer(reader: _Fields, canonical: str) -> str:
+    """An answer given as a string, one assistant message, or a list holding one (TRL's conversational layouts)."""
+    value = reader.raw(canonical)
+    if value is None:
+        raise reader.missing(canonical)
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if isinstance(value, dict):
+        value = value.get("value", value.get("content"))
+    if not isinstance(value, str) or not value.strip():
+        raise reader.fail(f"field '{reader.name(canonical)}' must be a non-empty answer (a string, or a turn with "
+                          "'value'/'content')")
+    return reader.fill(value)
 
 
 def _from_preference(reader: _Fields) -> Conversation:
     """A prompt/chosen/rejected record: the prompt is a string or a list of role/content messages (TRL's layouts)."""
-    prompt = reader.raw("prompt")
-    if isinstance(prompt, list):
-        messages = []
-        for index, turn in enumerate(prompt, start=1):
-            where = f"{reader.name('prompt')}[{index}]"
-            if not isinstance(turn, dict) or turn.get("role") not in OPENAI_ROLES:
-                raise reader.fail(f"message {where} must be an object with 'role' ({', '.join(OPENAI_ROLES)}) and "
-                                  "'content'")
-            messages.append(_turn(reader, turn["role"], turn.get("content"), where))
-        if not messages:
-            raise reader.fail(f"field '{reader.name('prompt')}' is an empty list of messages")
-    else:
-        messages = [*_system(reader), {"role": "user", "content": reader.text("prompt")}]
+    messages = _prompt_messages(reader)
     if reader.raw("chosen") is None and reader.raw("rejected") is None:
         raise reader.missing("chosen")
     return _finish(reader, messages, tools=None)
+
+
+def _prompt_messages(reader: _Fields) -> list[dict[str, Any]]:
+    """A `prompt` field as messages: a string is one user turn (after the system prompt), a list is role/content
+    messages."""
+    prompt = reader.raw("prompt")
+    if not isinstance(prompt, list):
+        return [*_system(reader), {"role": "user", "content": reader.text("prompt")}]
+    messages = []
+    for index, turn in enumerate(prompt, start=1):
+        where = f"{reader.name('prompt')}[{index}]"
+        if not isinstance(turn, dict) or turn.get("role") not in OPENAI_ROLES:
+            raise reader.fail(f"message {where} must be an object with 'role' ({', '.join(OPENAI_ROLES)}) and "
+                              "'content'")
+        messages.append(_turn(reader, turn["role"], turn.get("content"), where))
+    if not messages:
+        raise reader.fail(f"field '{reader.name('prompt')}' is an empty list of messages")
+    return messages
 
 
 def _ranking(reader: _Fields) -> tuple[str | None, str | None]:
@@ -363,7 +413,8 @@ def _finish(reader: _Fields, messages: list[dict[str, Any]], tools: tuple[dict[s
     if chosen is not None:
         messages = [*messages, {"role": "assistant", "content": chosen}]
     _check_order(reader, messages)
-    return Conversation(reader.origin, tuple(messages), tools=tools, rejected=rejected, untrained=untrained)
+    return Conversation(reader.origin, tuple(messages), tools=tools, rejected=rejected, untrained=untrained,
+                        desirable=_desirable(reader))
 
 
 def _check_order(reader: _Fields, messages: list[dict[str, Any]]) -> None:

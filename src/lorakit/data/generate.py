@@ -8,7 +8,11 @@ generator call), dialogue, or custom (a Jinja prompt). Each record is scored 1-1
 
 Every finished item is appended to `checkpoint.jsonl`, keyed by (chunk id, item index), before anything else
 happens, so a killed run started again with the same settings asks only for what is missing. The outputs are
-rewritten from the checkpoint at the end of each run, in chunk order, which is what makes them exact.
+rewritten from the checkpoint at the end of each run, in chunk order, which is what makes them exact. Each line
+also holds the requests and tokens spent since the line before, so the report counts what every run used.
+
+The generator and the judge are `lorakit.llm_client` clients: an OpenAI-compatible endpoint or (`backend: local`)
+a model lorakit loads and answers in batches itself.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from lorakit.data.formats import Conversation
 from lorakit.data.inspect import to_record
 from lorakit.errors import ConfigError, DataError
 from lorakit.files import save_figure, write_json, write_text
-from lorakit.llm_client import BudgetSpent, ChatClient, ReplyError, ask_parsed, parse_json_reply, strip_think
+from lorakit.llm_client import (BudgetSpent, ModelClient, ReplyError, Usage, ask_parsed, open_client,
+                                parse_json_reply, strip_think)
 
 CHECKPOINT_FILE, REJECTS_FILE, REPORT_FILE, HISTOGRAM_FILE = ("checkpoint.jsonl", "rejects.jsonl",
                                                               "generate_report.json", "scores.png")
 REGISTRY_FILE = "dataset_info.json"
 QUESTIONS = "questions"  # the checkpoint key of a chunk's question list (qa), beside its items 0, 1, ...
+_USAGE_KEYS = ("requests", "prompt_tokens", "completion_tokens")
 
 # ---------------------------------------------------------------- prompts
 
@@ -96,8 +102,9 @@ _PROMPTS = {
 
 @dataclass
 class GenerateReport:
-    """What a run did. Counts cover every item in the checkpoint (earlier runs included); `requests` and
-    `tokens` this run's traffic; `resumed` items were found in the checkpoint at the start."""
+    """What a run did. Counts cover every item in the checkpoint (earlier runs included), and so do `requests`
+    and the tokens (retries included; a killed run's requests whose replies were lost to the kill are not
+    counted); `run_*` and `seconds` are this run's own; `resumed` items were found in the checkpoint at the start."""
 
     chunks: int = 0
     items: int = 0
@@ -110,6 +117,9 @@ class GenerateReport:
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    run_requests: int = 0
+    run_prompt_tokens: int = 0
+    run_completion_tokens: int = 0
     seconds: float = 0.0
     resumed: int = 0
     complete: bool = True
@@ -121,11 +131,15 @@ class GenerateReport:
 
 
 class _Checkpoint:
-    """The append-only record of finished work: a header line (the settings), then one line per finished key."""
+    """The append-only record of finished work: a header line (the settings), then one line per finished key,
+    each with the `usage` spent since the line before (read from `meter`, this run's running total); a last
+    `usage` line at `close()` holds the rest."""
 
-    def __init__(self, path: Path, settings: dict[str, Any], force: bool):
-        self.path, self._lock = path, threading.Lock()
+    def __init__(self, path: Path, settings: dict[str, Any], force: bool, meter: Callable[[], Usage] = Usage):
+        self.path, self._lock, self._meter = path, threading.Lock(), meter
         self.entries: dict[tuple[str, Any], dict[str, Any]] = {}
+        self.used_before = Usage()  # by earlier runs
+        self._recorded = Usage()  # of this run's usage, what the lines written so far hold
         if force and path.exists():
             path.unlink()
         if path.exists():
@@ -158,16 +172,37 @@ class _Checkpoint:
         with self.path.open("r+b") as handle:
             handle.truncate(good_bytes)
         for line in lines[1:]:
-            self.entries[(line["chunk"], line["index"])] = line
+            for key, value in line.get("usage", {}).items():
+                setattr(self.used_before, key, getattr(self.used_before, key) + value)
+            if line.get("kind") != "usage":
+                self.entries[(line["chunk"], line["index"])] = line
 
     def get(self, chunk: str, index: Any) -> dict[str, Any] | None:
         return self.entries.get((chunk, index))
 
     def add(self, line: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
+            line = {**line, "usage": self._unrecorded_usage()}
             self.entries[(line["chunk"], line["index"])] = line
             self._append(line)
         return line
+
+    def close(self) -> None:
+        with self._lock:
+            usage = self._unrecorded_usage()
+            if any(usage.values()):
+                self._append({"kind": "usage", "usage": usage})
+
+    def total_usage(self) -> Usage:
+        """Every run's usage: the earlier runs' and all of this run's."""
+        now = self._meter()
+        return Usage(*(getattr(self.used_before, key) + getattr(now, key) for key in _USAGE_KEYS))
+
+    def _unrecorded_usage(self) -> dict[str, int]:
+        now = self._meter()
+        usage = {key: getattr(now, key) - getattr(self._recorded, key) for key in _USAGE_KEYS}
+        self._recorded = now
+        return usage
 
     def _append(self, line: dict[str, Any]) -> None:
         with self.path.open("a", encoding="utf-8") as handle:
@@ -182,7 +217,7 @@ class _Checkpoint:
 class _Generation:
     """One run's state: the settings, the clients, and where finished items are recorded (None in preview)."""
 
-    def __init__(self, config: GenerateConfig, generator: ChatClient, judge: ChatClient | None,
+    def __init__(self, config: GenerateConfig, generator: ModelClient, judge: ModelClient | None,
                  checkpoint: _Checkpoint | None):
         self.config, self.generator, self.judge, self.checkpoint = config, generator, judge, checkpoint
         self.rubric = Path(config.judge.rubric).read_text(encoding="utf-8") if config.judge.rubric else None
@@ -353,8 +388,8 @@ def _parse_verdict(text: str) -> tuple[float, str]:
 # ---------------------------------------------------------------- the run
 
 
-def generate_dataset(config: GenerateConfig, generator: ChatClient, judge: ChatClient | None) -> GenerateReport:
-    """Generate, judge and write the dataset of `config` under `config.output_dir`: `<dataset_name>.jsonl` (kept
+def generate_dataset(config: GenerateConfig, generator: ModelClient, judge: ModelClient | None) -> GenerateReport:
+    """Generate, judge and write the dataset of `config` under `config.output_dir`: `config.data_file` (kept
     records, with provenance), rejects.jsonl, dataset_info.json, generate_report.json, scores.png and the
     checkpoint. Goes on from the checkpoint of an interrupted run with the same settings.
 
@@ -364,8 +399,9 @@ def generate_dataset(config: GenerateConfig, generator: ChatClient, judge: ChatC
     started = time.monotonic()
     chunks = _chunks(config)
     _refuse_foreign_output(config)
+    used = _meter(generator, judge)
     checkpoint = _Checkpoint(Path(config.output_dir) / CHECKPOINT_FILE, _settings(config, generator, judge),
-                             config.force)
+                             config.force, used)
     report = GenerateReport(chunks=len(chunks),
                             resumed=sum(key[1] != QUESTIONS for key in checkpoint.entries))
     run = _Generation(config, generator, judge, checkpoint)
@@ -376,19 +412,21 @@ def generate_dataset(config: GenerateConfig, generator: ChatClient, judge: ChatC
         report.complete, report.stopped = False, str(err)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-    for client in {id(c): c for c in (generator, judge) if c is not None}.values():
-        report.requests += client.usage.requests
-        report.prompt_tokens += client.usage.prompt_tokens
-        report.completion_tokens += client.usage.completion_tokens
+    checkpoint.close()
+    this_run, in_all = used(), checkpoint.total_usage()
+    report.requests, report.prompt_tokens, report.completion_tokens = (getattr(in_all, key) for key in _USAGE_KEYS)
+    report.run_requests, report.run_prompt_tokens, report.run_completion_tokens = (getattr(this_run, key)
+                                                                                  for key in _USAGE_KEYS)
     _write_outputs(config, chunks, checkpoint, report, generator, judge)
     report.seconds = round(time.monotonic() - started, 2)
     write_json(Path(config.output_dir) / REPORT_FILE, asdict(report))
     return report
 
 
-def preview_generation(config: GenerateConfig, generator: ChatClient, judge: ChatClient | None,
+def preview_generation(config: GenerateConfig, generator: ModelClient, judge: ModelClient | None,
                        records: int = 3) -> tuple[list[Chunk], list[dict[str, Any]]]:
-    """The chunks, and the first `records` items generated (and judged) from the first chunks; nothing written."""
+    """The chunks, and the first `records` records generated (and judged) from the first chunks, each as it would
+    be written (in `output_format`, with provenance; a reject as in rejects.jsonl) after `kept`; nothing written."""
     chunks = _chunks(config)
     run = _Generation(config, generator, judge, None)
     items: list[dict[str, Any]] = []
@@ -396,14 +434,31 @@ def preview_generation(config: GenerateConfig, generator: ChatClient, judge: Cha
         if len(items) >= records:
             break
         items.extend(run.chunk_items(chunk, previous, limit=records - len(items)))
-    return chunks, items[:records]
+    by_id = {chunk.id: chunk for chunk in chunks}
+    shown = []
+    for item in items[:records]:
+        reason, line = _written_line(item, by_id[item["chunk"]], config, generator, judge)
+        shown.append({"kept": reason is None, **line})
+    return chunks, shown
 
 
-def clients(config: GenerateConfig) -> tuple[ChatClient, ChatClient | None]:
-    """The generator's client and the judge's (None when `judge.enabled` is false)."""
-    generator = ChatClient(config.generator, role="generator")
-    judge = ChatClient(config.judge.endpoint(config.generator), role="judge") if config.judge.enabled else None
+def clients(config: GenerateConfig) -> tuple[ModelClient, ModelClient | None]:
+    """The generator's client and the judge's (None when `judge.enabled` is false); a local judge on the
+    generator's own model and adapter shares the loaded model. Close both when done."""
+    generator = open_client(config.generator, "generator")
+    judge = open_client(config.judge.endpoint(config.generator), "judge", generator) if config.judge.enabled else None
     return generator, judge
+
+
+def _meter(generator: ModelClient, judge: ModelClient | None) -> Callable[[], Usage]:
+    """What the clients have used since this call, both together (one client counted once): this run's usage."""
+    unique = list({id(client): client for client in (generator, judge) if client is not None}.values())
+
+    def total() -> list[int]:
+        return [sum(getattr(client.usage, key) for client in unique) for key in _USAGE_KEYS]
+
+    start = total()
+    return lambda: Usage(*(now - before for now, before in zip(total(), start)))
 
 
 def _chunks(config: GenerateConfig) -> list[Chunk]:
@@ -421,24 +476,38 @@ def _refuse_foreign_output(config: GenerateConfig) -> None:
                           "force=true to write there anyway.")
 
 
-def _settings(config: GenerateConfig, generator: ChatClient, judge: ChatClient | None) -> dict[str, Any]:
+def _settings(config: GenerateConfig, generator: ModelClient, judge: ModelClient | None) -> dict[str, Any]:
     """What decides the items: a run resumes only with all of these unchanged. The threshold, output format,
     max_chunks and request budgets are left out: they change what is written, not what is generated."""
     settings = to_dict(config)
-    for key in ("output_dir", "force", "output_format", "max_chunks", "dataset_name"):
+    for key in ("output_dir", "force", "output_format", "max_chunks", "dataset_name", "output_file"):
         settings.pop(key)
     settings["judge"].pop("threshold")
     settings["judge"]["api_key"] = None
-    settings["generator"] = {"base_url": generator.config.base_url, "model": generator.config.model,
-                             "max_tokens": generator.config.max_tokens}
-    settings["judge"]["endpoint"] = None if judge is None else {"base_url": judge.config.base_url,
-                                                               "model": judge.config.model}
+    for key in ("backend", "adapter"):  # the judge's endpoint below says what counts
+        settings["judge"].pop(key)
+    settings["generator"] = {**_model_settings(generator), "max_tokens": generator.config.max_tokens}
+    settings["judge"]["endpoint"] = None if judge is None else _model_settings(judge)
     settings["documents"] = _digest_files(Path(config.input))
     for key in ("template", "rubric"):
         owner = settings if key == "template" else settings["judge"]
         if owner[key]:
             owner[key] = _digest_files(Path(owner[key]))
     return json.loads(json.dumps(settings))
+
+
+def _model_settings(client: ModelClient) -> dict[str, Any]:
+    config = client.config
+    if config.backend == "local":
+        return {"backend": "local", "model": config.model, "adapter": str(config.adapter) if config.adapter else None}
+    return {"base_url": config.base_url, "model": config.model}
+
+
+def _model_label(client: ModelClient | None) -> str | None:
+    """The model named in each record's provenance."""
+    if client is None:
+        return None
+    return client.config.model if client.config.adapter is None else f"{client.config.model} + {client.config.adapter}"
 
 
 def _digest_files(path: Path) -> str:
@@ -453,18 +522,14 @@ def _digest_files(path: Path) -> str:
 
 
 def _write_outputs(config: GenerateConfig, chunks: Sequence[Chunk], checkpoint: _Checkpoint, report: GenerateReport,
-                   generator: ChatClient, judge: ChatClient | None) -> None:
+                   generator: ModelClient, judge: ModelClient | None) -> None:
     by_id = {chunk.id: chunk for chunk in chunks}
     order = {chunk.id: number for number, chunk in enumerate(chunks)}
     items = sorted((line for key, line in checkpoint.entries.items() if key[1] != QUESTIONS and key[0] in order),
                    key=lambda line: (order[line["chunk"]], line["index"]))
     kept, rejects = [], []
     for item in items:
-        chunk = by_id[item["chunk"]]
-        provenance = {"_source": chunk.source, "_span": [chunk.start, chunk.end], "_chunk": chunk.id,
-                      "_generator": generator.config.model, "_judge": judge.config.model if judge else None,
-                      "_score": item.get("score"), "_reason": item.get("reason")}
-        reason = _rejection(item, config.judge.threshold, judge is not None)
+        reason, line = _written_line(item, by_id[item["chunk"]], config, generator, judge)
         report.items += 1
         report.generated += item["messages"] is not None
         report.parse_failures += bool(item.get("error")) + bool(item.get("judge_error"))
@@ -473,18 +538,20 @@ def _write_outputs(config: GenerateConfig, chunks: Sequence[Chunk], checkpoint: 
             bucket = str(int(item["score"]))
             report.scores[bucket] = report.scores.get(bucket, 0) + 1
         if reason is None:
-            kept.append({**_as_record(item, config.output_format), **provenance})
+            kept.append(line)
         else:
             report.rejected[reason] = report.rejected.get(reason, 0) + 1
-            rejects.append({"reason": reason, **provenance, **{key: item.get(key) for key in (
-                "messages", "stage", "error", "raw", "judge_error", "judge_raw")}})
+            rejects.append(line)
     report.kept = len(kept)
     report.retried_replies += sum(line.get("attempts") == 2 for key, line in checkpoint.entries.items()
                                   if key[1] == QUESTIONS and key[0] in order)
     report.scores = dict(sorted(report.scores.items(), key=lambda pair: int(pair[0])))
     folder = Path(config.output_dir)
-    data_path = folder / f"{config.dataset_name}.jsonl"
-    write_text(data_path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in kept))
+    data_path = folder / config.data_file
+    if data_path.suffix.lower() == ".json":
+        write_json(data_path, kept)
+    else:
+        write_text(data_path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in kept))
     write_text(folder / REJECTS_FILE, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in rejects))
     _register(folder, config.dataset_name, data_path.name, config.output_format)
     report.outputs = {"data": str(data_path), "rejects": str(folder / REJECTS_FILE),
@@ -492,6 +559,21 @@ def _write_outputs(config: GenerateConfig, chunks: Sequence[Chunk], checkpoint: 
                       "report": str(folder / REPORT_FILE)}
     if report.scores:
         report.outputs["histogram"] = str(plot_scores(report.scores, config.judge.threshold, folder / HISTOGRAM_FILE))
+
+
+def _written_line(item: dict[str, Any], chunk: Chunk, config: GenerateConfig, generator: ModelClient,
+                  judge: ModelClient | None) -> tuple[str | None, dict[str, Any]]:
+    """Why the item is rejected (None: kept), and its line: the record in `output_format` with provenance, or
+    the rejects file's line."""
+    provenance = {"_source": chunk.source, "_span": [chunk.start, chunk.end], "_chunk": chunk.id,
+                  **({"_pages": list(chunk.pages)} if chunk.pages else {}),
+                  "_generator": _model_label(generator), "_judge": _model_label(judge),
+                  "_score": item.get("score"), "_reason": item.get("reason")}
+    reason = _rejection(item, config.judge.threshold, judge is not None)
+    if reason is None:
+        return None, {**_as_record(item, config.output_format), **provenance}
+    return reason, {"reason": reason, **provenance, **{key: item.get(key) for key in (
+        "messages", "stage", "error", "raw", "judge_error", "judge_raw")}}
 
 
 def _rejection(item: dict[str, Any], threshold: float, judged: bool) -> str | None:
@@ -558,8 +640,10 @@ def format_report(report: GenerateReport) -> str:
              f"rejected: {rejected}",
              f"parse failures {report.parse_failures}, replies asked twice {report.retried_replies}",
              f"scores {scores}",
-             f"this run: {report.requests} requests, {report.prompt_tokens} prompt + {report.completion_tokens} "
-             f"completion tokens, {report.seconds:.1f} s"]
+             f"this run: {report.run_requests} requests, {report.run_prompt_tokens} prompt + "
+             f"{report.run_completion_tokens} completion tokens, {report.seconds:.1f} s",
+             f"all runs: {report.requests} requests, {report.prompt_tokens} prompt + {report.completion_tokens} "
+             "completion tokens"]
     if not report.complete:
         lines.append(f"stopped early: {report.stopped}")
     lines += [f"{name}: {path}" for name, path in report.outputs.items()]

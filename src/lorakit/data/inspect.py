@@ -10,7 +10,7 @@ import difflib
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,9 @@ from lorakit.config import DataConfig
 from lorakit.data.formats import Conversation
 from lorakit.data.load import split_validation, validate_conversations
 from lorakit.data.preference import encode_pair, not_a_pair
+from lorakit.data.text import not_text
 from lorakit.data.tokenize import IGNORE_INDEX, encode
+from lorakit.data.unpaired import is_labelled, not_labelled, one_sided
 from lorakit.errors import ConfigError, DataError
 from lorakit.files import save_figure, write_json, write_text
 from lorakit.templates import Template, render_supervised
@@ -48,6 +50,8 @@ class CheckReport:
     conversations: list[Conversation] = field(default_factory=list, repr=False)
     skip_bad: bool = False
     pairs: int = 0
+    desirable: int = 0
+    undesirable: int = 0
 
 
 def check_data(config: DataConfig, stage: str = "sft") -> CheckReport:
@@ -56,16 +60,20 @@ def check_data(config: DataConfig, stage: str = "sft") -> CheckReport:
     Does not stop at a bad record, whatever `data.skip_bad` says: each one (and a validation split that cannot be
     made) is listed in `problems`, so a file is fixed in one round. Counts and the split are those of a training
     run with `data.skip_bad` on. Preference records (chosen/rejected) are checked for a non-empty prompt and two
-    different non-empty answers; with `stage` dpo a record that is not a pair is a problem too. Raises DataError
-    only where a dataset cannot be read at all (e.g. a missing file).
+    different non-empty answers, KTO labels for being true or false. A record the `stage` cannot train is a problem
+    too: not a pair (dpo, orpo, simpo), without a label (kto: also data of one kind only), not plain text (pt).
+    Raises DataError only where a dataset cannot be read at all (e.g. a missing file).
     """
     conversations, summary = validate_conversations(config)
     problems = list(summary.problems)
-    if stage == "dpo":
-        problems += [not_a_pair(conversation) for conversation in conversations if conversation.rejected is None]
+    trainable, problem_of = _stage_records(stage)
+    if trainable is not None:
+        problems += [problem_of(conversation) for conversation in conversations if not trainable(conversation)]
         summary.skipped += len(problems) - len(summary.problems)
-        conversations = [conversation for conversation in conversations if conversation.rejected is not None]
+        conversations = [conversation for conversation in conversations if trainable(conversation)]
         summary.used = len(conversations)
+    if stage == "kto" and conversations:
+        problems += [problem for problem in [one_sided(conversations, ", ".join(config.paths))] if problem]
     train, validation = len(conversations), 0
     if conversations:
         try:
@@ -76,7 +84,20 @@ def check_data(config: DataConfig, stage: str = "sft") -> CheckReport:
     return CheckReport(read=summary.read, used=summary.used, skipped=summary.skipped,
                        per_source=dict(summary.per_source), formats=dict(summary.formats), problems=problems,
                        train=train, validation=validation, conversations=conversations, skip_bad=config.skip_bad,
-                       pairs=sum(conversation.rejected is not None for conversation in conversations))
+                       pairs=sum(conversation.rejected is not None for conversation in conversations),
+                       desirable=sum(conversation.desirable is True for conversation in conversations),
+                       undesirable=sum(conversation.desirable is False for conversation in conversations))
+
+
+def _stage_records(stage: str) -> tuple[Callable[[Conversation], bool] | None, Callable[[Conversation], str]]:
+    """Which records `stage` trains on, and the problem of one it cannot (None: it trains on any)."""
+    if stage in ("dpo", "orpo", "simpo"):
+        return (lambda conversation: conversation.rejected is not None), lambda c: not_a_pair(c, stage)
+    if stage == "kto":
+        return is_labelled, not_labelled
+    if stage == "pt":
+        return (lambda conversation: conversation.text is not None), not_text
+    return None, str
 
 
 def format_check(report: CheckReport, shown: int = 10) -> str:
@@ -86,6 +107,8 @@ def format_check(report: CheckReport, shown: int = 10) -> str:
         lines.append(f"  {source}: {count} records ({report.formats.get(source, 'unknown')} format)")
     if report.pairs:
         lines.append(f"Preference pairs (chosen and rejected): {report.pairs}.")
+    if report.desirable or report.undesirable:
+        lines.append(f"KTO labels: {report.desirable} desirable, {report.undesirable} undesirable.")
     if report.validation:
         lines.append(f"Split: {report.train} for training, {report.validation} for validation.")
     if not report.problems:
@@ -109,6 +132,12 @@ def format_check(report: CheckReport, shown: int = 10) -> str:
 
 # "data/train.jsonl, line 17: ", "data/train.json, record 3 (line 9): ", "x.parquet, row 2: " at a problem's start.
 _ORIGIN = re.compile(r"^.*?, (?:line|record|row) \d+(?: \(line \d+\))?: ")
+
+
+def split_origin(problem: str) -> tuple[str, str]:
+    """A problem's origin ("data/train.jsonl, line 17") and the rest of its message; ("", problem) without one."""
+    match = _ORIGIN.match(problem)
+    return (match.group(0)[:-2], problem[match.end():]) if match else ("", problem)
 
 
 def problem_kinds(problems: Sequence[str]) -> dict[str, int]:
@@ -176,6 +205,9 @@ class DataStats:
     # Preference pairs only: token counts of each side's answer (its end-of-turn marker included).
     chosen_lengths: list[int] = field(default_factory=list, repr=False)
     rejected_lengths: list[int] = field(default_factory=list, repr=False)
+    # KTO labels: records whose answer is labelled desirable, undesirable.
+    desirable: int = 0
+    undesirable: int = 0
 
     @property
     def truncated_share(self) -> float:
@@ -238,7 +270,8 @@ def dataset_stats(conversations: Sequence[Conversation], tokenizer: PreTrainedTo
         text_records=sum(c.text is not None for c in conversations),
         cjk=sum(bool(_CJK.search(_all_text(c))) for c in conversations), duplicates=duplicates,
         duplicate_examples=examples, lengths=lengths, chosen_lengths=chosen_lengths,
-        rejected_lengths=rejected_lengths)
+        rejected_lengths=rejected_lengths, desirable=sum(c.desirable is True for c in conversations),
+        undesirable=sum(c.desirable is False for c in conversations))
 
 
 def _answer_lengths(conversations: Sequence[Conversation], tokenizer: PreTrainedTokenizerBase, template: Template,
@@ -275,7 +308,8 @@ def _all_text(conversation: Conversation) -> str:
 
 def _canonical(conversation: Conversation) -> str:
     return json.dumps({"messages": conversation.messages, "tools": conversation.tools, "text": conversation.text,
-                       "rejected": conversation.rejected}, sort_keys=True, ensure_ascii=False, default=str)
+                       "rejected": conversation.rejected, "desirable": conversation.desirable}, sort_keys=True,
+                      ensure_ascii=False, default=str)
 
 
 def _duplicates(conversations: Sequence[Conversation]) -> tuple[int, list[tuple[str, str]]]:
@@ -314,6 +348,10 @@ def format_stats(stats: DataStats) -> str:
                       f"({longer / len(stats.chosen_lengths):.1%})",
                       f"Chosen answer    {_describe_lengths(stats.chosen_lengths)} tokens",
                       f"Rejected answer  {_describe_lengths(stats.rejected_lengths)} tokens"]
+    if stats.desirable or stats.undesirable:
+        labelled = stats.desirable + stats.undesirable
+        lines.insert(2, f"KTO labels       {stats.desirable} desirable ({stats.desirable / labelled:.1%}), "
+                        f"{stats.undesirable} undesirable")
     lines += [f"  {repeat} repeats {first}" for repeat, first in stats.duplicate_examples]
     if stats.duplicates > len(stats.duplicate_examples):
         lines.append(f"  ... and {stats.duplicates - len(stats.duplicate_examples)} more.")
@@ -322,6 +360,11 @@ def format_stats(stats: DataStats) -> str:
 
 def plot_length_histogram(lengths: Sequence[int], max_seq_len: int, path: Path, overlong: str = "truncate") -> Path:
     """Draw a histogram of token lengths with the `max_seq_len` cut-off marked; write it to `path` as a PNG."""
+    return save_figure(length_histogram(lengths, max_seq_len, overlong), path)
+
+
+def length_histogram(lengths: Sequence[int], max_seq_len: int, overlong: str = "truncate") -> Any:
+    """The token-length histogram with the `max_seq_len` cut-off marked, as a matplotlib Figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -338,7 +381,33 @@ def plot_length_histogram(lengths: Sequence[int], max_seq_len: int, path: Path, 
     axes.set_ylabel("records")
     axes.legend()
     figure.tight_layout()
-    return save_figure(figure, path)
+    return figure
+
+
+@dataclass(frozen=True)
+class PreviewBlock:
+    """One example as the model will see it: a header, the text in pieces each marked trained (loss-bearing) or
+    not, and a note on what max_seq_len cut off. `marks` says whether the text form marks trained pieces."""
+
+    header: str
+    pieces: list[tuple[str, bool]]
+    note: str = ""
+    marks: bool = False
+
+    def marked(self) -> str:
+        """The block as text, trained pieces between «...»."""
+        header = self.header
+        if self.marks:
+            header = header.removesuffix(" ===") + f", between {TRAINED_START} {TRAINED_END} ==="
+        parts, inside = [], False
+        for piece, trained in self.pieces:
+            if trained != inside:
+                parts.append(TRAINED_START if trained else TRAINED_END)
+                inside = trained
+            parts.append(piece)
+        if inside:
+            parts.append(TRAINED_END)
+        return header + "\n" + "".join(parts) + self.note
 
 
 def preview(conversations: Sequence[Conversation], tokenizer: PreTrainedTokenizerBase, template: Template,
@@ -347,12 +416,18 @@ def preview(conversations: Sequence[Conversation], tokenizer: PreTrainedTokenize
 
     The marks come from the token labels after truncation, so what is marked is exactly what trains.
     """
+    return [block.marked() for block in preview_blocks(conversations, tokenizer, template, config, count)]
+
+
+def preview_blocks(conversations: Sequence[Conversation], tokenizer: PreTrainedTokenizerBase, template: Template,
+                   config: DataConfig, count: int) -> list[PreviewBlock]:
+    """The first `count` examples as `preview` shows them, as pieces marked trained or not (for a page to colour)."""
     return [_preview_one(conversation, index, tokenizer, template, config)
             for index, conversation in enumerate(conversations[:count], start=1)]
 
 
 def _preview_one(conversation: Conversation, index: int, tokenizer: PreTrainedTokenizerBase, template: Template,
-                 config: DataConfig) -> str:
+                 config: DataConfig) -> PreviewBlock:
     encoded = encode(conversation, tokenizer, template, config)
     pieces = _token_pieces(conversation, encoded.input_ids, tokenizer, template, config)
     kept, labels = len(encoded.input_ids), encoded.labels
@@ -361,30 +436,16 @@ def _preview_one(conversation: Conversation, index: int, tokenizer: PreTrainedTo
         if config.overlong == "drop":
             header = (f"=== {index}. {conversation.origin}: {kept} tokens, longer than max_seq_len="
                       f"{config.max_seq_len}, so dropped; nothing in it trains ===")
-            return header + "\n" + "".join(pieces)
+            return PreviewBlock(header, [("".join(pieces), False)])
         kept, labels = config.max_seq_len, labels[: config.max_seq_len]
         note = (f"\n[... {encoded.full_length - kept} more tokens cut by max_seq_len={config.max_seq_len}; "
                 "the model never sees them]")
     trained = sum(label != IGNORE_INDEX for label in labels)
-    if trained == 0 or all(label == IGNORE_INDEX for label in labels[1:]):
-        status = "no trained token left, so dropped"
-    else:
-        status = f"{trained} trained, between {TRAINED_START} {TRAINED_END}"
+    dropped = trained == 0 or all(label == IGNORE_INDEX for label in labels[1:])
+    status = "no trained token left, so dropped" if dropped else f"{trained} trained"
     header = f"=== {index}. {conversation.origin}: {kept} tokens, {status} ==="
-    return header + "\n" + _mark(pieces[:kept], labels) + note
-
-
-def _mark(pieces: list[str], labels: list[int]) -> str:
-    parts, inside = [], False
-    for piece, label in zip(pieces, labels):
-        trained = label != IGNORE_INDEX
-        if trained != inside:
-            parts.append(TRAINED_START if trained else TRAINED_END)
-            inside = trained
-        parts.append(piece)
-    if inside:
-        parts.append(TRAINED_END)
-    return "".join(parts)
+    pieces = [(piece, label != IGNORE_INDEX) for piece, label in zip(pieces[:kept], labels)]
+    return PreviewBlock(header, pieces, note, marks=not dropped)
 
 
 def _token_pieces(conversation: Conversation, ids: list[int], tokenizer: PreTrainedTokenizerBase,

@@ -1,6 +1,6 @@
-"""Preference pairs for stage dpo: `load_preferences()` keeps records with a chosen and a rejected answer, and
-`tokenize_preferences()` turns each into prompt/chosen/rejected token ids, rendered with lorakit's own chat template
-(the one inference uses), exactly as SFT renders a conversation.
+"""Preference pairs for stages dpo, orpo and simpo: `load_preferences()` keeps records with a chosen and a rejected
+answer, and `tokenize_preferences()` turns each into prompt/chosen/rejected token ids, rendered with lorakit's own
+chat template (the one inference uses), exactly as SFT renders a conversation.
 """
 
 from __future__ import annotations
@@ -40,14 +40,14 @@ def load_preferences(config: DataConfig) -> tuple[list[Conversation], LoadSummar
         summary.skipped += 1
     if not pairs:
         raise DataError(f"{', '.join(config.paths)}: no preference pairs (records with chosen and rejected) to "
-                        "train stage dpo on.")
+                        "train a pairwise preference stage (dpo, orpo, simpo) on.")
     summary.used = len(pairs)
     return pairs, summary
 
 
-def not_a_pair(conversation: Conversation) -> str:
-    """The problem of an ordinary (SFT) record met where stage dpo needs a preference pair."""
-    return (f"{conversation.origin}: no rejected answer. Stage dpo trains on preference pairs: each record needs "
+def not_a_pair(conversation: Conversation, stage: str = "dpo") -> str:
+    """The problem of an ordinary (SFT) record met where `stage` (dpo, orpo, simpo) needs a preference pair."""
+    return (f"{conversation.origin}: no rejected answer. Stage {stage} trains on preference pairs: each record needs "
             "'chosen' and 'rejected' (LLaMA-Factory ranking records, or prompt/chosen/rejected).")
 
 
@@ -62,9 +62,7 @@ def encode_pair(conversation: Conversation, tokenizer: PreTrainedTokenizerBase, 
                 config: DataConfig) -> EncodedPair:
     """Prompt ids (through the assistant's generation prompt) and the two answers' ids, each ending at its
     end-of-turn marker, from one rendering of each whole conversation."""
-    messages = list(conversation.messages)
-    if config.system is not None and messages[0]["role"] != "system":
-        messages.insert(0, {"role": "system", "content": config.system})
+    messages = _with_system(conversation, config)
     rejected = [*messages[:-1], {"role": "assistant", "content": conversation.rejected}]
     tools = list(conversation.tools) if conversation.tools else None
     chosen_prompt, chosen_ids = _split_last_answer(messages, tokenizer, template, tools, config.thinking)
@@ -73,6 +71,21 @@ def encode_pair(conversation: Conversation, tokenizer: PreTrainedTokenizerBase, 
     # Tokens merging across the answer's start could differ between the two; what differs belongs to the answers.
     return EncodedPair(chosen_prompt[:shared], chosen_prompt[shared:] + chosen_ids,
                        rejected_prompt[shared:] + rejected_ids)
+
+
+def encode_answer(conversation: Conversation, tokenizer: PreTrainedTokenizerBase, template: Template,
+                  config: DataConfig) -> tuple[list[int], list[int]]:
+    """Prompt ids (through the assistant's generation prompt) and the last answer's ids (to its end-of-turn marker)
+    of one conversation, rendered once as SFT renders it."""
+    tools = list(conversation.tools) if conversation.tools else None
+    return _split_last_answer(_with_system(conversation, config), tokenizer, template, tools, config.thinking)
+
+
+def _with_system(conversation: Conversation, config: DataConfig) -> list[dict[str, Any]]:
+    messages = list(conversation.messages)
+    if config.system is not None and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": config.system})
+    return messages
 
 
 def _split_last_answer(messages: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase, template: Template,

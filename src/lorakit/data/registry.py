@@ -14,9 +14,9 @@ REGISTRY_FILE = "dataset_info.json"
 
 # LLaMA-Factory column names -> lorakit's canonical field names, per formatting.
 _ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output", "history": "history",
-                   "system": "system", "chosen": "chosen", "rejected": "rejected"}
+                   "system": "system", "chosen": "chosen", "rejected": "rejected", "kto_tag": "label"}
 _SHAREGPT_COLUMNS = {"messages": "messages", "system": "system", "tools": "tools", "chosen": "chosen",
-                     "rejected": "rejected"}
+                     "rejected": "rejected", "kto_tag": "label"}
 _TAG_NAMES = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant",
               "system_tag": "system", "observation_tag": "observation", "function_tag": "function"}
 

@@ -170,18 +170,7 @@ def format_markdown(report: dict[str, Any], radar: Path | None = None, deltas: P
             lines += [f"![{caption}]({image.name})", ""]
     lines += ["## All scores", "", "| score | " + " | ".join(models) + " | n |",
               "|---|" + "---|" * (len(models) + 1)]
-    for key, score in ref_scores.items():
-        cells = []
-        for model in models:
-            other = report["scores"][model].get(key)
-            if other is None:
-                cells.append("-")
-                continue
-            stderr = f" ±{_display_margin(other, other['stderr'])[1:]}" if other.get("stderr") is not None else ""
-            cells.append(_display(other, other["value"]) + stderr)
-        arrow = "" if score["higher_is_better"] else " (lower is better)"
-        count = f"{int(score['n'])}" if score.get("n") else "-"
-        lines.append(f"| {key}{arrow} | " + " | ".join(cells) + f" | {count} |")
+    lines += ["| " + " | ".join(row) + " |" for row in score_rows(report)]
     lines += ["", "## How noise is judged", "",
               f"A change counts only when it exceeds {sigmas:g} standard errors of the difference. When both "
               "models answered the same questions (accuracies, ROUGE, F1 per sample), that is the standard error "
@@ -190,6 +179,25 @@ def format_markdown(report: dict[str, Any], radar: Path | None = None, deltas: P
               f"with no standard error (loss, perplexity) count as changed beyond {RELATIVE_THRESHOLD:.0%} relative. "
               "Table values are ± one standard error (binomial for accuracies); percentages are shown ×100.", ""]
     return "\n".join(lines)
+
+
+def score_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The "All scores" table as text cells: the score (marked when lower is better), each model's value ± one
+    standard error, and the number of samples."""
+    rows = []
+    for key, score in report["scores"][report["reference"]].items():
+        cells = []
+        for model in report["models"]:
+            other = report["scores"][model].get(key)
+            if other is None:
+                cells.append("-")
+                continue
+            stderr = f" ±{_display_margin(other, other['stderr'])[1:]}" if other.get("stderr") is not None else ""
+            cells.append(_display(other, other["value"]) + stderr)
+        arrow = "" if score["higher_is_better"] else " (lower is better)"
+        count = f"{int(score['n'])}" if score.get("n") else "-"
+        rows.append([f"{key}{arrow}", *cells, count])
+    return rows
 
 
 def _radar_axes(report: dict[str, Any]) -> list[str]:

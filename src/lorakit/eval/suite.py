@@ -93,12 +93,16 @@ def quick_tasks(paths: Sequence[str]) -> tuple[EvalTaskConfig, ...]:
 def evaluate_run(run: EvalRunConfig, suite_overrides: Sequence[str] = (),
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole `lorakit eval` road: resolve the models, build the suite, evaluate, write the report under
-    `run.output_dir`; returns the report."""
+    `run.output_dir`; returns the report. status.json there says whether it is running, finished or failed (what
+    the web UI shows of an evaluation it started as a job)."""
+    from lorakit.runs import track_status
+
     specs = model_specs(run.base, run.adapters, run.models)
     suite = build_suite(run, suite_overrides)
     log(f"Evaluating {', '.join(spec.label for spec in specs)} on {len(suite.tasks)} task(s) of '{suite.name}'.")
     model_config = ModelConfig(name=specs[0].base, dtype=run.dtype, device=run.device)
-    return run_eval(suite, specs, run.output_dir, model_config, use_cache=run.use_cache, log=log)
+    with track_status(run.output_dir):
+        return run_eval(suite, specs, run.output_dir, model_config, use_cache=run.use_cache, log=log)
 
 
 def _base_label(base: str) -> str:

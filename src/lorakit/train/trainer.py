@@ -32,6 +32,8 @@ from lorakit.config import TrainConfig, save_config, to_dict
 from lorakit.data import LoadSummary, TokenizeSummary, data_files, load_conversations, pad_batch, split_validation
 from lorakit.data import cache, tokenize_conversations
 from lorakit.data.preference import load_preferences, tokenize_preferences
+from lorakit.data.text import load_texts, tokenize_texts
+from lorakit.data.unpaired import load_unpaired, tokenize_unpaired
 from lorakit.errors import ConfigError
 from lorakit.files import atomic_dir, save_figure, sha256_file, write_json, write_text
 from lorakit.model import prepare_for_training, resolve_device
@@ -40,6 +42,8 @@ from lorakit.runs import (ADAPTER_DIR, CHECKPOINT_DIR, MODEL_DIR, RunProgressFil
                           write_settings)
 from lorakit.templates import Template, install_template, resolve_template
 from lorakit.train.lora_layers import use_fast_dropout, use_fast_lora_forward
+from lorakit.train.distributed import (is_main_process, local_process_count, smallest_on_every_process,
+                                      true_on_any_process)
 from lorakit.train.loss import ChunkedLossTrainer
 from lorakit.train.memory import available_memory, fit_micro_batch
 from lorakit.train.packing import concatenate_batch, supports_padding_free, use_varlen_attention
@@ -61,7 +65,8 @@ class PreparedData:
 def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> PreparedData:
     """Load, validate, split and tokenise the configured datasets, or load the tokens cached by an earlier run.
 
-    Stage sft gets input_ids/labels, stage dpo prompt_ids/chosen_ids/rejected_ids (data/preference.py).
+    Stages sft and pt get input_ids/labels (pt: plain text in blocks, data/text.py), dpo, orpo and simpo
+    prompt_ids/chosen_ids/rejected_ids (data/preference.py), kto prompt_ids/completion_ids/label (data/unpaired.py).
     """
     template = resolve_template(config.data.template, tokenizer)
     key = cache.cache_key(config.data, tokenizer, template.jinja, config.stage) if config.data.cache_tokens else None
@@ -80,8 +85,7 @@ def prepare_data(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> Pre
 
 
 def _tokenize_from_scratch(config: TrainConfig, tokenizer: PreTrainedTokenizerBase, template: Template) -> PreparedData:
-    load, tokenize = ((load_preferences, tokenize_preferences) if config.stage == "dpo"
-                      else (load_conversations, tokenize_conversations))
+    load, tokenize = _STAGE_DATA.get(config.stage, (load_conversations, tokenize_conversations))
     conversations, load_summary = load(config.data)
     splits = split_validation(conversations, config.data.val_size, config.data.seed)
     train_set, train_summary = tokenize(splits.train, tokenizer, template, config.data)
@@ -91,13 +95,22 @@ def _tokenize_from_scratch(config: TrainConfig, tokenizer: PreTrainedTokenizerBa
     return PreparedData(train_set, validation_set, template, load_summary, train_summary, validation_summary)
 
 
+_STAGE_DATA = {"pt": (load_texts, tokenize_texts), "dpo": (load_preferences, tokenize_preferences),
+               "kto": (load_unpaired, tokenize_unpaired), "orpo": (load_preferences, tokenize_preferences),
+               "simpo": (load_preferences, tokenize_preferences)}
+
+
 def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData, config: TrainConfig,
               progress: ProgressTarget, stop: threading.Event | None) -> Path:
-    """Stage sft for `train()` (run.py): fit `data`'s input_ids/labels and write the run folder; return it."""
+    """Stages sft and pt for `train()` (run.py): fit `data`'s input_ids/labels and write the run folder; return it.
+
+    Stage pt with a validation split also measures the held-out perplexity before and after training, into
+    metrics.json (`perplexity_before`, `perplexity_after`, and `heldout_loss_*` in place of the final `eval_loss`).
+    """
     output_dir = config.output_dir
-    save_config(config, output_dir / "config.yaml")  # now, so an interrupted or failed run still says what it was
     resume_from = checkpoint_to_resume(config)
     torch.manual_seed(config.seed)
+    before = _pretrain_perplexity(model, tokenizer, data, config, progress)
     model = prepare_for_training(model, config)
     on_cpu = resolve_device(config.model.device).type == "cpu"
     if on_cpu:
@@ -115,11 +128,25 @@ def train_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: 
         speedups.callback(use_fast_lora_forward(model))
         watcher = ProgressCallback(reporter(progress), stop, RunProgressFiles(output_dir))
         trainer = _build_trainer(model, tokenizer, data, config, padding_free, watcher)
-        metrics = run_trainer(trainer, watcher, resume_from, data.validation is not None)
+        # Stage pt measures the held-out set itself after training; the Trainer's final pass would repeat it.
+        metrics = run_trainer(trainer, watcher, resume_from, data.validation is not None and before is None)
         if isinstance(trainer, ChunkedLossTrainer):
             trainer.loss_workspace.release()
+    if before is not None:
+        after = _pretrain_perplexity(model, tokenizer, data, config, progress)
+        metrics.update(perplexity_before=before["perplexity"], perplexity_after=after["perplexity"],
+                       heldout_loss_before=before["loss"], heldout_loss_after=after["loss"])
     save_outputs(trainer, tokenizer, data, config, metrics)
     return output_dir
+
+
+def _pretrain_perplexity(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, data: PreparedData,
+                         config: TrainConfig, progress: ProgressTarget) -> dict[str, float] | None:
+    if config.stage != "pt" or data.validation is None:
+        return None
+    from lorakit.train.pretrain import heldout_perplexity  # imports the evaluation stage, which SFT runs do without
+
+    return heldout_perplexity(model, tokenizer, data.validation, config.batch_size, progress)
 
 
 def run_trainer(trainer: Trainer, watcher: ProgressCallback, resume_from: str | None,
@@ -142,8 +169,16 @@ def _fit_memory(model: PreTrainedModel, data: PreparedData, config: TrainConfig)
 
     lengths = [min(n, config.data.max_seq_len) for n in data.train_summary.lengths] or \
         [len(ids) for ids in data.train["input_ids"]]
-    available = available_memory(resolve_device(config.model.device))
+    device = resolve_device(config.model.device)
+    # Processes on one machine share its RAM; each GPU process has a GPU of its own.
+    available = available_memory(device) // (local_process_count() if device.type == "cpu" else 1)
     fitted, estimate = fit_micro_batch(model, lengths, config, available)
+    batch_size = smallest_on_every_process(fitted.batch_size)  # DDP steps every rank through the same batch shape
+    if batch_size != fitted.batch_size:
+        fitted = replace(config, batch_size=batch_size,
+                         gradient_accumulation=config.gradient_accumulation * config.batch_size // batch_size)
+    if not is_main_process():
+        return fitted
     console = Console(stderr=True, highlight=False)
     console.print(f"{estimate.describe()}; available {available / 2**30:.1f} GiB")
     if fitted.batch_size != config.batch_size:
@@ -166,7 +201,7 @@ def checkpoint_to_resume(config: TrainConfig) -> str | None:
 
 def training_arguments(config: TrainConfig, has_validation: bool, steps_per_epoch: int,
                        bf16: bool) -> dict[str, Any]:
-    """The Trainer's arguments from `config`, as keywords (stage dpo adds its own and builds TRL's DPOConfig)."""
+    """The Trainer's arguments from `config`, as keywords (the preference stages add their own for TRL's configs)."""
     device = resolve_device(config.model.device)
     evaluate_by = "no"
     if has_validation:
@@ -280,8 +315,11 @@ class ProgressCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self._send(state)
+        # Every process leaves at the same step, or the others would wait for it in the next gradient all-reduce.
+        stop_asked = self.stop is not None and true_on_any_process(self.stop.is_set())
         # A stop asked for at the last step changes nothing: the run is complete.
-        if self.stop is not None and self.stop.is_set() and not self.stopped and state.global_step < state.max_steps:
+        if stop_asked and not self.stopped and state.global_step < state.max_steps:
+            self.stop.set()  # also where another process was asked: the caller sees why training ended
             self.stopped = True
             control.should_save = True
             control.should_training_stop = True
@@ -312,11 +350,17 @@ class ProgressCallback(TrainerCallback):
 
 def save_outputs(trainer: Trainer, tokenizer: PreTrainedTokenizerBase, data: PreparedData, config: TrainConfig,
                   metrics: dict[str, Any]) -> None:
+    """Write the run folder from the main process (rank 0); the other processes only help gather sharded weights."""
     output_dir = config.output_dir
     weights_dir = output_dir / (ADAPTER_DIR if config.finetuning == "lora" else MODEL_DIR)
     template = replace(data.template, thinking=config.data.thinking, system=data.train_summary.shared_system)
+    # FSDP and DeepSpeed ZeRO-3 shard the weights: every process takes part in gathering them.
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    state_dict = trainer.accelerator.get_state_dict(trainer.model_wrapped) if sharded else None
+    if not is_main_process():
+        return
     with atomic_dir(weights_dir) as tmp:
-        trainer.model.save_pretrained(tmp)
+        trainer.model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         write_settings(tmp, config.model.name, config.finetuning, template)
     save_config(config, output_dir / "config.yaml")
@@ -382,14 +426,18 @@ def plot_loss(log_history: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_rewards(log_history: list[dict[str, Any]], path: Path) -> None:
-    """Stage dpo: reward accuracy and chosen-minus-rejected margin, train and eval, against the step, as a PNG."""
+    """The preference stages: reward accuracy (kto, which has no pairs: the desirable answers' reward) and the
+    chosen-minus-rejected margin, train and eval, against the step, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, (accuracy, margin) = plt.subplots(1, 2, figsize=(11, 4))
-    _plot_series(accuracy, log_history, "rewards/accuracies", "reward accuracy")
+    if any("rewards/accuracies" in entry for entry in log_history):
+        _plot_series(accuracy, log_history, "rewards/accuracies", "reward accuracy")
+    else:
+        _plot_series(accuracy, log_history, "rewards/chosen", "reward of the desirable answers")
     _plot_series(margin, log_history, "rewards/margins", "reward margin (chosen - rejected)")
     figure.suptitle("lorakit preference training")
     figure.tight_layout()

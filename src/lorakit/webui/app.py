@@ -12,11 +12,12 @@ from typing import Any
 import gradio as gr
 
 from lorakit.config import WebUIConfig
-from lorakit.webui import chat_tab, export_tab, train_tab
+from lorakit.webui import chat_tab, data_tab, eval_tab, export_tab, train_tab
 from lorakit.webui.i18n import LANGUAGE_NAMES, text
 from lorakit.webui.page import Page
 
-TABS = [("train", train_tab), ("chat", chat_tab), ("export", export_tab)]  # (i18n key tab.<name> and elem_id tab-<name>, module with build(page))
+# (i18n key tab.<name> and elem_id tab-<name>, module with build(page))
+TABS = [("train", train_tab), ("data", data_tab), ("evaluate", eval_tab), ("chat", chat_tab), ("export", export_tab)]
 
 
 def build_app(config: WebUIConfig) -> gr.Blocks:
@@ -31,6 +32,8 @@ def build_app(config: WebUIConfig) -> gr.Blocks:
         for name, module in TABS:
             with page.add(gr.Tab(text(f"tab.{name}", language), elem_id=f"tab-{name}"), f"tab.{name}"):
                 module.build(page)
+        for hook in page.hooks:
+            hook()
         components = [component for component, _ in page.labelled]
         switch.change(lambda name: _relabel(name, page.labelled), switch, [page.lang, *components])
     return app

@@ -19,7 +19,7 @@ from lorakit.config import GenerationConfig, ModelConfig, WebUIConfig
 from lorakit.errors import ConfigError
 from lorakit.infer import Chat, inference_model, load_for_inference
 from lorakit.runs import open_run
-from lorakit.webui.safety import allowed_folders, confine, confine_model, shown_path
+from lorakit.webui.safety import allowed_folders, confine, confine_model, display_path
 
 NO_ADAPTER = "none"  # the adapter choice that talks to the base model alone
 
@@ -33,7 +33,10 @@ class ChatTarget:
 
     def describe(self) -> str:
         """The model and adapter, folders shown from the working directory where they lie in it."""
-        return shown_path(self.model.name) + (f" + {shown_path(self.adapter_dir)}" if self.adapter_dir else "")
+        cwd = Path.cwd()
+        adapter = f" + {display_path(self.adapter_dir, cwd)}" if self.adapter_dir else ""
+        return (display_path(Path(self.model.name), cwd) if Path(self.model.name).is_absolute() else self.model.name) \
+            + adapter
 
 
 def chat_target(model: str | None, adapter: str | None, config: WebUIConfig, cwd: Path | None = None) -> ChatTarget:

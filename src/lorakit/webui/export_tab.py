@@ -5,6 +5,8 @@ the export ran (merge check, perplexity of each GGUF) in a table, read from the 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 import pandas as pd
 
@@ -15,7 +17,7 @@ from lorakit.webui.chat_session import adapter_runs, model_runs
 from lorakit.webui.export_form import KINDS, export_request, export_status, start_export, verification
 from lorakit.webui.i18n import text
 from lorakit.webui.page import Page
-from lorakit.webui.safety import allowed_folders, confine, shown_path
+from lorakit.webui.safety import allowed_folders, confine, display_path
 
 REFRESH_SECONDS = 1.0
 LOG_LINES = 30
@@ -74,7 +76,7 @@ def _live_view(config: WebUIConfig, language: str, run: str | None):
     if current is None:
         return text("export.none", language), _table([], language), ""
     line = text("state", language, state=text(f"state.{current.state}", language))
-    where = f" · `{shown_path(current.output)}`" if current.output is not None else ""
+    where = f" · `{display_path(current.output, Path.cwd())}`" if current.output is not None else ""
     reason = f"  \n{current.reason}" if current.reason else ""
     log = "\n".join(current.log.splitlines()[-LOG_LINES:])
     return f"{current.kind}: {line}{where}{reason}", _table(verification(current), language), log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,8 @@ class Page:
     """One page being built: each tab's `build(page)` adds its components and events to it.
 
     `language` is the language the page opens in; `lang` holds the one chosen on the page, for event handlers.
-    Components added with `add(component, key)` are relabelled when the language changes.
+    Components added with `add(component, key)` are relabelled when the language changes. A tab that wires an
+    event to another tab's component does it in a hook given to `after_tabs`, run once every tab is built.
     """
 
     config: WebUIConfig
@@ -24,6 +26,7 @@ class Page:
     lang: gr.State
     language: str
     labelled: list[tuple[Any, str]] = field(default_factory=list)
+    hooks: list[Callable[[], None]] = field(default_factory=list)
 
     def add(self, component: Any, key: str) -> Any:
         self.labelled.append((component, key))
@@ -35,6 +38,13 @@ class Page:
         component.label, component.info = self.text(key), self.text(f"{key}.info")
         component.elem_id = key.replace(".", "-").replace("_", "-")
         return self.add(component, key)
+
+    def find(self, key: str) -> Any:
+        """The component added with `key` (the first one, where several share it)."""
+        return next(component for component, name in self.labelled if name == key)
+
+    def after_tabs(self, hook: Callable[[], None]) -> None:
+        self.hooks.append(hook)
 
     def text(self, key: str, **values: Any) -> str:
         return text(key, self.language, **values)

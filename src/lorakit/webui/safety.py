@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from lorakit.config import WebUIConfig
 from lorakit.errors import ConfigError
 
 UPLOAD_DIR = "webui-uploads"
+SEARCH_DEPTH = 3  # folders below the working directory searched for files to offer (data, suites)
 
 
 def allowed_folders(config: WebUIConfig, cwd: Path | None = None) -> tuple[Path, ...]:
@@ -46,13 +47,6 @@ def confine_model(name: str, allowed: Sequence[Path], cwd: Path | None = None) -
     return str(confine(name, allowed, cwd)) if looks_like_path else name
 
 
-def shown_path(name: str | Path, cwd: Path | None = None) -> str:
-    """A path as the page shows it: from the working directory where it lies in it, else as it is."""
-    cwd = Path.cwd() if cwd is None else cwd
-    path = Path(name)
-    return str(path.relative_to(cwd)) if path.is_absolute() and path.is_relative_to(cwd) else str(name)
-
-
 def keep_upload(uploaded: Path, config: WebUIConfig, cwd: Path | None = None) -> Path:
     """Copy an uploaded file into `outputs/webui-uploads/` and return the copy; ConfigError above the size limit."""
     uploaded = Path(uploaded)
@@ -66,3 +60,28 @@ def keep_upload(uploaded: Path, config: WebUIConfig, cwd: Path | None = None) ->
     target = folder / Path(uploaded.name).name
     shutil.copyfile(uploaded, target)
     return target
+
+
+def files_under(folder: Path, depth: int, skip: Path | None = None) -> Iterator[Path]:
+    """Files in `folder` and up to `depth` folders below, leaving out hidden ones, `skip` (the run folders) and
+    model folders (their config and tokenizer JSON are no datasets)."""
+    try:
+        children = sorted(folder.iterdir())
+    except OSError:
+        return
+    if any((folder / marker).is_file() for marker in ("config.json", "adapter_config.json")):
+        return
+    for child in children:
+        if child.name.startswith(".") or child.is_symlink():
+            continue
+        if child.is_dir():
+            if depth > 0 and child.resolve() != skip:
+                yield from files_under(child, depth - 1, skip)
+        else:
+            yield child
+
+
+def display_path(path: Path, cwd: Path) -> str:
+    """`path` relative to the working directory where it lies inside it, else absolute."""
+    path = Path(path).resolve()
+    return str(path.relative_to(cwd.resolve())) if path.is_relative_to(cwd.resolve()) else str(path)

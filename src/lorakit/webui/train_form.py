@@ -68,8 +68,7 @@ def train_overrides(values: dict[str, Any], config: WebUIConfig, cwd: Path | Non
     if not re.fullmatch(r"[\w.-]+", run_name) or run_name in (".", ".."):
         raise ConfigError(f"Run name '{run_name}' must be a plain folder name (letters, digits, _ . -), no slashes.")
     data = confine(str(values.get("data_path") or ""), allowed, cwd)
-    model = confine_model(str(values.get("model") or ""), allowed, cwd)
-    overrides = [f"model.name={json.dumps(model) if Path(model).is_absolute() else model}",
+    overrides = [f"model.name={model_override(str(values.get('model') or ''), allowed, cwd)}",
                  *_METHOD_OVERRIDES[method], f"data.paths={json.dumps([str(data)])}",
                  f"output_dir={json.dumps(str(config.outputs / run_name))}"]
     for field in FIELDS:
@@ -90,6 +89,13 @@ def build_train_config(values: dict[str, Any], config: WebUIConfig,
 def train_command(overrides: list[str]) -> str:
     """The shell command that trains the same config: `lorakit train key=value ...`, quoted for a POSIX shell."""
     return shlex.join(["lorakit", "train", *overrides])
+
+
+def model_override(name: str, allowed: tuple[Path, ...], cwd: Path) -> str:
+    """The value of `model.name=` for what the user typed or picked: a model folder is confined like any path and
+    quoted; a bundled name or hub id is passed through."""
+    model = confine_model(name, allowed, cwd)
+    return json.dumps(model) if Path(model).is_absolute() else model
 
 
 def _scalar(value: Any) -> str:
