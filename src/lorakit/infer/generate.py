@@ -24,6 +24,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from lorakit.config import GenerationConfig, ModelConfig
 from lorakit.data.tokenize import left_pad, pad_token_id
+from lorakit.infer.decoder import TokenLogprob, top_logprobs
 from lorakit.model import load_model, load_tokenizer
 from lorakit.runs import SETTINGS_FILE, check_same_base, find_adapter_dir, open_run
 from lorakit.templates import Template, render, resolve_template
@@ -153,56 +154,6 @@ def generate_batch(model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad
     return output[:, padded["input_ids"].shape[1]:]
 
 
-@dataclass(frozen=True)
-class TokenLogprob:
-    """A token with its log-probability (None for a prompt's first token, which nothing predicts) and the `top`
-    most likely tokens at its position as (token id, log-probability), most likely first."""
-
-    token: int
-    logprob: float | None
-    top: tuple[tuple[int, float], ...] = ()
-
-
-class StepLogprobs:
-    """Within `recording(model)`, `latest` holds the float32 log-softmax of the last position's logits of the
-    model's newest forward pass, a row per sequence: during `generate`, the distribution its newest tokens were
-    picked from.
-
-    A forward hook, not a LogitsProcessor: processors see the logits after generate's own processors (a model's
-    repetition_penalty, say), while OpenAI and vLLM report the model's own log-probabilities.
-    """
-
-    def __init__(self) -> None:
-        self.latest: torch.Tensor | None = None
-
-    @contextlib.contextmanager
-    def recording(self, model: PreTrainedModel) -> Iterator[StepLogprobs]:
-        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-        handle = causal_lm.register_forward_hook(self._keep)
-        try:
-            yield self
-        finally:
-            handle.remove()
-            self.latest = None
-
-    def _keep(self, module, args, output) -> None:
-        self.latest = torch.log_softmax(output.logits[:, -1].float(), dim=-1)
-
-    def picked(self, tokens: Sequence[int], top: int) -> list[TokenLogprob]:
-        """Each row's `tokens[row]` with its log-probability and the `top` likeliest tokens, from `latest`."""
-        chosen = self.latest.gather(1, torch.tensor(tokens, device=self.latest.device)[:, None])[:, 0].tolist()
-        tops = _top(self.latest, top)
-        return [TokenLogprob(token, logprob, row_top) for token, logprob, row_top in zip(tokens, chosen, tops)]
-
-
-def _top(logprobs: torch.Tensor, k: int) -> list[tuple[tuple[int, float], ...]]:
-    """The k likeliest (token id, log-probability) of each row of a [rows, vocab] tensor."""
-    if k <= 0:
-        return [()] * logprobs.shape[0]
-    values, indices = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
-    return [tuple(zip(row_ids, row_values)) for row_ids, row_values in zip(indices.tolist(), values.tolist())]
-
-
 @torch.inference_mode()
 def score_prompts(model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_id: int, top: int = 0,
                   **options) -> list[list[TokenLogprob]]:
@@ -226,7 +177,7 @@ def score_prompts(model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_
         chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
         entries = [TokenLogprob(row[0], None)]
         entries += [TokenLogprob(token, logprob, row_top)
-                    for token, logprob, row_top in zip(row[1:], chosen, _top(logprobs, top))]
+                    for token, logprob, row_top in zip(row[1:], chosen, top_logprobs(logprobs, top))]
         scored.append(entries)
     return scored
 
