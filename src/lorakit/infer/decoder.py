@@ -98,6 +98,11 @@ class Decoder:
         # transformers renamed `past_key_values` to `cache` (5.2x); the old name is deprecated, not gone.
         self._cache_name = "cache" if "cache" in inspect.signature(causal_lm.forward).parameters else "past_key_values"
 
+    @property
+    def cache_length(self) -> int:
+        """The cached columns of each row: the longest row's tokens but its newest, the others padded on the left."""
+        return 0 if self._mask is None else self._mask.shape[1]
+
     @torch.inference_mode()
     def add(self, rows: Sequence[DecodeRow]) -> list[Pick]:
         """Read the prompts of `rows` (one left-padded forward pass), put them at the end of the batch and return
