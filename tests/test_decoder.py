@@ -78,7 +78,7 @@ def test_each_row_keeps_its_adapter(tmp_path):
     model = load_adapters(lively(), [AdapterSpec("tuned", make_adapter(tmp_path / "tuned", seed=3, scale=8.0))],
                           "tiny")
     ids = tokenizer("hello there")["input_ids"]
-    rows = [DecodeRow(ids, adapter="tuned"), DecodeRow(ids), DecodeRow(ids, adapter="tuned")]
+    rows = [DecodeRow(ids, adapter="tuned"), DecodeRow(ids, adapter="base"), DecodeRow(ids, adapter="tuned")]
     wanted = dict(zip(rows, [10, 10, 4]))
 
     got = run(Decoder(model, tokenizer.pad_token_id), {0: [rows[0]], 2: [rows[1]], 3: [rows[2]]}, wanted)

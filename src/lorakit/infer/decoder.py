@@ -61,12 +61,13 @@ class TokenLogprob:
 
 @dataclass(eq=False)
 class DecodeRow:
-    """One sequence to continue. `adapter`: a PEFT adapter name or "base"; `logprobs`: None for none, else how many
-    likeliest tokens to list beside each picked token's log-probability (0 or more)."""
+    """One sequence to continue. `adapter`: a PEFT adapter name, "base" for none, or None for whatever the model
+    has set; `logprobs`: None for none, else how many likeliest tokens to list beside each picked token's
+    log-probability (0 or more)."""
 
     prompt_ids: Sequence[int]
     sampling: Sampling = Sampling()
-    adapter: str = BASE
+    adapter: str | None = None
     logprobs: int | None = None
     tokens: list[int] = field(default_factory=list)  # the prompt, then each picked token
     generator: torch.Generator | None = None
@@ -192,11 +193,17 @@ class Decoder:
 
 
 @contextlib.contextmanager
-def row_adapters(model: PreTrainedModel, adapters: Sequence[str]) -> Iterator[dict]:
-    """Within the block `model` computes row i with adapter `adapters[i]` ("base" for none): the one they all
-    share is set on the model, else the yielded options (PEFT's per-row `adapter_names`) go to the forward call."""
+def row_adapters(model: PreTrainedModel, adapters: Sequence[str | None]) -> Iterator[dict]:
+    """Within the block `model` computes row i with adapter `adapters[i]` ("base" for none, None for the model's
+    own setting): the one they all share is set on the model, else the yielded options (PEFT's per-row
+    `adapter_names`) go to the forward call."""
     from lorakit.adapters import use_adapter  # lorakit.adapters imports lorakit.infer
 
+    if set(adapters) == {None}:
+        yield {}
+        return
+    if None in adapters:
+        raise ValueError("Rows that name their adapter cannot share a batch with rows that leave it to the model.")
     if len(set(adapters)) == 1:
         with use_adapter(model, adapters[0]):
             yield {}

@@ -1,8 +1,8 @@
 """Generation: `generate()` answers conversations in left-padded batches, `stream_generate()` one reply in pieces.
 
-`generate_batch()` is the one `model.generate` call every caller shares; `StepLogprobs` records the log-probabilities
-of the tokens it picks and `score_prompts()` those of given tokens (a prompt), both float32 log-softmax of the
-model's own logits.
+Both run lorakit.infer.decoder's `Decoder`, the one decoding loop every caller shares (`lorakit serve` drives it a
+token at a time); `score_prompts()` gives the log-probabilities of given tokens (a prompt), the float32
+log-softmax of the model's own logits.
 
 The prompt is rendered with the template the adapter was trained with (saved in its tokenizer), so inference
 sees exactly what training saw. Replies end at the tokenizer's EOS, the template's stop words or a user's stop
@@ -11,20 +11,16 @@ strings, and never contain them.
 
 from __future__ import annotations
 
-import contextlib
-import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import GenerationConfig, ModelConfig
-from lorakit.data.tokenize import left_pad, pad_token_id
-from lorakit.infer.decoder import TokenLogprob, top_logprobs
+from lorakit.data.tokenize import pad_token_id
+from lorakit.infer.decoder import Decoder, DecodeRow, Sampling, TokenLogprob, top_logprobs
 from lorakit.model import load_model, load_tokenizer
 from lorakit.runs import SETTINGS_FILE, check_same_base, find_adapter_dir, open_run
 from lorakit.templates import Template, render, resolve_template
@@ -116,42 +112,82 @@ def generate_replies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     """The batched generation loop: a reply to each token-id prompt, in the order of `prompts`.
 
     Prompts go `config.batch_size` at a time in their order, or as the index lists of `batches` (a caller may sort
-    them by length or wrap them in a progress bar). Sampling is seeded once with `config.seed`. A row ends at a
-    token of `eos_ids` (default: the tokenizer's eos), `config.max_new_tokens` or a stop string of `stops`; its
-    reply is cut at its first stop string and stripped. With `after_text`, a stop string before the reply's first
-    non-blank character does not count (GSM8K's answers may open with a blank line).
+    them by length or wrap them in a progress bar); a batch's rows leave it as they end. Sampling is seeded once
+    with `config.seed`. A row ends at a token of `eos_ids` (default: the tokenizer's eos), `config.max_new_tokens`
+    or a stop string of `stops`; its reply is cut at its first stop string and stripped. With `after_text`, a stop
+    string before the reply's first non-blank character does not count (GSM8K's answers may open with a blank
+    line).
     """
     if batches is None:
         batches = [range(start, min(start + config.batch_size, len(prompts)))
                    for start in range(0, len(prompts), config.batch_size)]
     if eos_ids is None:
         eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    options = _sampling_options(config)
     if config.seed is not None:
         torch.manual_seed(config.seed)
+    decoder = Decoder(model, pad_token_id(tokenizer))
     replies: dict[int, str] = {}
     for batch in batches:
-        rows = [prompts[index] for index in batch]
-        stopping = [StopOnText(tokenizer, stops, max(map(len, rows)), after_text=after_text)] if stops else []
-        new_tokens = generate_batch(model, rows, pad_token_id(tokenizer), max_new_tokens=config.max_new_tokens,
-                                    eos_token_id=list(eos_ids) or None, stopping_criteria=stopping, **options)
-        for index, row in zip(batch, new_tokens):
-            text = _decode(tokenizer, row.tolist())
+        rows = {DecodeRow(prompts[index], _sampling(config)): index for index in batch}
+        ends = {row: _Reply(tokenizer, stops, eos_ids, config.max_new_tokens, after_text) for row in rows}
+        for _ in _decode(decoder, ends):
+            pass
+        for row, index in rows.items():
+            text = tokenizer.decode(ends[row].ids, skip_special_tokens=True)
             replies[index] = trim_reply(text.lstrip() if after_text else text, stops)
     return [replies[index] for index in range(len(prompts))]
 
 
-def generate_batch(model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_id: int, **options) -> torch.Tensor:
-    """One `model.generate` call on token-id prompts, left-padded here (the tokenizer is left as it is: the
-    server's threads share it); returns the new tokens only, a row per prompt. `options` go to `generate`, with
-    `stopping_criteria` as a list."""
-    padded = left_pad([list(row) for row in prompts], pad_id)
-    device = next(model.parameters()).device
-    if "stopping_criteria" in options:
-        options["stopping_criteria"] = StoppingCriteriaList(options["stopping_criteria"])
-    output = model.generate(**{name: tensor.to(device) for name, tensor in padded.items()}, pad_token_id=pad_id,
-                            **options)
-    return output[:, padded["input_ids"].shape[1]:]
+class _Reply:
+    """A row's reply as it grows: its tokens (without the end-of-turn token) and whether it has ended."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: tuple[str, ...], eos_ids: Sequence[int],
+                 max_new_tokens: int, after_text: bool = False) -> None:
+        self.tokenizer, self.stops, self.eos_ids = tokenizer, stops, set(eos_ids)
+        self.max_new_tokens, self.after_text = max_new_tokens, after_text
+        self.window = max((len(word) for word in stops), default=0) + 8
+        self.ids: list[int] = []
+        self.done = False
+
+    def add(self, token: int) -> None:
+        if token in self.eos_ids:
+            self.done = True
+            return
+        self.ids.append(token)
+        self.done = len(self.ids) >= self.max_new_tokens or self._holds_stop()
+
+    def _holds_stop(self) -> bool:
+        # Only the newest tokens can complete a stop string: earlier ones would have ended the reply already.
+        window = self.tokenizer.decode(self.ids[-self.window:], skip_special_tokens=True)
+        if not any(word in window for word in self.stops):
+            return False
+        if not self.after_text:
+            return True
+        reply = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()  # rare: only on a hit
+        return any(word in reply for word in self.stops)
+
+
+def _decode(decoder: Decoder, replies: dict[DecodeRow, _Reply],
+            cancel: threading.Event | None = None) -> Iterator[None]:
+    """Generate the rows of `replies` (keys) until each has ended or `cancel` is set; yields after each token."""
+    try:
+        picks = decoder.add(list(replies))
+        rows = list(decoder.rows)
+        while True:
+            for row, pick in zip(rows, picks):
+                replies[row].add(pick.token)
+            decoder.drop([row for row in rows if replies[row].done])
+            yield
+            if not decoder.rows or (cancel is not None and cancel.is_set()):
+                return
+            rows, picks = list(decoder.rows), decoder.step()
+    finally:
+        decoder.clear()
+
+
+def _sampling(config: GenerationConfig) -> Sampling:
+    return Sampling(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                    repetition_penalty=config.repetition_penalty)
 
 
 @torch.inference_mode()
@@ -188,124 +224,24 @@ def stream_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     """Yield the assistant's reply to `messages` in pieces as its tokens are generated.
 
     The pieces join to what `generate()` returns for the same settings. Text that may begin a stop string is held
-    back until it cannot. Setting `cancel`, closing the iterator or a KeyboardInterrupt while it waits stops the
-    generation after the token in flight.
+    back until it cannot. Setting `cancel` (from another thread) or closing the iterator stops the generation after
+    the token in flight.
     """
-    cancel = cancel or threading.Event()
     stops = _stop_strings(template, config)
     prompt = render(template, tokenizer, messages, tools=tools, add_generation_prompt=True)
-    batch = tokenizer([prompt], return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
-    prompt_length = batch["input_ids"].shape[1]
-    tokens = _TokenQueue()
-    options = _generate_options(tokenizer, template, config, stops, prompt_length, cancel)
-    failures: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            with torch.inference_mode():
-                model.generate(**batch, **options, streamer=tokens)
-        except BaseException as error:  # handed to the consumer, which re-raises it
-            failures.append(error)
-        finally:
-            tokens.end()
-
+    row = DecodeRow(tokenizer(prompt, add_special_tokens=False)["input_ids"], _sampling(config))
+    reply = _Reply(tokenizer, stops, stop_token_ids(tokenizer, template), config.max_new_tokens)
     if config.seed is not None:
         torch.manual_seed(config.seed)
-    worker = threading.Thread(target=work, name="lorakit-generate", daemon=True)
-    worker.start()
-    ids: list[int] = []
     shown = 0
-    try:
-        while (chunk := tokens.next()) is not None:
-            ids.extend(chunk)
-            safe = _safe_prefix(_decode(tokenizer, ids), stops)
-            if len(safe) > shown:
-                yield safe[shown:]
-                shown = len(safe)
-        worker.join()
-        if failures:
-            raise failures[0]
-        final = trim_reply(_decode(tokenizer, ids), stops)
-        if len(final) > shown:
-            yield final[shown:]
-    finally:
-        cancel.set()
-        worker.join()
-
-
-class _TokenQueue(BaseStreamer):
-    """Receives generated token ids from `model.generate` on its thread; the first `put` is the prompt."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[list[int] | None] = queue.Queue()
-        self._prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        self._queue.put(value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        self._queue.put(None)
-
-    def next(self) -> list[int] | None:
-        # A timeout keeps the waiting main thread responsive to Ctrl-C.
-        while True:
-            try:
-                return self._queue.get(timeout=0.1)
-            except queue.Empty:
-                continue
-
-
-class StopOnText(StoppingCriteria):
-    """Stops a row once its decoded reply holds a stop string, and every row once `cancel` is set.
-
-    Own criterion, not transformers' `stop_strings`: it checks the same decoded text the reply is cut from (and
-    transformers' StopStringCriteria assumes a BPE-style vocabulary). With `after_text`, a stop string before the
-    reply's first non-blank character does not count (a GSM8K answer may open with a blank line).
-    """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: tuple[str, ...], prompt_length: int,
-                 cancel: threading.Event | None = None, after_text: bool = False) -> None:
-        self.tokenizer, self.stops, self.prompt_length, self.cancel = tokenizer, stops, prompt_length, cancel
-        self.after_text = after_text
-        self.window = max((len(word) for word in stops), default=0) + 8
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        if self.cancel is not None and self.cancel.is_set():
-            return done.fill_(True)
-        if self.stops:
-            # Only the newest tokens can complete a stop string: earlier ones would have stopped the row already.
-            start = max(self.prompt_length, input_ids.shape[1] - self.window)
-            for row, ids in enumerate(input_ids[:, start:].tolist()):
-                done[row] = self._holds_stop(_decode(self.tokenizer, ids), input_ids[row])
-        return done
-
-    def _holds_stop(self, window: str, row: torch.Tensor) -> bool:
-        if not any(word in window for word in self.stops):
-            return False
-        if not self.after_text:
-            return True
-        reply = _decode(self.tokenizer, row[self.prompt_length:].tolist()).lstrip()  # rare: only on a hit
-        return any(word in reply for word in self.stops)
-
-
-def _sampling_options(config: GenerationConfig) -> dict:
-    options = dict(repetition_penalty=config.repetition_penalty, do_sample=config.temperature > 0)
-    if config.temperature > 0:
-        options.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
-    return options
-
-
-def _generate_options(tokenizer: PreTrainedTokenizerBase, template: Template, config: GenerationConfig,
-                      stops: tuple[str, ...], prompt_length: int, cancel: threading.Event | None = None) -> dict:
-    options = dict(max_new_tokens=config.max_new_tokens, eos_token_id=stop_token_ids(tokenizer, template),
-                   pad_token_id=tokenizer.pad_token_id, **_sampling_options(config))
-    if stops or cancel is not None:
-        options["stopping_criteria"] = StoppingCriteriaList([StopOnText(tokenizer, stops, prompt_length, cancel)])
-    return options
+    for _ in _decode(Decoder(model, pad_token_id(tokenizer)), {row: reply}, cancel):
+        safe = _safe_prefix(tokenizer.decode(reply.ids, skip_special_tokens=True), stops)
+        if len(safe) > shown:
+            yield safe[shown:]
+            shown = len(safe)
+    final = trim_reply(tokenizer.decode(reply.ids, skip_special_tokens=True), stops)
+    if len(final) > shown:
+        yield final[shown:]
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase, template: Template) -> list[int]:
@@ -320,10 +256,6 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, template: Template) -> li
 
 def _stop_strings(template: Template, config: GenerationConfig) -> tuple[str, ...]:
     return tuple(dict.fromkeys(word for word in (*template.stop_words, *config.stop) if word))
-
-
-def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
-    return tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def _cut(text: str, stops: tuple[str, ...]) -> str:
