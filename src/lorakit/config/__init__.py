@@ -15,14 +15,14 @@ from lorakit.config.evaluate import (CHOICE_SCORINGS, EVAL_KINDS, EndpointConfig
 from lorakit.config.generate import (GENERATE_FORMATS, GENERATE_LANGUAGES, GENERATE_MODES, GenerateConfig,
                                      JudgeSettings)
 from lorakit.config.export import GGUF_OUTTYPES, ONTO, GGUFConfig, HubConfig, MergeConfig, OllamaConfig
-from lorakit.config.inference import (BASE, BATCHING, ENGINES, AdapterSpec, GenerationConfig, ServeConfig, check_adapter_names,
+from lorakit.config.inference import (BASE, ENGINES, AdapterSpec, GenerationConfig, ServeConfig, check_adapter_names,
                                       parse_adapter)
 from lorakit.config.load import load_config
 from lorakit.config.webui import UI_LANGUAGES, WebUIConfig
 from lorakit.config.train import (ALIASES, EXAMPLE_ORDERS, FINETUNING, FORMATS, IGNORED_KEYS, OVERLONG, QUANTIZATIONS,
                                   SCHEDULERS, DataConfig, LoraConfig, ModelConfig, PreferenceConfig, TrainConfig)
 
-__all__ = ["ALIASES", "BASE", "BATCHING", "CHOICE_SCORINGS", "DEDUPE_METHODS", "DEVICES", "DTYPES", "ENGINES", "EVAL_KINDS",
+__all__ = ["ALIASES", "BASE", "CHOICE_SCORINGS", "DEDUPE_METHODS", "DEVICES", "DTYPES", "ENGINES", "EVAL_KINDS",
            "EXAMPLE_ORDERS", "FINETUNING", "FORMATS", "GENERATE_FORMATS", "GENERATE_LANGUAGES", "GENERATE_MODES",
            "GGUF_OUTTYPES", "IGNORED_KEYS", "LANGUAGES", "ONTO", "OUTPUT_FORMATS", "OVERLONG", "QUANTIZATIONS",
            "SCHEDULERS", "AdapterSpec", "DataConfig", "DedupeConfig",

@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from lorakit.config import BATCHING, check_choice
+from lorakit.config import check_choice
+from lorakit.config.inference import BATCHING
 from lorakit.data.tokenize import pad_token_id
 from lorakit.infer.decoder import (GREEDY_BELOW, Decoder, DecodeRow, Pick, Sampling, TokenLogprob,
                                    row_adapters)
