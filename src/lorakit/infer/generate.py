@@ -154,7 +154,7 @@ class _Reply:
             self.done = True
             return
         self.ids.append(token)
-        self.done = len(self.ids) >= self.max_new_tokens or self._holds_stop()
+        self.done = len(self.ids) >= self.max_new_tokens or (bool(self.stops) and self._holds_stop())
 
     def _holds_stop(self) -> bool:
         # Only the newest tokens can complete a stop string: earlier ones would have ended the reply already.
