@@ -274,13 +274,13 @@ def test_smollm2_with_random_lora_answers_as_with_plain_peft(tmp_path):
 
 
 def test_stop_after_text_ignores_a_stop_string_before_the_reply_starts():
-    from lorakit.infer.generate import _Reply
+    from lorakit.infer.generate import Reply
 
     tokenizer = make_tokenizer()
     blank_line = tokenizer.decode(tokenizer("\n\n", add_special_tokens=False)["input_ids"])  # "\n \n" here
 
     def ends(text: str, after_text: bool) -> bool:
-        reply = _Reply(tokenizer, (blank_line,), [], 100, after_text)
+        reply = Reply(tokenizer, (blank_line,), [], 100, after_text)
         for token in tokenizer(text, add_special_tokens=False)["input_ids"]:
             reply.add(token)
         return reply.done

@@ -12,7 +12,7 @@ strings, and never contain them.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -129,32 +129,48 @@ def generate_replies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     replies: dict[int, str] = {}
     for batch in batches:
         rows = {DecodeRow(prompts[index], _sampling(config)): index for index in batch}
-        ends = {row: _Reply(tokenizer, stops, eos_ids, config.max_new_tokens, after_text) for row in rows}
+        ends = {row: Reply(tokenizer, stops, eos_ids, config.max_new_tokens, after_text) for row in rows}
         for _ in _decode(decoder, ends):
             pass
         for row, index in rows.items():
-            text = tokenizer.decode(ends[row].ids, skip_special_tokens=True)
+            text = ends[row].text()
             replies[index] = trim_reply(text.lstrip() if after_text else text, stops)
     return [replies[index] for index in range(len(prompts))]
 
 
-class _Reply:
-    """A row's reply as it grows: its tokens (without the end-of-turn token) and whether it has ended."""
+class Reply:
+    """A reply as it grows: its tokens (an end-of-turn token left out), how many were generated, and why it ended:
+    "stop" (an end-of-turn token of `eos_ids` or a stop string), "length" (`max_new_tokens`), None while it goes on.
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: tuple[str, ...], eos_ids: Sequence[int],
+    With `after_text`, a stop string before the reply's first non-blank character does not count.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: tuple[str, ...], eos_ids: Collection[int],
                  max_new_tokens: int, after_text: bool = False) -> None:
         self.tokenizer, self.stops, self.eos_ids = tokenizer, stops, set(eos_ids)
         self.max_new_tokens, self.after_text = max_new_tokens, after_text
         self.window = max((len(word) for word in stops), default=0) + 8
         self.ids: list[int] = []
-        self.done = False
+        self.generated = 0
+        self.reason: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.reason is not None
 
     def add(self, token: int) -> None:
+        self.generated += 1
         if token in self.eos_ids:
-            self.done = True
+            self.reason = "stop"
             return
         self.ids.append(token)
-        self.done = len(self.ids) >= self.max_new_tokens or (bool(self.stops) and self._holds_stop())
+        if self.stops and self._holds_stop():
+            self.reason = "stop"
+        elif self.generated >= self.max_new_tokens:
+            self.reason = "length"
+
+    def text(self) -> str:
+        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
 
     def _holds_stop(self) -> bool:
         # Only the newest tokens can complete a stop string: earlier ones would have ended the reply already.
@@ -163,11 +179,10 @@ class _Reply:
             return False
         if not self.after_text:
             return True
-        reply = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()  # rare: only on a hit
-        return any(word in reply for word in self.stops)
+        return any(word in self.text().lstrip() for word in self.stops)  # rare: only on a hit
 
 
-def _decode(decoder: Decoder, replies: dict[DecodeRow, _Reply],
+def _decode(decoder: Decoder, replies: dict[DecodeRow, Reply],
             cancel: threading.Event | None = None) -> Iterator[None]:
     """Generate the rows of `replies` (keys) until each has ended or `cancel` is set; yields after each token."""
     try:
@@ -230,16 +245,16 @@ def stream_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     stops = _stop_strings(template, config)
     prompt = render(template, tokenizer, messages, tools=tools, add_generation_prompt=True)
     row = DecodeRow(tokenizer(prompt, add_special_tokens=False)["input_ids"], _sampling(config))
-    reply = _Reply(tokenizer, stops, stop_token_ids(tokenizer, template), config.max_new_tokens)
+    reply = Reply(tokenizer, stops, stop_token_ids(tokenizer, template), config.max_new_tokens)
     if config.seed is not None:
         torch.manual_seed(config.seed)
     shown = 0
     for _ in _decode(Decoder(model, pad_token_id(tokenizer)), {row: reply}, cancel):
-        safe = _safe_prefix(tokenizer.decode(reply.ids, skip_special_tokens=True), stops)
+        safe = _safe_prefix(reply.text(), stops)
         if len(safe) > shown:
             yield safe[shown:]
             shown = len(safe)
-    final = trim_reply(tokenizer.decode(reply.ids, skip_special_tokens=True), stops)
+    final = trim_reply(reply.text(), stops)
     if len(final) > shown:
         yield final[shown:]
 
@@ -258,20 +273,20 @@ def _stop_strings(template: Template, config: GenerationConfig) -> tuple[str, ..
     return tuple(dict.fromkeys(word for word in (*template.stop_words, *config.stop) if word))
 
 
-def _cut(text: str, stops: tuple[str, ...]) -> str:
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
     """`text` up to its first stop string."""
     return text[:min((text.find(word) for word in stops if word in text), default=len(text))]
 
 
 def trim_reply(text: str, stops: tuple[str, ...]) -> str:
     """The reply up to its first stop string, without surrounding blanks."""
-    return _cut(text, stops).strip()
+    return cut_at_stop(text, stops).strip()
 
 
 def _safe_prefix(text: str, stops: tuple[str, ...]) -> str:
     """The part of a growing reply that later tokens cannot change, without trailing whitespace (the final reply
     is stripped)."""
-    text = _cut(text, stops)
+    text = cut_at_stop(text, stops)
     return text[:len(text) - held_back(text, stops)].strip()
 
 

@@ -28,7 +28,7 @@ from lorakit.config.inference import BATCHING
 from lorakit.data.tokenize import pad_token_id
 from lorakit.infer.decoder import (GREEDY_BELOW, Decoder, DecodeRow, Pick, Sampling, TokenLogprob,
                                    row_adapters)
-from lorakit.infer.generate import held_back, score_prompts
+from lorakit.infer.generate import Reply, cut_at_stop, held_back, score_prompts
 from lorakit.templates import Template
 
 __all__ = ["GREEDY_BELOW", "Endpoint", "Engine", "EngineUnavailable", "ErrorEvent", "FinishEvent", "Job", "Sampling",
@@ -278,7 +278,7 @@ class Engine:
 
 
 class _Row:
-    """One request's share of a batch: its tokens so far, the text already sent, and when it must stop.
+    """One request's share of a batch: its reply so far, the text already sent, and its log-probabilities.
 
     The whole reply is decoded again at each token (replies are short) and only text that can no longer change is
     sent: never a trailing U+FFFD (a character whose bytes are still arriving), never the start of a stop string.
@@ -287,12 +287,10 @@ class _Row:
     def __init__(self, job: Job) -> None:
         self.job = job
         self.decoding = DecodeRow(job.prompt_ids, job.sampling, job.endpoint.adapter, job.logprobs)
-        self.tokenizer = job.endpoint.tokenizer
         self.stops = tuple(s for s in job.stop if s)
-        self.ids: list[int] = []
+        self.reply = Reply(job.endpoint.tokenizer, self.stops, job.endpoint.stop_ids, job.max_tokens)
         self.logprobs: list[TokenLogprob] = []
         self.prompt_logprobs: tuple[TokenLogprob, ...] | None = None
-        self.count = 0
         self.sent = 0
         self.done = False
 
@@ -300,36 +298,26 @@ class _Row:
         if self.job.cancelled:
             self.done = True
             return
-        self.count += 1
-        if token in self.job.endpoint.stop_ids:
-            self.finish("stop")
-            return
-        self.ids.append(token)
-        if logprob is not None and self.job.logprobs is not None:
+        kept = len(self.reply.ids)
+        self.reply.add(token)
+        if len(self.reply.ids) > kept and logprob is not None and self.job.logprobs is not None:
             self.logprobs.append(TokenLogprob(logprob.token, logprob.logprob, logprob.top[:self.job.logprobs]))
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        cut = min((index for index in (text.find(stop) for stop in self.stops) if index >= 0), default=-1)
-        if cut >= 0:
-            self._send(text[:cut])
-            self._finish_event("stop")
+        if self.reply.done:
+            self.finish(self.reply.reason)
             return
-        if self.count >= self.job.max_tokens:
-            self._send(text.rstrip("\ufffd"))  # a character cut off by max_tokens is dropped, not sent broken
-            self._finish_event("length")
-            return
+        text = self.reply.text()
         self._send(text[: len(text) - held_back(text, self.stops)])
 
     def finish(self, reason: str) -> None:
-        """End the row, sending any text held back (a stop string's start that never completed)."""
-        self._send(self.tokenizer.decode(self.ids, skip_special_tokens=True).rstrip("\ufffd"))
-        self._finish_event(reason)
+        """End the row, sending the text held back (up to a stop string; a character cut off by max_tokens is
+        dropped, not sent broken)."""
+        self._send(cut_at_stop(self.reply.text(), self.stops).rstrip("\ufffd"))
+        self.done = True
+        logprobs = tuple(self.logprobs) if self.job.logprobs is not None else None
+        self.job.send(FinishEvent(reason, len(self.job.prompt_ids), self.reply.generated, logprobs,
+                                  self.prompt_logprobs))
 
     def _send(self, text: str) -> None:
         if len(text) > self.sent:
             self.job.send(TextEvent(text[self.sent:]))
             self.sent = len(text)
-
-    def _finish_event(self, reason: str) -> None:
-        self.done = True
-        logprobs = tuple(self.logprobs) if self.job.logprobs is not None else None
-        self.job.send(FinishEvent(reason, len(self.job.prompt_ids), self.count, logprobs, self.prompt_logprobs))
