@@ -182,6 +182,9 @@ def test_config_errors_name_keys_not_flags():
         ServeConfig(engine="vlm")
     with pytest.raises(ConfigError, match="^max_batch_size must be at least 1"):
         load_config(None, ["max_batch_size=0"], ServeConfig)
+    with pytest.raises(ConfigError, match="^batching must be one of continuous, static; got 'contiuous'. Did you "
+                                          "mean 'continuous'"):
+        load_config(None, ["batching=contiuous"], ServeConfig)
 
 
 def test_old_import_locations_still_work():

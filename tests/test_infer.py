@@ -119,17 +119,13 @@ def test_stop_strings_end_the_reply_and_never_leak(lively):
 def test_stop_string_ends_generation_early(lively, monkeypatch):
     model, tokenizer, template = lively
     full = generate(model, tokenizer, template, QUESTIONS[:1], GenerationConfig(max_new_tokens=30))[0]
-    produced = []
-    original = model.generate
-
-    def counting_generate(*args, **kwargs):
-        output = original(*args, **kwargs)
-        produced.append(output.shape[1] - kwargs["input_ids"].shape[1])
-        return output
-
-    monkeypatch.setattr(model, "generate", counting_generate)
-    generate(model, tokenizer, template, QUESTIONS[:1], GenerationConfig(max_new_tokens=30, stop=(full[2:4],)))
-    assert produced[0] < 10
+    forwards = []  # one per token: the first reads the prompt, each later one decodes a step
+    hook = model.register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        generate(model, tokenizer, template, QUESTIONS[:1], GenerationConfig(max_new_tokens=30, stop=(full[2:4],)))
+    finally:
+        hook.remove()
+    assert len(forwards) < 10
 
 
 def test_sampling_is_reproducible_with_a_seed(lively):
@@ -157,21 +153,23 @@ def test_closing_the_stream_stops_generation(lively):
     assert 1 <= len(steps) < 100, len(steps)
 
 
-def test_left_padding_leaves_the_shared_tokenizer_alone(monkeypatch):
-    from lorakit.infer.generate import generate_batch
+def test_left_padding_leaves_the_shared_tokenizer_alone():
+    from lorakit.infer.generate import generate_replies
 
     tokenizer = make_tokenizer()
     model = lively_model(tokenizer)
-    side, masks, original = tokenizer.padding_side, [], model.generate
+    side, masks = tokenizer.padding_side, []
 
-    def recording(**kwargs):
+    def recording(module, args, kwargs):
         masks.append(kwargs["attention_mask"].tolist())
-        return original(**kwargs)
 
-    monkeypatch.setattr(model, "generate", recording)
-    new_tokens = generate_batch(model, [[5, 6], [5, 6, 7, 8]], tokenizer.pad_token_id, max_new_tokens=2)
+    hook = model.register_forward_pre_hook(recording, with_kwargs=True)
+    try:
+        replies = generate_replies(model, tokenizer, [[5, 6], [5, 6, 7, 8]], GenerationConfig(max_new_tokens=2))
+    finally:
+        hook.remove()
     assert tokenizer.padding_side == side
-    assert masks == [[[0, 0, 1, 1], [1, 1, 1, 1]]] and new_tokens.shape[0] == 2
+    assert masks[0] == [[0, 0, 1, 1], [1, 1, 1, 1]] and len(replies) == 2
 
 
 def test_stop_string_tails_are_held_back_while_streaming():
@@ -276,14 +274,16 @@ def test_smollm2_with_random_lora_answers_as_with_plain_peft(tmp_path):
 
 
 def test_stop_after_text_ignores_a_stop_string_before_the_reply_starts():
-    from lorakit.infer.generate import StopOnText
+    from lorakit.infer.generate import Reply
 
     tokenizer = make_tokenizer()
-    prompt = tokenizer("Q?", add_special_tokens=False)["input_ids"]
-    rows = [prompt + tokenizer(text, add_special_tokens=False)["input_ids"] for text in ("\n\n12", "12\n\n")]
-    ids = torch.tensor(rows)
     blank_line = tokenizer.decode(tokenizer("\n\n", add_special_tokens=False)["input_ids"])  # "\n \n" here
-    plain = StopOnText(tokenizer, (blank_line,), len(prompt))
-    after_text = StopOnText(tokenizer, (blank_line,), len(prompt), after_text=True)
-    assert plain(ids, None).tolist() == [True, True]
-    assert after_text(ids, None).tolist() == [False, True]
+
+    def ends(text: str, after_text: bool) -> bool:
+        reply = Reply(tokenizer, (blank_line,), [], 100, after_text)
+        for token in tokenizer(text, add_special_tokens=False)["input_ids"]:
+            reply.add(token)
+        return reply.done
+
+    assert [ends("\n\n12", False), ends("12\n\n", False)] == [True, True]
+    assert [ends("\n\n12", True), ends("12\n\n", True)] == [False, True]

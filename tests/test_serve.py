@@ -566,8 +566,8 @@ def test_load_endpoints_takes_run_folders_and_each_adapters_own_template(tmp_pat
     assert "run-7" in model.peft_config
 
 
-@pytest.mark.parametrize("dora, first_batch", [(False, [0, 1, 2, 3]), (True, [0, 2])])
-def test_batches_mix_adapters_unless_dora_and_never_mix_sampling(dora, first_batch):
+@pytest.mark.parametrize("dora, first_batch", [(False, [0, 1, 2, 3, 4]), (True, [0, 2, 4])])
+def test_batches_mix_adapters_unless_dora_and_mix_sampling(dora, first_batch):
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
@@ -593,30 +593,30 @@ def _tiny_app(engine_kwargs: dict | None = None):
     return engine, create_app(engine, endpoints_for(model, "tiny", tokenizer, []))
 
 
-@pytest.mark.parametrize("where", ["generate", "engine loop"])
+@pytest.mark.parametrize("where", ["prompt", "step", "engine loop"])
 def test_a_failed_batch_answers_its_requests_with_an_error_and_the_engine_goes_on(where):
     from fastapi.testclient import TestClient
 
     engine, app = _tiny_app()
     failures = [RuntimeError("out of memory")]
-    if where == "generate":
-        real = engine.model.generate
+    if where == "engine loop":
+        real = engine._admit
 
-        def generate(*args, **kwargs):
-            if failures:
-                raise failures.pop()
-            return real(*args, **kwargs)
-
-        engine.model.generate = generate
-    else:
-        real = engine._generate
-
-        def generate(jobs):
+        def admit(jobs):
             if failures:
                 raise failures.pop()
             real(jobs)
 
-        engine._generate = generate
+        engine._admit = admit
+    else:
+        forwards = []
+
+        def fail_once(*_):  # the first forward pass reads the prompt, the second is the first decoding step
+            forwards.append(1)
+            if failures and len(forwards) == (1 if where == "prompt" else 2):
+                raise failures.pop()
+
+        engine.model.register_forward_pre_hook(fail_once)
     body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3, "temperature": 0}
     with TestClient(app) as client:
         failed = client.post("/v1/chat/completions", json=body)

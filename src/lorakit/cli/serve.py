@@ -25,7 +25,10 @@ def serve(model: Annotated[Optional[str], typer.Option(
           port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
           api_key: Annotated[Optional[str], typer.Option(
               envvar="LORAKIT_API_KEY", help="Require 'Authorization: Bearer KEY' (or set LORAKIT_API_KEY).")] = None,
-          max_batch_size: Annotated[int, typer.Option(help="Most requests answered by one generate call.")] = 8,
+          max_batch_size: Annotated[int, typer.Option(help="Most requests generating at once.")] = 8,
+          batching: Annotated[str, typer.Option(
+              help="continuous (a request joins the running batch at the next token) or static (it waits for "
+                   "the batch to finish).")] = "continuous",
           engine: Annotated[str, typer.Option(help="transformers (CPU or GPU) or vllm (CUDA only).")] = "transformers",
           dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
           device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto"):
@@ -39,14 +42,15 @@ def serve(model: Annotated[Optional[str], typer.Option(
         specs = tuple(parse_adapter(text) for text in adapter or [])
         model_config, _ = inference_model(model, specs[0].path if specs else None, device, dtype)
         config = ServeConfig(model=model_config, adapters=specs, host=host, port=port, api_key=api_key or None,
-                             max_batch_size=max_batch_size, engine=engine)
+                             max_batch_size=max_batch_size, engine=engine, batching=batching)
         names = ", ".join([model_config.name, *(spec.name for spec in config.adapters)])
         console.print(f"Serving {names} at http://{host}:{port}/v1" + (" (API key required)" if api_key else ""),
                       markup=False)
         run_server(config)
     except ConfigError as err:
         raise ConfigError(f"{err} (On the command line each key is a flag: engine is --engine, port --port, "
-                          "max_batch_size --max-batch-size, an adapter --adapter NAME=PATH.)") from None
+                          "max_batch_size --max-batch-size, batching --batching, an adapter --adapter "
+                          "NAME=PATH.)") from None
 
 
 @adapters_app.command("mix")

@@ -15,6 +15,7 @@ from lorakit.errors import ConfigError
 
 BASE = "base"  # the name that selects no adapter
 ENGINES = ("transformers", "vllm")
+BATCHING = ("continuous", "static")  # how lorakit serve's engine takes requests into a running batch
 _ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*$")
 
 
@@ -110,9 +111,11 @@ class ServeConfig:
     max_batch_size: int = 8
     engine: str = "transformers"
     default_max_tokens: int = 256
+    batching: str = "continuous"
 
     def __post_init__(self) -> None:
         check_choice("engine", self.engine, ENGINES)
+        check_choice("batching", self.batching, BATCHING)
         if self.max_batch_size < 1:
             raise ConfigError(f"max_batch_size must be at least 1, got {self.max_batch_size}.")
         if not 0 <= self.port < 65536:

@@ -1,8 +1,8 @@
 """Generation: `generate()` answers conversations in left-padded batches, `stream_generate()` one reply in pieces.
 
-`generate_batch()` is the one `model.generate` call every caller shares; `StepLogprobs` records the log-probabilities
-of the tokens it picks and `score_prompts()` those of given tokens (a prompt), both float32 log-softmax of the
-model's own logits.
+Both run lorakit.infer.decoder's `Decoder`, the one decoding loop every caller shares (`lorakit serve` drives it a
+token at a time); `score_prompts()` gives the log-probabilities of given tokens (a prompt), the float32
+log-softmax of the model's own logits.
 
 The prompt is rendered with the template the adapter was trained with (saved in its tokenizer), so inference
 sees exactly what training saw. Replies end at the tokenizer's EOS, the template's stop words or a user's stop
@@ -11,19 +11,16 @@ strings, and never contain them.
 
 from __future__ import annotations
 
-import contextlib
-import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, StoppingCriteria, StoppingCriteriaList
-from transformers.generation.streamers import BaseStreamer
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from lorakit.config import GenerationConfig, ModelConfig
-from lorakit.data.tokenize import left_pad, pad_token_id
+from lorakit.data.tokenize import pad_token_id
+from lorakit.infer.decoder import Decoder, DecodeRow, Sampling, TokenLogprob, top_logprobs
 from lorakit.model import load_model, load_tokenizer
 from lorakit.runs import SETTINGS_FILE, check_same_base, find_adapter_dir, open_run
 from lorakit.templates import Template, render, resolve_template
@@ -115,92 +112,97 @@ def generate_replies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     """The batched generation loop: a reply to each token-id prompt, in the order of `prompts`.
 
     Prompts go `config.batch_size` at a time in their order, or as the index lists of `batches` (a caller may sort
-    them by length or wrap them in a progress bar). Sampling is seeded once with `config.seed`. A row ends at a
-    token of `eos_ids` (default: the tokenizer's eos), `config.max_new_tokens` or a stop string of `stops`; its
-    reply is cut at its first stop string and stripped. With `after_text`, a stop string before the reply's first
-    non-blank character does not count (GSM8K's answers may open with a blank line).
+    them by length or wrap them in a progress bar); a batch's rows leave it as they end. Sampling is seeded once
+    with `config.seed`. A row ends at a token of `eos_ids` (default: the tokenizer's eos), `config.max_new_tokens`
+    or a stop string of `stops`; its reply is cut at its first stop string and stripped. With `after_text`, a stop
+    string before the reply's first non-blank character does not count (GSM8K's answers may open with a blank
+    line).
     """
     if batches is None:
         batches = [range(start, min(start + config.batch_size, len(prompts)))
                    for start in range(0, len(prompts), config.batch_size)]
     if eos_ids is None:
         eos_ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    options = _sampling_options(config)
     if config.seed is not None:
         torch.manual_seed(config.seed)
+    decoder = Decoder(model, pad_token_id(tokenizer))
     replies: dict[int, str] = {}
     for batch in batches:
-        rows = [prompts[index] for index in batch]
-        stopping = [StopOnText(tokenizer, stops, max(map(len, rows)), after_text=after_text)] if stops else []
-        new_tokens = generate_batch(model, rows, pad_token_id(tokenizer), max_new_tokens=config.max_new_tokens,
-                                    eos_token_id=list(eos_ids) or None, stopping_criteria=stopping, **options)
-        for index, row in zip(batch, new_tokens):
-            text = _decode(tokenizer, row.tolist())
+        rows = {DecodeRow(prompts[index], _sampling(config)): index for index in batch}
+        ends = {row: Reply(tokenizer, stops, eos_ids, config.max_new_tokens, after_text) for row in rows}
+        for _ in _decode(decoder, ends):
+            pass
+        for row, index in rows.items():
+            text = ends[row].text()
             replies[index] = trim_reply(text.lstrip() if after_text else text, stops)
     return [replies[index] for index in range(len(prompts))]
 
 
-def generate_batch(model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_id: int, **options) -> torch.Tensor:
-    """One `model.generate` call on token-id prompts, left-padded here (the tokenizer is left as it is: the
-    server's threads share it); returns the new tokens only, a row per prompt. `options` go to `generate`, with
-    `stopping_criteria` as a list."""
-    padded = left_pad([list(row) for row in prompts], pad_id)
-    device = next(model.parameters()).device
-    if "stopping_criteria" in options:
-        options["stopping_criteria"] = StoppingCriteriaList(options["stopping_criteria"])
-    output = model.generate(**{name: tensor.to(device) for name, tensor in padded.items()}, pad_token_id=pad_id,
-                            **options)
-    return output[:, padded["input_ids"].shape[1]:]
+class Reply:
+    """A reply as it grows: its tokens (an end-of-turn token left out), how many were generated, and why it ended:
+    "stop" (an end-of-turn token of `eos_ids` or a stop string), "length" (`max_new_tokens`), None while it goes on.
 
-
-@dataclass(frozen=True)
-class TokenLogprob:
-    """A token with its log-probability (None for a prompt's first token, which nothing predicts) and the `top`
-    most likely tokens at its position as (token id, log-probability), most likely first."""
-
-    token: int
-    logprob: float | None
-    top: tuple[tuple[int, float], ...] = ()
-
-
-class StepLogprobs:
-    """Within `recording(model)`, `latest` holds the float32 log-softmax of the last position's logits of the
-    model's newest forward pass, a row per sequence: during `generate`, the distribution its newest tokens were
-    picked from.
-
-    A forward hook, not a LogitsProcessor: processors see the logits after generate's own processors (a model's
-    repetition_penalty, say), while OpenAI and vLLM report the model's own log-probabilities.
+    With `after_text`, a stop string before the reply's first non-blank character does not count.
     """
 
-    def __init__(self) -> None:
-        self.latest: torch.Tensor | None = None
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: tuple[str, ...], eos_ids: Collection[int],
+                 max_new_tokens: int, after_text: bool = False) -> None:
+        self.tokenizer, self.stops, self.eos_ids = tokenizer, stops, set(eos_ids)
+        self.max_new_tokens, self.after_text = max_new_tokens, after_text
+        self.window = max((len(word) for word in stops), default=0) + 8
+        self.ids: list[int] = []
+        self.generated = 0
+        self.reason: str | None = None
 
-    @contextlib.contextmanager
-    def recording(self, model: PreTrainedModel) -> Iterator[StepLogprobs]:
-        causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-        handle = causal_lm.register_forward_hook(self._keep)
-        try:
-            yield self
-        finally:
-            handle.remove()
-            self.latest = None
+    @property
+    def done(self) -> bool:
+        return self.reason is not None
 
-    def _keep(self, module, args, output) -> None:
-        self.latest = torch.log_softmax(output.logits[:, -1].float(), dim=-1)
+    def add(self, token: int) -> None:
+        self.generated += 1
+        if token in self.eos_ids:
+            self.reason = "stop"
+            return
+        self.ids.append(token)
+        if self.stops and self._holds_stop():
+            self.reason = "stop"
+        elif self.generated >= self.max_new_tokens:
+            self.reason = "length"
 
-    def picked(self, tokens: Sequence[int], top: int) -> list[TokenLogprob]:
-        """Each row's `tokens[row]` with its log-probability and the `top` likeliest tokens, from `latest`."""
-        chosen = self.latest.gather(1, torch.tensor(tokens, device=self.latest.device)[:, None])[:, 0].tolist()
-        tops = _top(self.latest, top)
-        return [TokenLogprob(token, logprob, row_top) for token, logprob, row_top in zip(tokens, chosen, tops)]
+    def text(self) -> str:
+        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
+
+    def _holds_stop(self) -> bool:
+        # Only the newest tokens can complete a stop string: earlier ones would have ended the reply already.
+        window = self.tokenizer.decode(self.ids[-self.window:], skip_special_tokens=True)
+        if not any(word in window for word in self.stops):
+            return False
+        if not self.after_text:
+            return True
+        return any(word in self.text().lstrip() for word in self.stops)  # rare: only on a hit
 
 
-def _top(logprobs: torch.Tensor, k: int) -> list[tuple[tuple[int, float], ...]]:
-    """The k likeliest (token id, log-probability) of each row of a [rows, vocab] tensor."""
-    if k <= 0:
-        return [()] * logprobs.shape[0]
-    values, indices = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1)
-    return [tuple(zip(row_ids, row_values)) for row_ids, row_values in zip(indices.tolist(), values.tolist())]
+def _decode(decoder: Decoder, replies: dict[DecodeRow, Reply],
+            cancel: threading.Event | None = None) -> Iterator[None]:
+    """Generate the rows of `replies` (keys) until each has ended or `cancel` is set; yields after each token."""
+    try:
+        picks = decoder.add(list(replies))
+        rows = list(decoder.rows)
+        while True:
+            for row, pick in zip(rows, picks):
+                replies[row].add(pick.token)
+            decoder.drop([row for row in rows if replies[row].done])
+            yield
+            if not decoder.rows or (cancel is not None and cancel.is_set()):
+                return
+            rows, picks = list(decoder.rows), decoder.step()
+    finally:
+        decoder.clear()
+
+
+def _sampling(config: GenerationConfig) -> Sampling:
+    return Sampling(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                    repetition_penalty=config.repetition_penalty)
 
 
 @torch.inference_mode()
@@ -226,7 +228,7 @@ def score_prompts(model: PreTrainedModel, prompts: Sequence[Sequence[int]], pad_
         chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
         entries = [TokenLogprob(row[0], None)]
         entries += [TokenLogprob(token, logprob, row_top)
-                    for token, logprob, row_top in zip(row[1:], chosen, _top(logprobs, top))]
+                    for token, logprob, row_top in zip(row[1:], chosen, top_logprobs(logprobs, top))]
         scored.append(entries)
     return scored
 
@@ -237,124 +239,24 @@ def stream_generate(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, 
     """Yield the assistant's reply to `messages` in pieces as its tokens are generated.
 
     The pieces join to what `generate()` returns for the same settings. Text that may begin a stop string is held
-    back until it cannot. Setting `cancel`, closing the iterator or a KeyboardInterrupt while it waits stops the
-    generation after the token in flight.
+    back until it cannot. Setting `cancel` (from another thread) or closing the iterator stops the generation after
+    the token in flight.
     """
-    cancel = cancel or threading.Event()
     stops = _stop_strings(template, config)
     prompt = render(template, tokenizer, messages, tools=tools, add_generation_prompt=True)
-    batch = tokenizer([prompt], return_tensors="pt", add_special_tokens=False).to(next(model.parameters()).device)
-    prompt_length = batch["input_ids"].shape[1]
-    tokens = _TokenQueue()
-    options = _generate_options(tokenizer, template, config, stops, prompt_length, cancel)
-    failures: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            with torch.inference_mode():
-                model.generate(**batch, **options, streamer=tokens)
-        except BaseException as error:  # handed to the consumer, which re-raises it
-            failures.append(error)
-        finally:
-            tokens.end()
-
+    row = DecodeRow(tokenizer(prompt, add_special_tokens=False)["input_ids"], _sampling(config))
+    reply = Reply(tokenizer, stops, stop_token_ids(tokenizer, template), config.max_new_tokens)
     if config.seed is not None:
         torch.manual_seed(config.seed)
-    worker = threading.Thread(target=work, name="lorakit-generate", daemon=True)
-    worker.start()
-    ids: list[int] = []
     shown = 0
-    try:
-        while (chunk := tokens.next()) is not None:
-            ids.extend(chunk)
-            safe = _safe_prefix(_decode(tokenizer, ids), stops)
-            if len(safe) > shown:
-                yield safe[shown:]
-                shown = len(safe)
-        worker.join()
-        if failures:
-            raise failures[0]
-        final = trim_reply(_decode(tokenizer, ids), stops)
-        if len(final) > shown:
-            yield final[shown:]
-    finally:
-        cancel.set()
-        worker.join()
-
-
-class _TokenQueue(BaseStreamer):
-    """Receives generated token ids from `model.generate` on its thread; the first `put` is the prompt."""
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[list[int] | None] = queue.Queue()
-        self._prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self._prompt_seen:
-            self._prompt_seen = True
-            return
-        self._queue.put(value.reshape(-1).tolist())
-
-    def end(self) -> None:
-        self._queue.put(None)
-
-    def next(self) -> list[int] | None:
-        # A timeout keeps the waiting main thread responsive to Ctrl-C.
-        while True:
-            try:
-                return self._queue.get(timeout=0.1)
-            except queue.Empty:
-                continue
-
-
-class StopOnText(StoppingCriteria):
-    """Stops a row once its decoded reply holds a stop string, and every row once `cancel` is set.
-
-    Own criterion, not transformers' `stop_strings`: it checks the same decoded text the reply is cut from (and
-    transformers' StopStringCriteria assumes a BPE-style vocabulary). With `after_text`, a stop string before the
-    reply's first non-blank character does not count (a GSM8K answer may open with a blank line).
-    """
-
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: tuple[str, ...], prompt_length: int,
-                 cancel: threading.Event | None = None, after_text: bool = False) -> None:
-        self.tokenizer, self.stops, self.prompt_length, self.cancel = tokenizer, stops, prompt_length, cancel
-        self.after_text = after_text
-        self.window = max((len(word) for word in stops), default=0) + 8
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
-        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        if self.cancel is not None and self.cancel.is_set():
-            return done.fill_(True)
-        if self.stops:
-            # Only the newest tokens can complete a stop string: earlier ones would have stopped the row already.
-            start = max(self.prompt_length, input_ids.shape[1] - self.window)
-            for row, ids in enumerate(input_ids[:, start:].tolist()):
-                done[row] = self._holds_stop(_decode(self.tokenizer, ids), input_ids[row])
-        return done
-
-    def _holds_stop(self, window: str, row: torch.Tensor) -> bool:
-        if not any(word in window for word in self.stops):
-            return False
-        if not self.after_text:
-            return True
-        reply = _decode(self.tokenizer, row[self.prompt_length:].tolist()).lstrip()  # rare: only on a hit
-        return any(word in reply for word in self.stops)
-
-
-def _sampling_options(config: GenerationConfig) -> dict:
-    options = dict(repetition_penalty=config.repetition_penalty, do_sample=config.temperature > 0)
-    if config.temperature > 0:
-        options.update(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k)
-    return options
-
-
-def _generate_options(tokenizer: PreTrainedTokenizerBase, template: Template, config: GenerationConfig,
-                      stops: tuple[str, ...], prompt_length: int, cancel: threading.Event | None = None) -> dict:
-    options = dict(max_new_tokens=config.max_new_tokens, eos_token_id=stop_token_ids(tokenizer, template),
-                   pad_token_id=tokenizer.pad_token_id, **_sampling_options(config))
-    if stops or cancel is not None:
-        options["stopping_criteria"] = StoppingCriteriaList([StopOnText(tokenizer, stops, prompt_length, cancel)])
-    return options
+    for _ in _decode(Decoder(model, pad_token_id(tokenizer)), {row: reply}, cancel):
+        safe = _safe_prefix(reply.text(), stops)
+        if len(safe) > shown:
+            yield safe[shown:]
+            shown = len(safe)
+    final = trim_reply(reply.text(), stops)
+    if len(final) > shown:
+        yield final[shown:]
 
 
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase, template: Template) -> list[int]:
@@ -371,24 +273,20 @@ def _stop_strings(template: Template, config: GenerationConfig) -> tuple[str, ..
     return tuple(dict.fromkeys(word for word in (*template.stop_words, *config.stop) if word))
 
 
-def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
-    return tokenizer.decode(ids, skip_special_tokens=True)
-
-
-def _cut(text: str, stops: tuple[str, ...]) -> str:
+def cut_at_stop(text: str, stops: tuple[str, ...]) -> str:
     """`text` up to its first stop string."""
     return text[:min((text.find(word) for word in stops if word in text), default=len(text))]
 
 
 def trim_reply(text: str, stops: tuple[str, ...]) -> str:
     """The reply up to its first stop string, without surrounding blanks."""
-    return _cut(text, stops).strip()
+    return cut_at_stop(text, stops).strip()
 
 
 def _safe_prefix(text: str, stops: tuple[str, ...]) -> str:
     """The part of a growing reply that later tokens cannot change, without trailing whitespace (the final reply
     is stripped)."""
-    text = _cut(text, stops)
+    text = cut_at_stop(text, stops)
     return text[:len(text) - held_back(text, stops)].strip()
 
 

@@ -394,6 +394,6 @@ def serve(config: ServeConfig) -> None:
     import uvicorn
 
     model, endpoints = load_endpoints(config)
-    engine = Engine(model, max_batch_size=config.max_batch_size)
+    engine = Engine(model, max_batch_size=config.max_batch_size, batching=config.batching)
     app = create_app(engine, endpoints, api_key=config.api_key, default_max_tokens=config.default_max_tokens)
     uvicorn.run(app, host=config.host, port=config.port, log_level="info")
