@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -356,8 +357,9 @@ def report(results: dict) -> None:
                 theirs = results[other]
                 print(f"lorakit / {other}: tokens/s x{theirs['train_seconds'] / ours['train_seconds']:.2f} "
                       f"(training time x{ours['train_seconds'] / theirs['train_seconds']:.2f}), "
-                      f"peak RSS x{ours['peak_rss'] / theirs['peak_rss']:.2f}, eval loss "
-                      f"{(ours['eval_loss'] / theirs['eval_loss'] - 1):+.2%}")
+                      f"peak RSS x{ours['peak_rss'] / theirs['peak_rss']:.2f}"
+                      + ("" if math.isnan(ours["eval_loss"]) else
+                         f", eval loss {(ours['eval_loss'] / theirs['eval_loss'] - 1):+.2%}"))
     for recipe, r in results.items():
         for question, answer in zip(HELD_OUT, r.get("answers", ())):
             print(f"{recipe:12} {question!r} -> {answer!r}")
