@@ -456,3 +456,28 @@ def test_eval_form_benchmark_rows_become_suite_tasks(workdir, tiny_model_dir):
     with pytest.raises(ConfigError, match="shots.*whole number"):
         bad = pd.DataFrame([["x", "choice", "cais/mmlu", "", "five", ""]], columns=BENCHMARK_COLUMNS)
         build_eval_config(WebUIConfig(), [], "tiny-llama", "bench", "", "", 0, bad, workdir)
+
+
+def test_memory_estimate_before_starting_and_two_runs_side_by_side(workdir, tiny_model_dir):
+    from lorakit.webui.train_tab import _compare_curves, _estimate_memory
+
+    values = form(model=str(tiny_model_dir), template="chatml")
+    message = _estimate_memory(WebUIConfig(), "en", *[values[field.name] for field in FIELDS])
+    assert "GiB available" in message and "It fits." in message and "memory estimate" in message, message
+    assert not list((workdir / "outputs").glob("*/adapter"))  # nothing trained, no run started
+    bad = form(model=str(tiny_model_dir), data_path="missing.json")
+    assert _estimate_memory(WebUIConfig(), "zh", *[bad[field.name] for field in FIELDS]).startswith("错误")
+
+    for name, losses in (("a", (3.0, 2.0)), ("b", (3.5, 2.5))):
+        run = workdir / "outputs" / name
+        run.mkdir(parents=True)
+        (run / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "loss": loss}) + "\n"
+                                                   for i, loss in enumerate(losses))
+                                           + json.dumps({"step": 2, "eval_loss": 2.2}) + "\n")
+    curves = _compare_curves(WebUIConfig(), ["a", "b"])
+    assert curves.to_dict("records") == [
+        {"step": 1, "loss": 3.0, "curve": "a"}, {"step": 2, "loss": 2.0, "curve": "a"},
+        {"step": 2, "loss": 2.2, "curve": "a · eval"},
+        {"step": 1, "loss": 3.5, "curve": "b"}, {"step": 2, "loss": 2.5, "curve": "b"},
+        {"step": 2, "loss": 2.2, "curve": "b · eval"}]
+    assert _compare_curves(WebUIConfig(), []) is None

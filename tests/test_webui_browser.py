@@ -82,6 +82,9 @@ def test_train_reattach_stop_and_switch_language(server):
         page.locator("#field-template input").press("Enter")
         page.locator("#field-max_steps input").fill("100000")
         page.locator("#field-batch_size input").fill("2")
+        page.locator("#estimate-memory").click()  # the estimate before starting, weights not loaded
+        page.wait_for_function("document.querySelector('#message')?.innerText.includes('GiB available')",
+                               timeout=60_000)
         page.locator("#start").click()
         page.wait_for_function("document.querySelector('#status')?.innerText.includes('Step ')", timeout=120_000)
         run_dir = workdir / "outputs" / "webui-run"

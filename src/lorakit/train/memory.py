@@ -86,3 +86,62 @@ def fit_micro_batch(model: PreTrainedModel, example_lengths: list[int], config: 
                          gradient_accumulation=config.gradient_accumulation * 2)
         estimate = estimate_memory(model, example_lengths, config.batch_size)
     return config, estimate
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What a run of a config would need, said before it starts: the estimate at its batch size, what this machine
+    has, and the micro-batch training would fall back to (the effective batch stays)."""
+
+    estimate: MemoryEstimate
+    available: int
+    batch_size: int
+    fitted_batch_size: int
+
+    @property
+    def fits(self) -> bool:
+        return self.estimate.total <= self.available
+
+
+def plan_memory(config: TrainConfig) -> MemoryPlan:
+    """The memory estimate of `config` without loading its weights: the data is tokenised as training would (and
+    cached for it), the model built on the meta device in its training dtype with its adapters attached.
+
+    Quantized linear weights are counted at 4 or 8 bits, the rest of the model at the compute dtype.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lorakit.model import load_tokenizer, prepare_for_training, resolve_dtype, resolve_device, \
+        resolve_model_path
+    from lorakit.train.trainer import prepare_data
+
+    data = prepare_data(config, load_tokenizer(config.model))
+    lengths = [min(n, config.data.max_seq_len) for n in data.train_summary.lengths] or \
+        [len(ids) for ids in data.train["input_ids"]]
+    device = resolve_device(config.model.device)
+    dtype = resolve_dtype(config.model.dtype, device)
+    model_config = AutoConfig.from_pretrained(resolve_model_path(config.model.name),
+                                              trust_remote_code=config.model.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(model_config, dtype=dtype,
+                                                 trust_remote_code=config.model.trust_remote_code)
+    quantized = config.model.quantization
+    plain_config = replace(config, model=replace(config.model, quantization="none"))
+    model = prepare_for_training(model, plain_config if quantized != "none" else config)
+    saving = _quantization_saving(model, quantized) if quantized != "none" else 0
+    available = available_memory(device)
+    fitted, estimate = fit_micro_batch(model, lengths, config, available + saving)
+    return MemoryPlan(replace(estimate, weights=estimate.weights - saving), available, config.batch_size,
+                      fitted.batch_size)
+
+
+def _quantization_saving(model: PreTrainedModel, quantization: str) -> int:
+    """Bytes saved by storing the frozen linear weights of the decoder layers in 4 or 8 bits."""
+    bits = 4 if quantization == "4bit" else 8
+    saved = 0
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, torch.nn.Linear) and weight is not None and not weight.requires_grad \
+                and "lm_head" not in name and "lora_" not in name:
+            saved += weight.numel() * weight.element_size() - weight.numel() * bits // 8
+    return saved

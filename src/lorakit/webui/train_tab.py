@@ -27,6 +27,7 @@ def build(page: Page) -> None:
     form = _train_form(page.language, page.add)
     with gr.Row():
         show = page.add(gr.Button(page.text("show_config"), elem_id="show-config"), "show_config")
+        estimate = page.add(gr.Button(page.text("estimate_memory"), elem_id="estimate-memory"), "estimate_memory")
         start = page.add(gr.Button(page.text("start"), variant="primary", elem_id="start"), "start")
         stop = page.add(gr.Button(page.text("stop"), variant="stop", elem_id="stop"), "stop")
         resume = page.add(gr.Button(page.text("resume"), elem_id="resume"), "resume")
@@ -45,21 +46,27 @@ def build(page: Page) -> None:
     command = page.add(gr.Textbox(label=page.text("command"), elem_id="command"), "command")
     runs_table = page.add(gr.Dataframe(_runs_table(page.config), label=page.text("runs_table"),
                                        interactive=False), "runs_table")
+    compared = page.add(gr.Dropdown(_run_names(page.config), multiselect=True, label=page.text("compare"),
+                                    info=page.text("compare.info"), elem_id="compare"), "compare")
+    compare_plot = page.add(gr.LinePlot(None, x="step", y="loss", color="curve", label=page.text("compare_plot"),
+                                        elem_id="compare-plot"), "compare_plot")
     timer = gr.Timer(REFRESH_SECONDS)
 
     inputs = [page.lang, *form]
     live = [status, plot, log, config_yaml, metrics]
     show.click(lambda *v: _show_config(page.config, *v), inputs, [config_yaml, command, message])
+    estimate.click(lambda *v: _estimate_memory(page.config, *v), inputs, message)
+    compared.change(lambda names: _compare_curves(page.config, names), compared, compare_plot)
     start.click(lambda *v: _start(page.config, *v), inputs, [message, run, command])
     stop.click(lambda lg, name: _stop(page.config, lg, name), [page.lang, run], message)
     resume.click(lambda lg, name: _resume(page.config, lg, name), [page.lang, run], message)
     for trigger in (run.change, timer.tick):
         trigger(lambda lg, name: _live_view(page.config, lg, name), [page.lang, run], live)
     config = page.config
-    refresh.click(lambda name: (gr.update(choices=_run_names(config), value=name), _runs_table(config)),
-                  run, [run, runs_table])
-    page.app.load(lambda: (gr.update(choices=_run_names(config), value=_attach(config)), _runs_table(config)), None,
-                  [run, runs_table])
+    refresh.click(lambda name: (gr.update(choices=_run_names(config), value=name), _runs_table(config),
+                                gr.update(choices=_run_names(config))), run, [run, runs_table, compared])
+    page.app.load(lambda: (gr.update(choices=_run_names(config), value=_attach(config)), _runs_table(config),
+                           gr.update(choices=_run_names(config))), None, [run, runs_table, compared])
 
 
 def _train_form(language: str, add) -> list[Any]:
@@ -103,6 +110,32 @@ def _show_config(config: WebUIConfig, language: str, *values: Any):
     from lorakit.config import to_dict
 
     return yaml.safe_dump(to_dict(train_config), sort_keys=False, allow_unicode=True), train_command(overrides), ""
+
+
+def _estimate_memory(config: WebUIConfig, language: str, *values: Any) -> str:
+    """The memory the form's run would need here, before it starts (weights are not loaded)."""
+    from lorakit.train.memory import GIB, plan_memory
+
+    try:
+        train_config, _ = build_train_config(_values(values), config)
+        plan = plan_memory(train_config)
+    except LorakitError as err:
+        return text("msg.error", language, message=err)
+    verdict = text("msg.memory_fits", language) if plan.fits else text(
+        "msg.memory_fallback", language, batch_size=plan.batch_size, fitted=plan.fitted_batch_size)
+    return text("msg.memory", language, needed=plan.estimate.total / GIB, available=plan.available / GIB,
+                detail=plan.estimate.describe(), verdict=verdict)
+
+
+def _compare_curves(config: WebUIConfig, names: list[str] | None) -> pd.DataFrame | None:
+    """The loss curves of several runs on one plot: one line per run and split ("run · eval")."""
+    rows = []
+    for name in names or []:
+        curve = _curve(config.outputs / name) if (config.outputs / name).is_dir() else None
+        if curve is not None:
+            rows += [{"step": step, "loss": loss, "curve": name if split == "train" else f"{name} · {split}"}
+                     for step, loss, split in curve.itertuples(index=False)]
+    return pd.DataFrame(rows, columns=["step", "loss", "curve"]) if rows else None
 
 
 def _start(config: WebUIConfig, language: str, *values: Any):
