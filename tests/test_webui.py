@@ -357,6 +357,9 @@ def test_data_tab_lists_files_and_registry_entries_but_no_run_or_model_files(wor
         'data.paths=["greetings"]', 'data.dataset_dir="data"']
     with pytest.raises(ConfigError, match="outside the folders"):
         data_overrides("/etc/passwd", WebUIConfig(), workdir)
+    config, overrides = build_train_config(form(data_path=sources[-1]), WebUIConfig(), workdir)
+    assert config.data.paths == ("greetings",) and config.data.dataset_dir == workdir / "data"
+    assert 'data.paths=["greetings"]' in overrides  # the Train tab trains on a registered dataset too
 
 
 def test_data_tab_shows_the_check_messages_lengths_and_trained_text(workdir, tiny_model_dir):

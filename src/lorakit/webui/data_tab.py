@@ -19,12 +19,11 @@ from lorakit.data.registry import REGISTRY_FILE
 from lorakit.errors import LorakitError
 from lorakit.webui.i18n import text
 from lorakit.webui.page import Page
-from lorakit.webui.safety import (SEARCH_DEPTH, UPLOAD_DIR, allowed_folders, confine, display_path, files_under,
+from lorakit.webui.safety import (SEARCH_DEPTH, UPLOAD_DIR, allowed_folders, display_path, files_under,
                                   keep_upload)
-from lorakit.webui.train_form import model_override
+from lorakit.webui.train_form import REGISTRY_MARK, data_overrides, model_override
 
 PREVIEW_COUNT = 3
-REGISTRY_MARK = " @ "  # "NAME @ data/dataset_info.json": a registry entry among the data files
 _TRAINED = "trained"
 
 
@@ -125,20 +124,6 @@ def data_sources(config: WebUIConfig, cwd: Path | None = None) -> list[str]:
     return sorted(files) + entries
 
 
-def data_overrides(chosen: str | None, config: WebUIConfig, cwd: Path | None = None) -> list[str]:
-    """The `key=value` overrides that point `lorakit data check` (or train) at `chosen`: a file or folder,
-    confined to the allowed folders, or a registry entry `NAME @ folder/dataset_info.json`."""
-    cwd = Path.cwd() if cwd is None else cwd
-    allowed = allowed_folders(config, cwd)
-    chosen = (chosen or "").strip()
-    if REGISTRY_MARK in chosen:
-        name, registry = chosen.rsplit(REGISTRY_MARK, 1)
-        folder = confine(registry, allowed, cwd).parent
-        return [f"data.paths={json.dumps([name.strip()])}",
-                f"data.dataset_dir={json.dumps(display_path(folder, cwd))}"]
-    return [f"data.paths={json.dumps([display_path(confine(chosen, allowed, cwd), cwd)])}"]
-
-
 def inspect_dataset(config: WebUIConfig, language: str, chosen: str | None, model: str, template: str,
                     max_seq_len: float | None, cwd: Path | None = None) -> DataView:
     """Check the dataset `chosen` as `lorakit data check` does; where records pass, measure and preview them with
@@ -194,7 +179,7 @@ def _measure(view: DataView, conversations: list, config: TrainConfig) -> None:
 
 
 def _use(language: str, chosen: str | None):
-    if not chosen or REGISTRY_MARK in chosen:
+    if not chosen:
         return gr.update(), text("data.msg.use_file", language)
     return chosen, text("data.msg.used", language, path=chosen)
 

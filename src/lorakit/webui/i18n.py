@@ -16,7 +16,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "method.info": "lora: small adapters; dora: LoRA with magnitudes; qlora: LoRA on a 4-bit model (CUDA); "
                        "freeze: train the last layers; full: every weight.",
         "data_path": "Training data",
-        "data_path.info": "A JSON/JSONL file (alpaca, sharegpt, openai or prompt/completion) in an allowed folder.",
+        "data_path.info": "A JSON/JSONL file (alpaca, sharegpt, openai or prompt/completion) in an allowed folder, "
+                          "or a registered dataset: NAME @ folder/dataset_info.json (the Data tab fills it in).",
         "template": "Chat template",
         "template.info": "auto uses the tokenizer's own template.",
         "run_name": "Run name",
@@ -155,7 +156,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "data.summary": "Format: **{format}** · {read} records read, {used} usable · **{bad} problem(s)**",
         "data.msg.uploaded": "Uploaded to {path}.",
         "data.msg.used": "The Train tab now trains on {path}.",
-        "data.msg.use_file": "Pick a data file first (a registry entry cannot be typed into the Train tab yet).",
+        "data.msg.use_file": "Pick a data file or a registered dataset first.",
 
         # --- Evaluate tab (eval_tab.py) ---
         "tab.evaluate": "Evaluate",
@@ -195,7 +196,8 @@ STRINGS: dict[str, dict[str, str]] = {
         "method.info": "lora：小型适配器；dora：带幅度的 LoRA；qlora：4 位模型上的 LoRA（需 CUDA）；"
                        "freeze：只训练最后几层；full：训练全部权重。",
         "data_path": "训练数据",
-        "data_path.info": "允许目录中的 JSON/JSONL 文件（alpaca、sharegpt、openai 或 prompt/completion 格式）。",
+        "data_path.info": "允许目录中的 JSON/JSONL 文件（alpaca、sharegpt、openai 或 prompt/completion 格式），"
+                          "或已注册的数据集：名称 @ 目录/dataset_info.json（可由数据页填入）。",
         "template": "对话模板",
         "template.info": "auto 使用分词器自带的模板。",
         "run_name": "运行名称",
@@ -329,7 +331,7 @@ STRINGS: dict[str, dict[str, str]] = {
         "data.summary": "格式：**{format}** · 读取 {read} 条，可用 {used} 条 · **{bad} 个问题**",
         "data.msg.uploaded": "已上传到 {path}。",
         "data.msg.used": "训练页现在使用 {path} 训练。",
-        "data.msg.use_file": "请先选择一个数据文件（注册表条目暂时不能填入训练页）。",
+        "data.msg.use_file": "请先选择一个数据文件或已注册的数据集。",
 
         # --- Evaluate tab (eval_tab.py) ---
         "tab.evaluate": "评估",

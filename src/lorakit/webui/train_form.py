@@ -15,7 +15,7 @@ from typing import Any
 
 from lorakit.config import TrainConfig, WebUIConfig, load_config
 from lorakit.errors import ConfigError
-from lorakit.webui.safety import allowed_folders, confine, confine_model
+from lorakit.webui.safety import allowed_folders, confine, confine_model, display_path
 
 METHODS = ("lora", "dora", "qlora", "freeze", "full")
 # What each method sets; the page offers the names LLaMA-Factory users know, the config keeps lorakit's keys.
@@ -54,6 +54,7 @@ FIELDS = (
     FormField("eval_steps", 0, "eval_steps", off=0, integer=True),
     FormField("early_stopping", 0, "early_stopping_patience", off=0, integer=True),
 )
+REGISTRY_MARK = " @ "  # "NAME @ data/dataset_info.json": a registry entry among the data files
 FIELD_NAMES = tuple(field.name for field in FIELDS)
 
 
@@ -67,9 +68,8 @@ def train_overrides(values: dict[str, Any], config: WebUIConfig, cwd: Path | Non
     run_name = str(values.get("run_name") or "").strip()
     if not re.fullmatch(r"[\w.-]+", run_name) or run_name in (".", ".."):
         raise ConfigError(f"Run name '{run_name}' must be a plain folder name (letters, digits, _ . -), no slashes.")
-    data = confine(str(values.get("data_path") or ""), allowed, cwd)
     overrides = [f"model.name={model_override(str(values.get('model') or ''), allowed, cwd)}",
-                 *_METHOD_OVERRIDES[method], f"data.paths={json.dumps([str(data)])}",
+                 *_METHOD_OVERRIDES[method], *data_overrides(values.get("data_path"), config, cwd, absolute=True),
                  f"output_dir={json.dumps(str(config.outputs / run_name))}"]
     for field in FIELDS:
         value = values.get(field.name, field.default)
@@ -77,6 +77,23 @@ def train_overrides(values: dict[str, Any], config: WebUIConfig, cwd: Path | Non
             continue
         overrides.append(f"{field.key}={_scalar(int(value) if field.integer else value)}")
     return overrides
+
+
+def data_overrides(chosen: str | None, config: WebUIConfig, cwd: Path | None = None,
+                   absolute: bool = False) -> list[str]:
+    """The `key=value` overrides that point `lorakit data check` (or train) at `chosen`: a file or folder,
+    confined to the allowed folders, or a registry entry `NAME @ folder/dataset_info.json`. Paths are written
+    relative to the working directory where they lie in it (as a user types them), or `absolute` (for a job,
+    whatever folder it runs in)."""
+    cwd = Path.cwd() if cwd is None else cwd
+    allowed = allowed_folders(config, cwd)
+    chosen = (chosen or "").strip()
+    shown = (lambda path: str(path)) if absolute else (lambda path: display_path(path, cwd))
+    if REGISTRY_MARK in chosen:
+        name, registry = chosen.rsplit(REGISTRY_MARK, 1)
+        folder = confine(registry, allowed, cwd).parent
+        return [f"data.paths={json.dumps([name.strip()])}", f"data.dataset_dir={json.dumps(shown(folder))}"]
+    return [f"data.paths={json.dumps([shown(confine(chosen, allowed, cwd))])}"]
 
 
 def build_train_config(values: dict[str, Any], config: WebUIConfig,
