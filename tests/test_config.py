@@ -173,7 +173,7 @@ def test_only_training_configs_translate_llamafactory_keys():
 
 
 def test_a_missing_required_key_is_named():
-    with pytest.raises(ConfigError, match="Config key 'model' must be set"):
+    with pytest.raises(ConfigError, match="The endpoint's model is empty; set it to a model served at base_url"):
         load_config(None, ["base_url=http://localhost:8000/v1"], EndpointConfig)
 
 
