@@ -44,7 +44,7 @@ def test_plan_before_loading_weights_matches_the_loaded_model(tmp_path, tiny_mod
     from lorakit.config import DataConfig, ModelConfig
     from lorakit.model import load_model, load_tokenizer, prepare_for_training
     from lorakit.train import prepare_data
-    from lorakit.train.memory import plan_memory
+    from lorakit.train.memory import plan_memory, training_lengths
 
     data = tmp_path / "train.json"
     data.write_text(json.dumps([{"instruction": "say " + "word " * n, "output": "ok."} for n in range(1, 9)]))
@@ -52,12 +52,12 @@ def test_plan_before_loading_weights_matches_the_loaded_model(tmp_path, tiny_mod
                          data=DataConfig(paths=(str(data),), template="chatml", cache_tokens=False),
                          lora=LoraConfig(rank=4), batch_size=4)
 
-    plan = plan_memory(config)
+    prepared = prepare_data(config, load_tokenizer(config.model))
+    plan = plan_memory(config, training_lengths(prepared, config))
 
     model = prepare_for_training(load_model(config.model), config)
-    prepared = prepare_data(config, load_tokenizer(config.model))
     loaded = estimate_memory(model, prepared.train_summary.lengths, 4)
     assert plan.estimate == loaded and plan.batch_size == plan.fitted_batch_size == 4 and plan.fits
     quantized = plan_memory(TrainConfig(**{**config.__dict__, "model": ModelConfig(
-        name=str(tiny_model_dir), dtype="float32", quantization="4bit")}))
+        name=str(tiny_model_dir), dtype="float32", quantization="4bit")}), training_lengths(prepared, config))
     assert quantized.estimate.weights < plan.estimate.weights  # linear weights at 4 bits

@@ -5,9 +5,8 @@ adapter folder. `mix()` is the whole road behind `lorakit adapters mix`.
 
 from __future__ import annotations
 
-import contextlib
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -16,6 +15,7 @@ from lorakit.config import BASE, AdapterSpec, ModelConfig, check_adapter_names, 
 from lorakit.errors import ConfigError
 from lorakit.files import atomic_dir, write_text
 from lorakit.infer import load_inference_tokenizer
+from lorakit.infer.decoder import adapter_names, use_adapter  # noqa: F401  (picked per call there)
 from lorakit.runs import adapter_base_model, check_same_base, find_adapter_dir
 from lorakit.templates import Template, resolve_template
 
@@ -57,28 +57,6 @@ def load_adapters(model: PreTrainedModel, specs: Sequence[AdapterSpec], base_nam
     for spec in specs[1:]:
         peft_model.load_adapter(str(spec.path), adapter_name=spec.name)
     return peft_model.eval()
-
-
-def adapter_names(model) -> list[str]:
-    """The names of the adapters on `model` (none for a plain model)."""
-    return list(getattr(model, "peft_config", {}) or {})
-
-
-@contextlib.contextmanager
-def use_adapter(model, name: str) -> Iterator[None]:
-    """Within the block `model` computes with adapter `name`, or with no adapter for "base"."""
-    if name == BASE:
-        if not adapter_names(model):
-            yield
-            return
-        with model.disable_adapter():
-            yield
-        return
-    known = adapter_names(model)
-    if name not in known:
-        raise ConfigError(f"No adapter called '{name}' is loaded; loaded: {', '.join([BASE, *known])}.")
-    model.set_adapter(name)
-    yield
 
 
 def resolve_adapter_dirs(specs: Sequence[AdapterSpec]) -> tuple[AdapterSpec, ...]:

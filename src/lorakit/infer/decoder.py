@@ -26,6 +26,7 @@ from transformers.generation.logits_process import (RepetitionPenaltyLogitsProce
 
 from lorakit.config import BASE
 from lorakit.data.tokenize import left_pad
+from lorakit.errors import ConfigError
 
 GREEDY_BELOW = 1e-5
 PEFT_BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
@@ -192,13 +193,33 @@ class Decoder:
         return picks
 
 
+def adapter_names(model) -> list[str]:
+    """The names of the adapters on `model` (none for a plain model)."""
+    return list(getattr(model, "peft_config", {}) or {})
+
+
+@contextlib.contextmanager
+def use_adapter(model, name: str) -> Iterator[None]:
+    """Within the block `model` computes with adapter `name`, or with no adapter for "base"."""
+    if name == BASE:
+        if not adapter_names(model):
+            yield
+            return
+        with model.disable_adapter():
+            yield
+        return
+    known = adapter_names(model)
+    if name not in known:
+        raise ConfigError(f"No adapter called '{name}' is loaded; loaded: {', '.join([BASE, *known])}.")
+    model.set_adapter(name)
+    yield
+
+
 @contextlib.contextmanager
 def row_adapters(model: PreTrainedModel, adapters: Sequence[str | None]) -> Iterator[dict]:
     """Within the block `model` computes row i with adapter `adapters[i]` ("base" for none, None for the model's
     own setting): the one they all share is set on the model, else the yielded options (PEFT's per-row
     `adapter_names`) go to the forward call."""
-    from lorakit.adapters import use_adapter  # lorakit.adapters imports lorakit.infer
-
     if set(adapters) == {None}:
         yield {}
         return

@@ -103,21 +103,22 @@ class MemoryPlan:
         return self.estimate.total <= self.available
 
 
-def plan_memory(config: TrainConfig) -> MemoryPlan:
-    """The memory estimate of `config` without loading its weights: the data is tokenised as training would (and
-    cached for it), the model built on the meta device in its training dtype with its adapters attached.
+def training_lengths(data, config: TrainConfig) -> list[int]:
+    """The token count of each training example of `data` (a train.PreparedData), as the estimate counts them."""
+    return [min(n, config.data.max_seq_len) for n in data.train_summary.lengths] or \
+        [len(ids) for ids in data.train["input_ids"]]
+
+
+def plan_memory(config: TrainConfig, lengths: list[int]) -> MemoryPlan:
+    """The memory estimate of `config` for examples of `lengths` tokens, without loading its weights: the model is
+    built on the meta device in its training dtype with its adapters attached.
 
     Quantized linear weights are counted at 4 or 8 bits, the rest of the model at the compute dtype.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from lorakit.model import load_tokenizer, prepare_for_training, resolve_dtype, resolve_device, \
-        resolve_model_path
-    from lorakit.train.trainer import prepare_data
+    from lorakit.model import prepare_for_training, resolve_dtype, resolve_device, resolve_model_path
 
-    data = prepare_data(config, load_tokenizer(config.model))
-    lengths = [min(n, config.data.max_seq_len) for n in data.train_summary.lengths] or \
-        [len(ids) for ids in data.train["input_ids"]]
     device = resolve_device(config.model.device)
     dtype = resolve_dtype(config.model.dtype, device)
     model_config = AutoConfig.from_pretrained(resolve_model_path(config.model.name),

@@ -45,7 +45,7 @@ from lorakit.train.lora_layers import use_fast_dropout, use_fast_lora_forward
 from lorakit.train.distributed import (is_main_process, local_process_count, smallest_on_every_process,
                                       true_on_any_process)
 from lorakit.train.loss import ChunkedLossTrainer
-from lorakit.train.memory import available_memory, fit_micro_batch
+from lorakit.train.memory import available_memory, fit_micro_batch, training_lengths
 from lorakit.train.packing import concatenate_batch, supports_padding_free, use_varlen_attention
 
 
@@ -167,8 +167,7 @@ def _fit_memory(model: PreTrainedModel, data: PreparedData, config: TrainConfig)
     """Print the memory estimate; shrink the micro-batch (same effective batch) when it would not fit."""
     from rich.console import Console
 
-    lengths = [min(n, config.data.max_seq_len) for n in data.train_summary.lengths] or \
-        [len(ids) for ids in data.train["input_ids"]]
+    lengths = training_lengths(data, config)
     device = resolve_device(config.model.device)
     # Processes on one machine share its RAM; each GPU process has a GPU of its own.
     available = available_memory(device) // (local_process_count() if device.type == "cpu" else 1)

@@ -114,11 +114,14 @@ def _show_config(config: WebUIConfig, language: str, *values: Any):
 
 def _estimate_memory(config: WebUIConfig, language: str, *values: Any) -> str:
     """The memory the form's run would need here, before it starts (weights are not loaded)."""
-    from lorakit.train.memory import GIB, plan_memory
+    from lorakit.model import load_tokenizer
+    from lorakit.train import prepare_data
+    from lorakit.train.memory import GIB, plan_memory, training_lengths
 
     try:
         train_config, _ = build_train_config(_values(values), config)
-        plan = plan_memory(train_config)
+        data = prepare_data(train_config, load_tokenizer(train_config.model))  # tokenised and cached as training will
+        plan = plan_memory(train_config, training_lengths(data, train_config))
     except LorakitError as err:
         return text("msg.error", language, message=err)
     verdict = text("msg.memory_fits", language) if plan.fits else text(
