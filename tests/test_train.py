@@ -170,6 +170,23 @@ def test_validation_early_stopping_and_best_model(tiny_model, tiny_tokenizer, tm
     assert "eval_loss" in json.loads((output_dir / "metrics.json").read_text())
 
 
+def test_an_evaluation_at_the_last_step_is_not_repeated(tiny_model, tiny_tokenizer, tmp_path, data_file,
+                                                         monkeypatch):
+    from transformers import Trainer
+
+    passes = []
+    evaluate = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, *a, **k: passes.append(self.state.global_step)
+                        or evaluate(self, *a, **k))
+    data = DataConfig(paths=(str(data_file),), template="chatml", max_seq_len=64, val_size=0.25)
+    output_dir = fit(tiny_model, tiny_tokenizer, make_config(tmp_path, data_file, data=data, max_steps=4,
+                                                             eval_steps=2))
+    assert passes == [2, 4]  # no third pass over the validation set after training
+    evaluations = [entry for entry in map(json.loads, (output_dir / "metrics.jsonl").read_text().splitlines())
+                   if "eval_loss" in entry]
+    assert json.loads((output_dir / "metrics.json").read_text())["eval_loss"] == evaluations[-1]["eval_loss"]
+
+
 def test_resume_matches_uninterrupted_run(tiny_tokenizer, tmp_path, data_file, monkeypatch):
     def losses(output_dir):
         state = json.loads((output_dir / "trainer_state.json").read_text())

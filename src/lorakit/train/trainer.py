@@ -158,9 +158,20 @@ def run_trainer(trainer: Trainer, watcher: ProgressCallback, resume_from: str | 
     if watcher.stopped:
         metrics["stopped"] = True
     if evaluate:
-        metrics.update(trainer.evaluate())
+        metrics.update(_final_evaluation(trainer))
     metrics["train_seconds"] = round(time.time() - started, 2)
     return metrics
+
+
+def _final_evaluation(trainer: Trainer) -> dict[str, Any]:
+    """The validation metrics of the trained model: those logged at the last step when training evaluated there (and
+    kept the last weights), else a new evaluation pass; one pass over the validation set can take minutes."""
+    state = trainer.state
+    if not trainer.args.load_best_model_at_end:
+        last = [entry for entry in state.log_history if "eval_loss" in entry and entry.get("step") == state.global_step]
+        if last:
+            return {key: value for key, value in last[-1].items() if key.startswith("eval_")}
+    return trainer.evaluate()
 
 
 def _fit_memory(model: PreTrainedModel, data: PreparedData, config: TrainConfig) -> TrainConfig:
