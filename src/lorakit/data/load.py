@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -72,6 +72,23 @@ def load_conversations(config: DataConfig) -> tuple[list[Conversation], LoadSumm
     conversations = _combine(per_dataset, config)
     summary.used = len(conversations)
     return conversations, summary
+
+
+def keep_records(conversations: list[Conversation], summary: LoadSummary, config: DataConfig,
+                 fits: Callable[[Conversation], bool], problem: Callable[[Conversation], str]) -> list[Conversation]:
+    """The records that `fits` a stage: any other raises DataError with its `problem` (naming file and line), or
+    with `data.skip_bad` is skipped and counted in `summary`."""
+    kept = []
+    for conversation in conversations:
+        if fits(conversation):
+            kept.append(conversation)
+            continue
+        message = problem(conversation)
+        if not config.skip_bad:
+            raise DataError(message + " Fix the record, set data.skip_bad=true, or train it with stage: sft.")
+        summary.problems.append(message)
+        summary.skipped += 1
+    return kept
 
 
 def validate_conversations(config: DataConfig) -> tuple[list[Conversation], LoadSummary]:

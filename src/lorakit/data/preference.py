@@ -13,7 +13,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lorakit.config import DataConfig
 from lorakit.data.formats import Conversation
-from lorakit.data.load import LoadSummary, load_conversations
+from lorakit.data.load import LoadSummary, keep_records, load_conversations
 from lorakit.data.tokenize import TokenizeSummary, shared_system
 from lorakit.errors import DataError
 from lorakit.templates import Template, render_supervised
@@ -28,16 +28,7 @@ def load_preferences(config: DataConfig) -> tuple[list[Conversation], LoadSummar
     with `data.skip_bad`).
     """
     conversations, summary = load_conversations(config)
-    pairs = []
-    for conversation in conversations:
-        if conversation.rejected is not None:
-            pairs.append(conversation)
-            continue
-        problem = not_a_pair(conversation)
-        if not config.skip_bad:
-            raise DataError(problem + " Fix the record, set data.skip_bad=true, or train it with stage: sft.")
-        summary.problems.append(problem)
-        summary.skipped += 1
+    pairs = keep_records(conversations, summary, config, lambda c: c.rejected is not None, not_a_pair)
     if not pairs:
         raise DataError(f"{', '.join(config.paths)}: no preference pairs (records with chosen and rejected) to "
                         "train a pairwise preference stage (dpo, orpo, simpo) on.")

@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lorakit.config import DataConfig
 from lorakit.data.formats import Conversation
-from lorakit.data.load import LoadSummary, load_conversations
+from lorakit.data.load import LoadSummary, keep_records, load_conversations
 from lorakit.data.tokenize import TokenizeSummary, bos_prefix, encode
 from lorakit.errors import DataError
 from lorakit.templates import Template
@@ -29,16 +29,7 @@ def load_texts(config: DataConfig) -> tuple[list[Conversation], LoadSummary]:
     `data.skip_bad`).
     """
     conversations, summary = load_conversations(config)
-    documents = []
-    for conversation in conversations:
-        if conversation.text is not None:
-            documents.append(conversation)
-            continue
-        problem = not_text(conversation)
-        if not config.skip_bad:
-            raise DataError(problem + " Fix the record, set data.skip_bad=true, or train it with stage: sft.")
-        summary.problems.append(problem)
-        summary.skipped += 1
+    documents = keep_records(conversations, summary, config, lambda c: c.text is not None, not_text)
     if not documents:
         raise DataError(f"{', '.join(config.paths)}: no plain-text documents to train stage pt on.")
     summary.used = len(documents)

@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lorakit.config import DataConfig
 from lorakit.data.formats import Conversation
-from lorakit.data.load import LoadSummary, load_conversations
+from lorakit.data.load import LoadSummary, keep_records, load_conversations
 from lorakit.data.preference import encode_answer, encode_pair
 from lorakit.data.tokenize import TokenizeSummary, shared_system
 from lorakit.errors import DataError
@@ -32,16 +32,7 @@ def load_unpaired(config: DataConfig) -> tuple[list[Conversation], LoadSummary]:
     Raises DataError when the records are all desirable or all undesirable.
     """
     conversations, summary = load_conversations(config)
-    labelled = []
-    for conversation in conversations:
-        if is_labelled(conversation):
-            labelled.append(conversation)
-            continue
-        problem = not_labelled(conversation)
-        if not config.skip_bad:
-            raise DataError(problem + " Fix the record, set data.skip_bad=true, or train it with stage: sft.")
-        summary.problems.append(problem)
-        summary.skipped += 1
+    labelled = keep_records(conversations, summary, config, is_labelled, not_labelled)
     problem = one_sided(labelled, ", ".join(config.paths))
     if problem:
         raise DataError(problem)
