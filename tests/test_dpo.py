@@ -28,11 +28,11 @@ def pairs_file(tmp_path):
     return write_jsonl(tmp_path / "pairs.jsonl", PAIRS)
 
 
-def make_config(tmp_path, data_file, **overrides) -> TrainConfig:
+def make_config(tmp_path, data_file, stage="dpo", **overrides) -> TrainConfig:
     data = DataConfig(paths=(str(data_file),), template="chatml", max_seq_len=64, cache_tokens=False,
                       val_size=overrides.pop("val_size", 0.0))
-    settings = dict(model=ModelConfig(name="tiny", dtype="float32", device="cpu"), data=data, stage="dpo",
-                    lora=LoraConfig(rank=2, alpha=4, dropout=0.0), output_dir=tmp_path / "dpo", max_steps=3,
+    settings = dict(model=ModelConfig(name="tiny", dtype="float32", device="cpu"), data=data, stage=stage,
+                    lora=LoraConfig(rank=2, alpha=4, dropout=0.0), output_dir=tmp_path / stage, max_steps=3,
                     batch_size=4, learning_rate=5e-2, logging_steps=1)
     settings.update(overrides)
     return TrainConfig(**settings)

@@ -6,13 +6,14 @@ import json
 import pytest
 import torch
 
-from lorakit.config import DataConfig, LoraConfig, ModelConfig, PreferenceConfig, TrainConfig, load_config
+from lorakit.config import DataConfig, PreferenceConfig, TrainConfig, load_config
 from lorakit.data.unpaired import load_unpaired
 from lorakit.errors import ConfigError, DataError
 from lorakit.train import prepare_data, train
 from lorakit.train.preference import _policy, build_preference_trainer
 
 from conftest import make_model, shared_data
+from test_dpo import completion_logps, make_config
 
 WORDS = ("hi", "yes", "no", "cat", "dog", "sun", "moon", "tea")
 ANSWERS = [{"prompt": f"say {word}", "completion": f"{word} {word}." if good else f"not {word}!", "label": good}
@@ -23,23 +24,6 @@ PAIRS = [{"prompt": f"say {word}", "chosen": f"{word} {word}.", "rejected": f"no
 def write_jsonl(path, records):
     path.write_text("\n".join(json.dumps(record) for record in records) + "\n")
     return path
-
-
-def make_config(tmp_path, data_file, stage, **overrides) -> TrainConfig:
-    data = DataConfig(paths=(str(data_file),), template="chatml", max_seq_len=64, cache_tokens=False,
-                      val_size=overrides.pop("val_size", 0.0))
-    settings = dict(model=ModelConfig(name="tiny", dtype="float32", device="cpu"), data=data, stage=stage,
-                    lora=LoraConfig(rank=2, alpha=4, dropout=0.0), output_dir=tmp_path / stage, max_steps=3,
-                    batch_size=4, learning_rate=5e-2, logging_steps=1)
-    settings.update(overrides)
-    return TrainConfig(**settings)
-
-
-def completion_logps(model, batch) -> torch.Tensor:
-    with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    token_logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
-    return (token_logps * batch["completion_mask"][:, 1:]).sum(dim=1)
 
 
 # --- kto -----------------------------------------------------------------------------------------------------------
