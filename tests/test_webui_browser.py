@@ -75,13 +75,7 @@ def test_train_reattach_stop_and_switch_language(server):
         browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
         page.goto(url)
-        page.locator("#field-model input").fill("tiny-llama")
-        page.locator("#field-model input").press("Enter")
-        page.locator("#field-data_path textarea").fill("train.json")
-        page.locator("#field-template input").fill("chatml")
-        page.locator("#field-template input").press("Enter")
-        page.locator("#field-max_steps input").fill("100000")
-        page.locator("#field-batch_size input").fill("2")
+        fill_train_form(page, "tiny-llama", max_steps=100000)
         page.locator("#estimate-memory").click()  # the estimate before starting, weights not loaded
         page.wait_for_function("document.querySelector('#message')?.innerText.includes('GiB available')",
                                timeout=60_000)
@@ -148,11 +142,6 @@ def _small_llama(folder: Path) -> Path:
     return folder
 
 
-def _fill(page, selector: str, value: str) -> None:
-    page.locator(selector).fill(value)
-    page.locator(selector).press("Enter")
-
-
 def _answers(page, chatbot: str) -> list[str]:
     return [text.strip() for text in page.locator(f"#{chatbot} .bot-row").all_inner_texts()]
 
@@ -167,11 +156,7 @@ def test_train_then_chat_side_by_side_and_export_gguf(server):
         browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True)
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
         page.goto(url)
-        _fill(page, "#field-model input", "small-llama")
-        page.locator("#field-data_path textarea").fill("train.json")
-        _fill(page, "#field-template input", "chatml")
-        page.locator("#field-max_steps input").fill("3")
-        page.locator("#field-batch_size input").fill("2")
+        fill_train_form(page, "small-llama", max_steps=3)
         page.locator("#start").click()
         page.wait_for_function("document.querySelector('#status')?.innerText.includes('finished')", timeout=300_000)
 
@@ -199,7 +184,7 @@ def test_train_then_chat_side_by_side_and_export_gguf(server):
         page.wait_for_function("document.querySelector('#export-run input')?.value === 'outputs/webui-run'",
                                timeout=30_000)
         page.get_by_label("gguf", exact=True).check()
-        _fill(page, "#export-type input", "q8_0")
+        pick(page, "#export-type", "q8_0")
         page.locator("#export-start").click()
         page.wait_for_function("document.querySelector('#export-status')?.innerText.includes('finished')",
                                timeout=300_000)
@@ -230,6 +215,15 @@ def pick(page, selector: str, value: str) -> None:
     """Type `value` into a dropdown (one that takes typed values) and confirm it."""
     page.locator(f"{selector} input").fill(value)
     page.locator(f"{selector} input").press("Enter")
+
+
+def fill_train_form(page, model: str, max_steps: int) -> None:
+    """The Train tab's form for a short run of `model` on train.json (chatml, batch 2)."""
+    pick(page, "#field-model", model)
+    page.locator("#field-data_path textarea").fill("train.json")
+    pick(page, "#field-template", "chatml")
+    page.locator("#field-max_steps input").fill(str(max_steps))
+    page.locator("#field-batch_size input").fill("2")
 
 
 def switch_to_chinese(page, check_selector: str, chinese: str) -> None:
@@ -317,11 +311,7 @@ def test_closing_the_browser_mid_training_leaves_the_steps_advancing(server):
 
     with playwright.sync_playwright() as driver:
         browser, page = open_page(driver, url)
-        pick(page, "#field-model", "tiny-llama")
-        page.locator("#field-data_path textarea").fill("train.json")
-        pick(page, "#field-template", "chatml")
-        page.locator("#field-max_steps input").fill("100000")
-        page.locator("#field-batch_size input").fill("2")
+        fill_train_form(page, "tiny-llama", max_steps=100000)
         page.locator("#start").click()
         # Wait for the job from its run folder: the live view is the other test's subject, and a loaded machine
         # may leave the page's 1 s refresh behind while the job is already training.
