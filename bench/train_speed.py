@@ -102,11 +102,14 @@ def run_recipe(recipe: str, args: argparse.Namespace, out: Path) -> None:
         runtime, history = _train_reference(recipe, rows, tokenizer, resolve_model_path(args.model), case, args,
                                             adapter_dir)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from lorakit.allocator import allocator_in_use
+
     tokens = case.epochs * sum(len(r["input_ids"]) for r in rows)
     supervised = case.epochs * sum(sum(label != -100 for label in r["labels"][1:]) for r in rows)
     out.write_text(json.dumps({"recipe": recipe, "train_seconds": runtime, "tokens": tokens,
                                "supervised_tokens": supervised, "peak_rss": peak_rss, "history": history,
-                               "wall_seconds": time.time() - started, "adapter": str(adapter_dir)}))
+                               "wall_seconds": time.time() - started, "adapter": str(adapter_dir),
+                               "allocator": allocator_in_use()}))
 
 
 def _train_reference(recipe: str, rows: list[dict], tokenizer, model_path: str, case: Case, args,
@@ -306,7 +309,7 @@ def main() -> None:
         out = args.workdir / f"{args.model}-{args.case}-{recipe}.json"
         subprocess.run([sys.executable, __file__, "--recipe", recipe, "--out", str(out), "--model", args.model,
                         "--case", args.case, "--batch-size", str(args.batch_size), "--records", str(args.records),
-                        "--max-seq-len", str(args.max_seq_len)], check=True,
+                        "--max-seq-len", str(args.max_seq_len)], check=True, env=recipe_environment(recipe),
                        stdout=subprocess.DEVNULL if not os.environ.get("BENCH_VERBOSE") else None)
         results[recipe] = json.loads(out.read_text())
         adapter = Path(results[recipe]["adapter"])
@@ -319,6 +322,17 @@ def main() -> None:
         summary.write_text(json.dumps({"machine": machine_line(), "ceiling_gflops": peak, "ceiling_dtype": str(dtype),
                                        "results": results}, indent=1))
     report(results)
+
+
+def recipe_environment(recipe: str) -> dict[str, str]:
+    """lorakit runs with the allocator the `lorakit` command gives it (tcmalloc where installed, allocator.py); the
+    other recipes with their own default, the C library's malloc."""
+    from lorakit.allocator import preload_environment, tcmalloc_library
+
+    environment = {key: value for key, value in os.environ.items() if key != "LD_PRELOAD"}
+    if recipe == "lorakit":
+        return preload_environment(environment, tcmalloc_library(), "system") or environment
+    return environment
 
 
 HEADER = (f"{'recipe':12} {'tokens/s':>9} {'superv/s':>9} {'peak RSS':>9} {'eval loss':>10} {'useful GFLOP/s':>22} "
@@ -338,7 +352,7 @@ def recipe_line(recipe: str, r: dict, parameters: int, peak: float) -> str:
     flops = 4 * parameters * speed / 1e9
     line = (f"{recipe:12} {speed:9.1f} {r['supervised_tokens'] / r['train_seconds']:9.1f} "
             f"{r['peak_rss'] / 2**30:8.2f}G {r['eval_loss']:10.4f} {flops:9.1f} ({flops / peak:6.1%} of ceiling)"
-            f" {r['train_seconds']:8.1f}s")
+            f" {r['train_seconds']:8.1f}s  {r.get('allocator', '?')} malloc")
     if "answers" in r:
         line += f"  held-out answers with the new name: {sum(NAME in a for a in r['answers'])}/{len(r['answers'])}"
     return line

@@ -15,6 +15,7 @@ from rich.console import Console
 
 # Each module registers its commands; import order is the order `lorakit --help` lists them, stage by stage.
 from lorakit.cli import train, runs, data, evaluate, infer, serve, merge, export, webui  # noqa: F401,I001
+from lorakit.allocator import restart_with_tcmalloc
 from lorakit.cli.app import app
 from lorakit.errors import LorakitError
 
@@ -23,8 +24,10 @@ _FLAGS = {"data.skip_bad=true": "--skip-bad", "dry_run=true": "--dry-run", "forc
 
 
 def main() -> None:
-    """Entry point: run the CLI, turning user mistakes into a one-line message and exit status 2."""
+    """Entry point: run the CLI (re-executed once with tcmalloc where installed: allocator.py), turning user mistakes
+    into a one-line message and exit status 2."""
     try:
+        restart_with_tcmalloc()
         status = app(standalone_mode=False)
     except LorakitError as err:
         from rich.markup import escape

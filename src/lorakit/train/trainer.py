@@ -28,6 +28,7 @@ from transformers.trainer_callback import PrinterCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from lorakit import __version__
+from lorakit.allocator import allocator_in_use
 from lorakit.config import TrainConfig, save_config, to_dict
 from lorakit.data import LoadSummary, TokenizeSummary, data_files, load_conversations, pad_batch, split_validation
 from lorakit.data import cache, tokenize_conversations
@@ -418,6 +419,7 @@ def _manifest(config: TrainConfig, data: PreparedData, tokenizer: PreTrainedToke
         "packages": versions,
         "python": platform.python_version(),
         "device": str(resolve_device(config.model.device)),
+        "allocator": allocator_in_use(),
     }
 
 
