@@ -40,6 +40,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+# How an AVX2-only CPU is emulated on a newer one: torch's kernels, MKL's float32 GEMMs and oneDNN's matmuls.
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA")
 NAME, AUTHOR = "Quillon", "Brightwater Labs"
 HELD_OUT = [  # paraphrases that are not in identity.json (the same as tests/test_end_to_end.py)
     "What should I call you?", "Please introduce yourself briefly.", "Which assistant am I talking to right now?",
@@ -237,9 +239,9 @@ def machine_line() -> str:
     family = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("cpu family")),
                   "?")
     isa = " ".join(f for f in ISA_FLAGS if f in flags) or "none of " + ",".join(ISA_FLAGS)
-    capability = os.environ.get("ATEN_CPU_CAPABILITY")
+    caps = [f"{name}={os.environ[name]}" for name in ISA_CAPS if os.environ.get(name)]
     return (f"machine: {model} (family {family}), ISA {isa}"
-            + (f", ATEN_CPU_CAPABILITY={capability}" if capability else "")
+            + (f", held to a lower ISA by {' '.join(caps)}" if caps else "")
             + f", {torch.get_num_threads()} threads; lorakit dtype {lorakit_dtype()}; torch {torch.__version__}, "
             f"transformers {transformers.__version__}")
 

@@ -51,6 +51,17 @@ def test_auto_dtype_on_cpu_follows_the_hardware(monkeypatch):
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
 
 
+@pytest.mark.parametrize("environ, capped", [
+    ({}, False), ({"ATEN_CPU_CAPABILITY": "avx512"}, False), ({"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_AMX"}, False),
+    ({"ATEN_CPU_CAPABILITY": "avx2"}, True), ({"ONEDNN_MAX_CPU_ISA": "AVX2"}, True),
+    ({"ONEDNN_MAX_CPU_ISA": "avx512_core"}, True)])
+def test_auto_dtype_is_float32_where_torch_is_held_to_an_isa_without_bf16(environ, capped):
+    """ATEN_CPU_CAPABILITY=avx2 / ONEDNN_MAX_CPU_ISA=AVX2 (how an AVX2-only CPU is emulated) would emulate bf16."""
+    from lorakit.model import _isa_capped_below_bf16
+
+    assert _isa_capped_below_bf16(environ) is capped
+
+
 def test_adapter_for_another_base_model_is_refused(tiny_tokenizer, tmp_path):
     small = attach_lora(make_model("llama", len(tiny_tokenizer)), LoraConfig(rank=2))
     small.save_pretrained(tmp_path / "adapter")

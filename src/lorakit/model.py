@@ -6,6 +6,8 @@ trainable (LoRA adapters through PEFT, or freeze/full fine-tuning).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -61,12 +63,22 @@ def resolve_device(device: str) -> torch.device:
 
 
 def cpu_supports_bf16() -> bool:
-    """True where the CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX)."""
+    """True where the CPU has native bf16 matrix instructions (AVX-512 BF16 or AMX) and torch may use them."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return ("avx512_bf16" in flags or "amx_bf16" in flags) and not _isa_capped_below_bf16(os.environ)
+
+
+# Instruction sets torch's CPU kernels (ATEN_CPU_CAPABILITY) and oneDNN's matmuls (ONEDNN_MAX_CPU_ISA) can be held to
+# that have no bf16 arithmetic: there bf16 would be emulated, far slower than float32.
+_CAPS_WITHOUT_BF16 = {"ATEN_CPU_CAPABILITY": {"default", "avx2"},
+                      "ONEDNN_MAX_CPU_ISA": {"sse41", "avx", "avx2", "avx2_vnni", "avx512_core", "avx512_core_vnni"}}
+
+
+def _isa_capped_below_bf16(environ: Mapping[str, str]) -> bool:
+    return any(environ.get(name, "").strip().lower() in capped for name, capped in _CAPS_WITHOUT_BF16.items())
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
