@@ -68,3 +68,18 @@ def test_a_process_restarts_once_with_tcmalloc_and_stays_on_it_when_told():
     assert restarted["allocator"] == "tcmalloc"
     assert restarted["preload"].split() == [tcmalloc_library()]  # named once: the restarted process did not loop
     assert _allocator_after_restart(LORAKIT_ALLOCATOR="system")["allocator"] == "system"
+
+
+def test_only_the_commands_own_process_restarts(monkeypatch):
+    """`lorakit` and `python -m lorakit.cli` may restart themselves; a program (or test) calling main() is kept."""
+    import lorakit.cli as cli
+
+    monkeypatch.setattr(cli, "restart_with_tcmalloc", lambda: pytest.fail("main() restarted its caller's process"))
+    monkeypatch.setattr(sys, "argv", ["lorakit", "--help"])
+    try:
+        cli.main()
+    except SystemExit as exit_info:
+        assert exit_info.code in (0, None)
+    bad = subprocess.run([sys.executable, "-m", "lorakit.cli", "--help"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "LORAKIT_ALLOCATOR": "fast"})
+    assert bad.returncode == 2 and "LORAKIT_ALLOCATOR='fast' is not one of" in bad.stderr

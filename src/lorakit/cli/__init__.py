@@ -23,11 +23,20 @@ from lorakit.errors import LorakitError
 _FLAGS = {"data.skip_bad=true": "--skip-bad", "dry_run=true": "--dry-run", "force=true": "--force"}
 
 
-def main() -> None:
-    """Entry point: run the CLI (re-executed once with tcmalloc where installed: allocator.py), turning user mistakes
-    into a one-line message and exit status 2."""
+def command() -> None:
+    """The `lorakit` command's entry point (and `python -m lorakit.cli`'s)."""
+    main(own_process=True)
+
+
+def main(own_process: bool = False) -> None:
+    """Run the CLI in this process, turning user mistakes into a one-line message and exit status 2.
+
+    `own_process`: this process is the command's own (`lorakit`, `python -m lorakit.cli`), so it may first re-execute
+    itself with tcmalloc (allocator.py); a caller that runs the CLI inside its own process keeps that process.
+    """
     try:
-        restart_with_tcmalloc()
+        if own_process:
+            restart_with_tcmalloc()
         status = app(standalone_mode=False)
     except LorakitError as err:
         from rich.markup import escape

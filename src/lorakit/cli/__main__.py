@@ -1,3 +1,3 @@
-from lorakit.cli import main
+from lorakit.cli import command
 
-main()
+command()
