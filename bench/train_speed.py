@@ -90,6 +90,7 @@ def tokenized(model_name: str, case: Case, start: int, count: int, max_seq_len: 
 
 def run_recipe(recipe: str, args: argparse.Namespace, out: Path) -> None:
     """Train one recipe in this process and write its figures to `out` (JSON)."""
+    from lorakit.allocator import allocator_in_use
     from lorakit.config import ModelConfig
     from lorakit.model import load_tokenizer, resolve_model_path
 
@@ -104,8 +105,6 @@ def run_recipe(recipe: str, args: argparse.Namespace, out: Path) -> None:
         runtime, history = _train_reference(recipe, rows, tokenizer, resolve_model_path(args.model), case, args,
                                             adapter_dir)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    from lorakit.allocator import allocator_in_use
-
     tokens = case.epochs * sum(len(r["input_ids"]) for r in rows)
     supervised = case.epochs * sum(sum(label != -100 for label in r["labels"][1:]) for r in rows)
     out.write_text(json.dumps({"recipe": recipe, "train_seconds": runtime, "tokens": tokens,

@@ -432,24 +432,26 @@ def gguf_perplexity(gguf: Path, features: list[dict[str, list[int]]]) -> float:
     return math.exp(total / count)
 
 
-def _without_weight_repacking(llama_cpp: Any) -> None:
-    """Load models without llama.cpp's repacked weight buffers (its AMX and AArch64 CPU kernels).
+@contextmanager
+def _without_weight_repacking(llama_cpp: Any) -> Iterator[None]:
+    """Models loaded inside skip llama.cpp's repacked weight buffers (its AMX and AArch64 CPU kernels).
 
-    With them, llama-cpp-python 0.3.36 built for an Intel Xeon with AMX crashed (segmentation fault) reading a
-    Q4_K_M GGUF; the plain CPU kernels give the same numbers. The Python binding has no argument for it, so the
-    default model parameters it starts from are wrapped (once).
+    With them, llama-cpp-python 0.3.36 built on an Intel Xeon with AMX crashed (segmentation fault) scoring a Q4_K_M
+    GGUF; with the plain CPU kernels the GGUF tests' perplexity and logit checks pass. `Llama` takes no argument for
+    it and reads the binding's default model parameters, so those are swapped while the model loads, then restored.
     """
-    bindings = llama_cpp.llama_cpp  # the module whose defaults `Llama` reads
+    bindings = llama_cpp.llama_cpp
     defaults = bindings.llama_model_default_params
-    if getattr(defaults, "lorakit_without_repacking", False):
-        return
 
     def without_repacking():
         params = defaults()
         params.use_extra_bufts = False
         return params
-    without_repacking.lorakit_without_repacking = True
     bindings.llama_model_default_params = without_repacking
+    try:
+        yield
+    finally:
+        bindings.llama_model_default_params = defaults
 
 
 def load_gguf(gguf: Path, n_ctx: int = 2048, logits_all: bool = False, lora_path: Path | None = None,
@@ -460,8 +462,8 @@ def load_gguf(gguf: Path, n_ctx: int = 2048, logits_all: bool = False, lora_path
     logits with the float32 model it came from.
     """
     llama_cpp = _import_llama_cpp("load a GGUF")
-    _without_weight_repacking(llama_cpp)
     cache = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} if float32_cache else {}
-    return llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, logits_all=logits_all, verbose=False, n_gpu_layers=0,
-                           lora_path=str(lora_path) if lora_path else None, seed=0,
-                           n_threads=os.cpu_count() or 1, **cache)
+    with _without_weight_repacking(llama_cpp):
+        return llama_cpp.Llama(model_path=str(gguf), n_ctx=n_ctx, logits_all=logits_all, verbose=False,
+                               n_gpu_layers=0, lora_path=str(lora_path) if lora_path else None, seed=0,
+                               n_threads=os.cpu_count() or 1, **cache)
