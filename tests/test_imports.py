@@ -50,3 +50,19 @@ def test_no_import_cycles():
         if name not in state:
             visit(name, [name])
     assert not cycles, "import cycles: " + "; ".join(cycles)
+
+
+def test_offline_kernel_notices_are_dropped_and_other_warnings_kept(caplog):
+    import logging
+
+    import lorakit  # noqa: F401  (installs the filters)
+
+    hub = logging.getLogger("kernels._internals.hf_hub")
+    bnb = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    with caplog.at_level(logging.WARNING):
+        hub.warning("Skipping publisher trust check for 'kernels-community/x' because Hugging Face Hub is in "
+                    "offline mode.")
+        bnb.warning("Failed to load CPU gemm_4bit_forward from kernels-community: offline")
+        hub.warning("Kernel repository 'x/y' has no build for this platform")
+    assert [record.getMessage() for record in caplog.records] == [
+        "Kernel repository 'x/y' has no build for this platform"]

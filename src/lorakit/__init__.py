@@ -4,6 +4,15 @@ import logging
 
 __version__ = "0.1.0"
 
-# bitsandbytes warns on import that it cannot fetch an optional CPU kernel from the hub; its built-in fallback
-# works, and the user can do nothing about it offline, so the warning is noise on every command.
+# On CPUs with AVX-512 BF16, importing bitsandbytes (peft imports it) asks the hub for an optional 4-bit CPU kernel
+# (through `kernels`, which transformers 5.25 installs). Offline that logs two warnings on every command: the kernel
+# is missing, and kernels skipped its publisher check. bitsandbytes' built-in fallback works and the user can do
+# nothing about either, so both are noise; other warnings of these modules still show.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
+def _is_offline_trust_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Skipping publisher trust check")
+
+
+logging.getLogger("kernels._internals.hf_hub").addFilter(_is_offline_trust_notice)
