@@ -66,3 +66,15 @@ def test_offline_kernel_notices_are_dropped_and_other_warnings_kept(caplog):
         hub.warning("Kernel repository 'x/y' has no build for this platform")
     assert [record.getMessage() for record in caplog.records] == [
         "Kernel repository 'x/y' has no build for this platform"]
+
+
+def test_transformers_deprecation_that_peft_triggers_is_hidden_and_others_shown():
+    import warnings
+
+    from lorakit import hide_peft_deprecation_notice
+
+    with warnings.catch_warnings(record=True) as caught:
+        hide_peft_deprecation_notice()  # again: pytest resets the filters for each test
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+        warnings.warn("`other_option` is deprecated and will be removed in v6.", FutureWarning)
+    assert [str(warning.message) for warning in caught] == ["`other_option` is deprecated and will be removed in v6."]

@@ -1,6 +1,7 @@
 """lorakit: LoRA fine-tuning of open language models, from a dataset file to a working adapter, offline."""
 
 import logging
+import warnings
 
 __version__ = "0.1.0"
 
@@ -16,3 +17,12 @@ def _is_offline_trust_notice(record: logging.LogRecord) -> bool:
 
 
 logging.getLogger("kernels._internals.hf_hub").addFilter(_is_offline_trust_notice)
+
+
+def hide_peft_deprecation_notice() -> None:
+    """transformers 5.25 deprecates `is_gradient_checkpointing`, which PEFT reads whenever it wraps a model: a
+    FutureWarning about PEFT's code, not the user's, in every training and chat command."""
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+
+
+hide_peft_deprecation_notice()
