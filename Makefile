@@ -1,5 +1,5 @@
 # lorakit: `make demo` fine-tunes the bundled model and shows the difference; `make test` runs the test suite.
-# Both create .venv and install what they need (CPU torch pinned by constraints.txt).
+# Both create .venv and install what they need (CPU torch and the tested versions of the stack: constraints.txt).
 # `make test` runs the tests in file order; `make test-shuffled` in a random order (pytest-randomly), printing the
 # seed that repeats it: `make test-shuffled SEED=1234`.
 PYTHON ?= python3.11
