@@ -23,6 +23,20 @@ def test_estimate_counts_each_part():
     assert "memory estimate" in small.describe() and "activations (200 tokens)" in small.describe()
 
 
+def test_attention_probabilities_are_counted_only_where_16_bit_matmul_attention_keeps_them():
+    import torch
+
+    model = lora_model()
+    one_long, two_short = [400, 400], [200, 200, 200, 200]
+    float32 = [estimate_memory(model, lengths, batch_size=len(lengths) // 2).activations
+               for lengths in (one_long, two_short)]
+    model.to(torch.bfloat16)
+    bfloat16 = [estimate_memory(model, lengths, batch_size=len(lengths) // 2).activations
+                for lengths in (one_long, two_short)]
+    assert float32[0] == float32[1]  # the same 400 tokens: the same estimate, however they are split
+    assert bfloat16[0] > bfloat16[1]  # one 400-token example: 4x the probabilities of two 200-token ones
+
+
 def test_micro_batch_halves_until_it_fits_keeping_the_effective_batch():
     model = lora_model()
     config = TrainConfig(batch_size=8, gradient_accumulation=2)

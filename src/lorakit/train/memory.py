@@ -57,9 +57,10 @@ def estimate_memory(model: PreTrainedModel, example_lengths: list[int], batch_si
     # inputs (~9 x hidden), MLP activations and the down projection's dropped input (~5 x intermediate).
     per_token_layer = 2 * hidden * 4 + (9 * hidden + 5 * inner) * compute_bytes
     heads = config.num_attention_heads
-    # CPU matmul attention keeps each layer's probabilities for backward; one layer's scores exist at a time.
+    # 16-bit CPU matmul attention keeps each layer's probabilities for backward; one layer's scores exist at a time
+    # (float32 attends with SDPA's flash kernel, which keeps no probabilities; packing.py).
     attention = sum(heads * length * length * compute_bytes
-                    for length in longest if length <= MATMUL_ATTENTION_MAX_TOKENS)
+                    for length in longest if length <= MATMUL_ATTENTION_MAX_TOKENS) if compute_bytes == 2 else 0
     activations = config.num_hidden_layers * (tokens * per_token_layer + attention) + attention
     fused_loss = uses_fused_loss(model.get_output_embeddings(), getattr(config, "final_logit_softcapping", None))
     # Fused loss: its workspace, one chunk of logits in fp32 plus one in the compute dtype when that is 16-bit.
