@@ -12,11 +12,11 @@ __version__ = "0.1.0"
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
-def _is_offline_trust_notice(record: logging.LogRecord) -> bool:
+def _is_not_offline_trust_notice(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Skipping publisher trust check")
 
 
-logging.getLogger("kernels._internals.hf_hub").addFilter(_is_offline_trust_notice)
+logging.getLogger("kernels._internals.hf_hub").addFilter(_is_not_offline_trust_notice)
 
 
 def hide_peft_deprecation_notice() -> None:

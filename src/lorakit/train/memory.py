@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 
 from lorakit.config import TrainConfig
 from lorakit.train.loss import CHUNK_TOKENS, uses_fused_loss
-from lorakit.train.packing import MATMUL_ATTENTION_MAX_TOKENS
+from lorakit.train.packing import attends_with_matmuls
 
 GIB = 2**30
 PROCESS_RESERVE = int(1.0 * GIB)  # python, torch, tokenizer, data, allocator slack
@@ -51,16 +51,17 @@ def estimate_memory(model: PreTrainedModel, example_lengths: list[int], batch_si
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad) * (4 + 4 + 8)
     longest = sorted(example_lengths, reverse=True)[:batch_size]
     tokens = sum(longest)
-    compute_bytes = 2 if any(p.dtype in (torch.bfloat16, torch.float16) for p in model.parameters()) else 4
+    compute_dtype = next((p.dtype for p in model.parameters() if p.dtype in (torch.bfloat16, torch.float16)),
+                         torch.float32)
+    compute_bytes = compute_dtype.itemsize
     hidden, inner = config.hidden_size, getattr(config, "intermediate_size", 4 * config.hidden_size)
     # Kept for backward per token and layer: norm inputs (fp32), attention in/outs and the adapters' dropped
     # inputs (~9 x hidden), MLP activations and the down projection's dropped input (~5 x intermediate).
     per_token_layer = 2 * hidden * 4 + (9 * hidden + 5 * inner) * compute_bytes
     heads = config.num_attention_heads
-    # 16-bit CPU matmul attention keeps each layer's probabilities for backward; one layer's scores exist at a time
-    # (float32 attends with SDPA's flash kernel, which keeps no probabilities; packing.py).
+    # CPU matmul attention keeps each layer's probabilities for backward; one layer's scores exist at a time.
     attention = sum(heads * length * length * compute_bytes
-                    for length in longest if length <= MATMUL_ATTENTION_MAX_TOKENS) if compute_bytes == 2 else 0
+                    for length in longest if attends_with_matmuls(length, compute_dtype))
     activations = config.num_hidden_layers * (tokens * per_token_layer + attention) + attention
     fused_loss = uses_fused_loss(model.get_output_embeddings(), getattr(config, "final_logit_softcapping", None))
     # Fused loss: its workspace, one chunk of logits in fp32 plus one in the compute dtype when that is 16-bit.

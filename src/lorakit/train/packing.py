@@ -125,8 +125,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | Non
     """
     length = q.shape[2]
     windowed = window is not None and length > window
-    if (q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and length <= MATMUL_ATTENTION_MAX_TOKENS
-            and dropout == 0.0):
+    if q.device.type == "cpu" and dropout == 0.0 and attends_with_matmuls(length, q.dtype):
         return _matmul_attention(q, k, v, window if windowed else length, scaling)
     mask = _sliding_causal_mask(length, window, q.device) if windowed else None
     # Not cuDNN: it builds a plan for every new length (~2.4 ms of CPU per call on an H100), and here every example
@@ -134,6 +133,12 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | Non
     with sdpa_kernel(_VARLEN_BACKENDS):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout,
                                               scale=scaling, enable_gqa=k.shape[1] != q.shape[1])
+
+
+def attends_with_matmuls(length: int, dtype: torch.dtype) -> bool:
+    """Whether a CPU example of `length` tokens in `dtype` takes the matmul path, which keeps its attention
+    probabilities for backward (the memory estimate counts them)."""
+    return dtype in (torch.bfloat16, torch.float16) and length <= MATMUL_ATTENTION_MAX_TOKENS
 
 
 def _matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
