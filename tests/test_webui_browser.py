@@ -158,7 +158,7 @@ def test_train_then_chat_side_by_side_and_export_gguf(server):
         page.goto(url)
         fill_train_form(page, "small-llama", max_steps=3)
         page.locator("#start").click()
-        page.wait_for_function("document.querySelector('#status')?.innerText.includes('finished')", timeout=300_000)
+        wait_for_job_end(page, "#status", workdir / "outputs" / "webui-run", workdir)
 
         page.get_by_role("tab", name="Chat").click()
         page.locator("#chat-refresh").click()  # the run that just finished joins the adapter choices
@@ -186,8 +186,7 @@ def test_train_then_chat_side_by_side_and_export_gguf(server):
         page.get_by_label("gguf", exact=True).check()
         pick(page, "#export-type", "q8_0")
         page.locator("#export-start").click()
-        page.wait_for_function("document.querySelector('#export-status')?.innerText.includes('finished')",
-                               timeout=300_000)
+        wait_for_job_end(page, "#export-status", workdir / "outputs" / "webui-run" / "exports", workdir)
         page.wait_for_function("document.querySelector('#export-checks')?.innerText.includes('gguf_q8_0')",
                                timeout=30_000)
         checks = page.locator("#export-checks").inner_text()
@@ -204,6 +203,23 @@ def test_train_then_chat_side_by_side_and_export_gguf(server):
         page.wait_for_function("document.querySelector('#chat-send')?.innerText.includes('发送')", timeout=30_000)
         page.screenshot(path=str(DOCS / "chat-zh.png"), full_page=True)
         browser.close()
+
+
+def wait_for_job_end(page, status: str, folder: Path, workdir: Path, timeout_s: float = 300) -> None:
+    """Wait until the job shown in `status` ends; unless it finished, fail with what the page and the logs say."""
+    ended = " || ".join(f"text.includes('{state}')" for state in ("finished", "failed", "stopped", "interrupted"))
+    try:
+        page.wait_for_function(f"(() => {{ const text = document.querySelector('{status}')?.innerText || ''; "
+                               f"return {ended}; }})()", timeout=timeout_s * 1000)
+    except playwright.TimeoutError:
+        pass
+    text = page.locator(status).inner_text()
+    if "finished" not in text:
+        logs = {path.name: path.read_text(errors="replace")[-3000:] for path in
+                [*sorted(folder.glob("*.log")), workdir / "webui.log"] if path.is_file()}
+        pytest.fail(f"the job in {folder} did not finish: the page says {text!r}; logs: {logs}")
+
+
 def open_page(driver, url: str):
     browser = driver.chromium.launch(executable_path=CHROMIUM, headless=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1800})
@@ -277,8 +293,7 @@ def test_evaluate_tab_runs_an_evaluation_job_and_shows_its_report(server):
         page.locator("#eval-start").click()
         page.wait_for_function("document.querySelector('#eval-message')?.innerText.includes('webui-eval')",
                                timeout=60_000)
-        page.wait_for_function("document.querySelector('#eval-status')?.innerText.includes('finished')",
-                               timeout=300_000)
+        wait_for_job_end(page, "#eval-status", workdir / "outputs" / "eval" / "webui-eval", workdir)
         page.wait_for_function("document.querySelector('#eval-scores')?.innerText.includes('perplexity')",
                                timeout=30_000)
         assert "Evaluation report" in page.locator("#eval-summary").inner_text()
