@@ -10,6 +10,7 @@ MKL_ENABLE_INSTRUCTIONS=AVX2 ONEDNN_MAX_CPU_ISA=AVX2).
 
 from __future__ import annotations
 
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -55,7 +56,7 @@ def main() -> None:
             # Alternated and repeated, so a neighbour slowing the host hits both paths alike; the medians are kept.
             pairs = [(milliseconds(matmul_path, length, dtype), milliseconds(flash_kernel, length, dtype))
                      for _ in range(3)]
-            matmul, flash = (sorted(times)[1] for times in zip(*pairs))
+            matmul, flash = (statistics.median(times) for times in zip(*pairs))
             print(f"{str(dtype):15} {length:6} {matmul:10.2f} {flash:9.2f} {flash / matmul:12.2f}x")
 
 

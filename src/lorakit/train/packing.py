@@ -121,7 +121,8 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int | Non
     """Causal attention of one example: plain matmuls for short 16-bit examples on CPU, else SDPA's kernels.
 
     Only 16-bit: in float32 torch's CPU flash kernel is the faster one (fwd+bwd, SmolLM2's heads, 100-450 tokens:
-    8-35% faster than the matmul path on an AVX-512 Xeon, also when held to AVX2), in bf16 it is 2x slower.
+    3-35% faster than the matmul path on two AVX-512 Xeons, also when held to AVX2), in bf16 it is 2-3x slower.
+    `bench/attention_cpu.py` measures both on the machine at hand.
     """
     length = q.shape[2]
     windowed = window is not None and length > window
